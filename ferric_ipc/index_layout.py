@@ -1,0 +1,62 @@
+"""Byte layout of a shard's key directory (the index a shard owns and clients may map read-only).
+
+The table is a header followed by ``capacity`` fixed-size slots, open
+addressing with linear probing from ``key_hash % capacity``. Keys are not
+stored: a slot points at the record, and the reader checks the key bytes there.
+
+Header, 64 bytes, little-endian::
+
+    offset  size  field
+    0       8     magic        b"FERIDX01"
+    8       4     version      INDEX_VERSION
+    12      4     state        STATE_LIVE, or STATE_RETIRED once a newer table replaced it
+    16      8     epoch        changes on every shard start
+    24      8     capacity     number of slots
+    32      8     count        live entries
+    40      8     deleted      slots holding the DELETED marker
+    48      16    reserved     zero
+
+Slot, 32 bytes (four aligned 64-bit words)::
+
+    offset  size  field
+    0       4     seq          seqlock counter: odd while the writer is changing the slot
+    4       4     file_id      data file holding the record
+    8       8     key_hash     EMPTY (0), DELETED (1) or key_hash64(key) >= 2
+    16      4     offset       where the record starts in the data file
+    20      4     record_len   header + key + value bytes
+    24      8     expire_at_ms absolute wall-clock milliseconds, 0 = never
+"""
+
+import struct
+
+INDEX_MAGIC = b"FERIDX01"
+INDEX_VERSION = 1
+STATE_LIVE = 0
+STATE_RETIRED = 1
+
+HEADER = struct.Struct("<8sIIQQQQ16x")  # magic, version, state, epoch, capacity, count, deleted
+HEADER_BYTES = HEADER.size  # 64
+HEADER_WORDS = HEADER_BYTES // 8
+
+SLOT_BYTES = 32
+SLOT_WORDS = SLOT_BYTES // 8
+SLOT = struct.Struct("<IIQIIQ")  # seq, file_id, key_hash, offset, record_len, expire_at_ms
+SLOT_BODY = struct.Struct("<IQIIQ")  # the slot without its seq: written between the two seq bumps
+SLOT_SEQ = struct.Struct("<I")
+HASH_WORD = 1  # key_hash is word 1 of a slot
+
+EMPTY = 0
+DELETED = 1
+
+# Linear probing stays short below this load; above it the table grows.
+MAX_LOAD = 0.75
+# A rebuilt table starts at this load, so growth is by 1.5x (keeps bytes per key <= 64).
+TARGET_LOAD = 0.5
+MIN_CAPACITY = 64
+
+assert HEADER_BYTES == 64 and SLOT.size == SLOT_BYTES
+
+
+def table_bytes(capacity: int) -> int:
+    """Bytes needed for a table of ``capacity`` slots, header included."""
+    return HEADER_BYTES + capacity * SLOT_BYTES

@@ -1,0 +1,66 @@
+"""Key and value coercion, size limits and the stable 64-bit key hash shared by client and daemon."""
+
+from hashlib import blake2b
+
+from ferric_ipc.errors import LimitError
+
+#: A key is at most 64 KiB once encoded (DESIGN: Keys and routing).
+MAX_KEY_BYTES = 64 * 1024
+
+#: Hash values 0 and 1 mark empty and deleted index slots, so real hashes are moved above them.
+RESERVED_HASHES = 2
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def as_key(key, argument="key"):
+    """Return ``key`` as bytes (str is UTF-8 encoded).
+
+    Raises TypeError naming ``argument`` for any other type, and
+    ``LimitError`` (a ValueError) when the encoded key exceeds MAX_KEY_BYTES.
+    """
+    if type(key) is bytes:
+        data = key
+    elif isinstance(key, str):
+        data = key.encode("utf-8")
+    elif isinstance(key, _BYTES_LIKE):
+        data = bytes(key)
+    else:
+        raise TypeError(f"{argument} must be str or bytes, not {type(key).__name__}")
+    if len(data) > MAX_KEY_BYTES:
+        raise LimitError(
+            f"{argument} is {len(data)} bytes; keys are limited to {MAX_KEY_BYTES} bytes "
+            "(hash long identifiers into a shorter key)"
+        )
+    return data
+
+
+def as_value(value, max_value_bytes, argument="value"):
+    """Return ``value`` as bytes (str is UTF-8 encoded).
+
+    Raises TypeError naming ``argument`` for any other type, and
+    ``LimitError`` (a ValueError) when it exceeds ``max_value_bytes``.
+    """
+    if type(value) is bytes:
+        data = value
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+    elif isinstance(value, _BYTES_LIKE):
+        data = bytes(value)
+    else:
+        raise TypeError(f"{argument} must be bytes or str, not {type(value).__name__}")
+    if len(data) > max_value_bytes:
+        raise LimitError(
+            f"{argument} is {len(data)} bytes; this store accepts at most {max_value_bytes} "
+            "(raise max_value_bytes in the configuration, or store the value in pieces)"
+        )
+    return data
+
+
+def key_hash64(key: bytes) -> int:
+    """Stable 64-bit hash of an encoded key, identical in every process (unlike ``hash()``).
+
+    Never returns 0 or 1: those values mark empty and deleted index slots.
+    """
+    value = int.from_bytes(blake2b(key, digest_size=8).digest(), "little")
+    return value if value >= RESERVED_HASHES else value + RESERVED_HASHES

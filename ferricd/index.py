@@ -1,0 +1,212 @@
+"""ShardIndex: a shard's key directory as a fixed-slot hash table in one flat buffer.
+
+The byte layout is defined once in ``ferric_ipc.index_layout``. The buffer is
+whatever ``allocate(nbytes)`` returns: a ``bytearray`` for an in-process store,
+a writable ``mmap`` of ``run_dir/shard-K.idx`` when clients read it directly.
+
+Deletion leaves a DELETED marker rather than shifting later entries back
+(backward-shift deletion is tighter, but a reader probing concurrently could
+then miss a key that is being moved). Markers are cleared when the table is
+rebuilt, which happens when live entries plus markers pass MAX_LOAD.
+
+Every slot write is seqlock-style: seq goes odd, the body is written, seq goes
+even. A reader in another process that sees the same even seq before and after
+copying a slot has a consistent copy.
+"""
+
+from ferric_ipc.index_layout import (
+    DELETED,
+    EMPTY,
+    HASH_WORD,
+    HEADER,
+    HEADER_WORDS,
+    INDEX_MAGIC,
+    INDEX_VERSION,
+    MAX_LOAD,
+    MIN_CAPACITY,
+    SLOT,
+    SLOT_BODY,
+    SLOT_BYTES,
+    SLOT_SEQ,
+    SLOT_WORDS,
+    STATE_LIVE,
+    TARGET_LOAD,
+    table_bytes,
+)
+from ferric_ipc.errors import CorruptDataError
+
+_SEQ_MASK = 0xFFFFFFFF
+
+
+def capacity_for(count: int) -> int:
+    """Slots for a fresh table holding ``count`` entries at TARGET_LOAD."""
+    return max(MIN_CAPACITY, int(count / TARGET_LOAD) + 1)
+
+
+class ShardIndex:
+    """Open-addressing table of (key_hash -> file_id, offset, record_len, expire_at_ms).
+
+    Only hashes are stored; the caller confirms a candidate by reading the key
+    from the record the slot points at (see ``candidates``).
+    """
+
+    def __init__(self, buf, allocate=bytearray):
+        """Wrap an existing, initialised table buffer. Use ``create`` for a new one."""
+        magic, version, _state, epoch, capacity, count, deleted = HEADER.unpack_from(buf, 0)
+        if magic != INDEX_MAGIC or version != INDEX_VERSION:
+            raise CorruptDataError(f"not a key directory (magic {magic!r}, version {version})")
+        if len(buf) < table_bytes(capacity):
+            raise CorruptDataError(f"key directory truncated: {len(buf)} bytes for {capacity} slots")
+        self._buf = buf
+        self._words = memoryview(buf).cast("Q")
+        self._allocate = allocate
+        self.epoch = epoch
+        self.capacity = capacity
+        self.count = count
+        self.deleted = deleted
+
+    @classmethod
+    def create(cls, capacity=MIN_CAPACITY, epoch=0, allocate=bytearray):
+        """A new empty table of at least ``capacity`` slots in a buffer from ``allocate``."""
+        capacity = max(MIN_CAPACITY, capacity)
+        buf = allocate(table_bytes(capacity))
+        HEADER.pack_into(buf, 0, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, epoch, capacity, 0, 0)
+        return cls(buf, allocate)
+
+    @property
+    def buffer(self):
+        """The table's bytes (header and slots), e.g. to snapshot it."""
+        return self._buf
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the table occupies."""
+        return table_bytes(self.capacity)
+
+    # -- lookups ---------------------------------------------------------------
+
+    def candidates(self, key_hash: int):
+        """Yield ``(slot, file_id, offset, record_len, expire_at_ms)`` for every slot holding ``key_hash``.
+
+        The caller reads the record to check the key; at most one candidate
+        holds a given key. Stops at the first EMPTY slot of the probe chain.
+        """
+        words = self._words
+        capacity = self.capacity
+        slot = key_hash % capacity
+        while True:
+            stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
+            if stored == EMPTY:
+                return
+            if stored == key_hash:
+                _seq, file_id, _h, offset, record_len, expire_at_ms = SLOT.unpack_from(
+                    self._buf, table_bytes(slot)
+                )
+                yield slot, file_id, offset, record_len, expire_at_ms
+            slot += 1
+            if slot == capacity:
+                slot = 0
+
+    def entry(self, slot: int):
+        """``(key_hash, file_id, offset, record_len, expire_at_ms)`` stored in ``slot``."""
+        _seq, file_id, key_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(
+            self._buf, table_bytes(slot)
+        )
+        return key_hash, file_id, offset, record_len, expire_at_ms
+
+    def entries(self):
+        """Yield ``(slot, key_hash, file_id, offset, record_len, expire_at_ms)`` for every live slot."""
+        buf = self._buf
+        for slot in range(self.capacity):
+            _seq, file_id, key_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(
+                buf, table_bytes(slot)
+            )
+            if key_hash > DELETED:
+                yield slot, key_hash, file_id, offset, record_len, expire_at_ms
+
+    # -- writes ----------------------------------------------------------------
+
+    def replace(self, slot, file_id, offset, record_len, expire_at_ms):
+        """Point an occupied ``slot`` (same key) at a new record."""
+        key_hash = self._words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
+        self._write_slot(slot, file_id, key_hash, offset, record_len, expire_at_ms)
+
+    def insert(self, key_hash, file_id, offset, record_len, expire_at_ms):
+        """Add an entry for a key the caller has checked is absent; returns its slot.
+
+        Grows (rebuilds) the table first when the insert would pass MAX_LOAD.
+        """
+        if (self.count + self.deleted + 1) > self.capacity * MAX_LOAD:
+            self.rebuild(capacity_for(self.count + 1))
+        words = self._words
+        capacity = self.capacity
+        slot = key_hash % capacity
+        while words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] > DELETED:
+            slot += 1
+            if slot == capacity:
+                slot = 0
+        if words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] == DELETED:
+            self.deleted -= 1
+        self._write_slot(slot, file_id, key_hash, offset, record_len, expire_at_ms)
+        self.count += 1
+        self._write_counts()
+        return slot
+
+    def remove(self, slot):
+        """Mark ``slot`` DELETED; returns what it held as ``entry()`` does."""
+        previous = self.entry(slot)
+        self._write_slot(slot, 0, DELETED, 0, 0, 0)
+        self.count -= 1
+        self.deleted += 1
+        self._write_counts()
+        return previous
+
+    def _write_slot(self, slot, file_id, key_hash, offset, record_len, expire_at_ms):
+        buf = self._buf
+        at = table_bytes(slot)
+        seq = SLOT_SEQ.unpack_from(buf, at)[0]
+        SLOT_SEQ.pack_into(buf, at, (seq + 1) & _SEQ_MASK)  # odd: readers retry
+        SLOT_BODY.pack_into(buf, at + 4, file_id, key_hash, offset, record_len, expire_at_ms)
+        SLOT_SEQ.pack_into(buf, at, (seq + 2) & _SEQ_MASK)  # even: consistent again
+
+    def _write_counts(self):
+        HEADER.pack_into(
+            self._buf, 0, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, self.epoch, self.capacity,
+            self.count, self.deleted,
+        )
+
+    def reserve(self, extra):
+        """Grow once, now, so that ``extra`` more inserts need no further growth."""
+        if self.count + self.deleted + extra > self.capacity * MAX_LOAD:
+            self.rebuild(capacity_for(self.count + extra))
+
+    def rebuild(self, capacity):
+        """Copy live entries into a fresh buffer of ``capacity`` slots (drops DELETED markers)."""
+        fresh = ShardIndex.create(capacity, self.epoch, self._allocate)
+        old_buf, new_buf, new_words = self._buf, fresh._buf, fresh._words
+        new_capacity = fresh.capacity
+        count = 0
+        for slot in range(self.capacity):
+            at = table_bytes(slot)
+            key_hash = self._words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
+            if key_hash <= DELETED:
+                continue
+            target = key_hash % new_capacity
+            while new_words[HEADER_WORDS + target * SLOT_WORDS + HASH_WORD] != EMPTY:
+                target += 1
+                if target == new_capacity:
+                    target = 0
+            new_at = table_bytes(target)
+            new_buf[new_at:new_at + SLOT_BYTES] = old_buf[at:at + SLOT_BYTES]
+            new_buf[new_at:new_at + 4] = b"\0\0\0\0"  # a fresh table starts every seq at 0
+            count += 1
+        fresh.count = count
+        fresh._write_counts()
+        self._words.release()
+        self._buf, self._words, self.capacity = new_buf, new_words, new_capacity
+        self.count, self.deleted = count, 0
+
+    def bytes_per_key(self) -> float:
+        """Table bytes divided by live entries (the memory cost per key, keys themselves excluded)."""
+        return self.nbytes / self.count if self.count else float(self.nbytes)
+

@@ -1,0 +1,211 @@
+"""A shard's data files: naming, the active file that takes appends, and mapped reads of closed files.
+
+Files are ``NNNNNNNNN.data`` with zero-padded ids, always compared as integers.
+Exactly one file takes appends; once closed it is never written again, so it
+can be mapped read-only (by the shard now, by clients later) and is never
+truncated while it may be mapped.
+"""
+
+import errno
+import mmap
+import os
+import re
+
+from ferric_ipc.errors import StorageError, StorageFullError
+
+DATA_SUFFIX = ".data"
+HINT_SUFFIX = ".hint"
+_DATA_NAME = re.compile(r"^(\d{9,})\.data$")
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def data_path(directory, file_id):
+    return os.path.join(directory, f"{file_id:09d}{DATA_SUFFIX}")
+
+
+def hint_path(directory, file_id):
+    return os.path.join(directory, f"{file_id:09d}{HINT_SUFFIX}")
+
+
+def list_data_file_ids(directory):
+    """Ids of the data files in ``directory``, ascending as integers (``10`` after ``9``)."""
+    ids = []
+    for name in os.listdir(directory):
+        match = _DATA_NAME.match(name)
+        if match:
+            ids.append(int(match.group(1)))
+    return sorted(ids)
+
+
+def fsync_directory(path):
+    """Make a directory's entries (created, renamed, removed files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path, chunks, file_mode=0o640):
+    """Write ``chunks`` to ``path`` so that a crash leaves either no file or the whole new one.
+
+    Temp name, fsync, rename, fsync of the directory. Raises OSError; the temp
+    file is removed on failure.
+    """
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_directory(os.path.dirname(path) or ".")
+
+
+class ActiveFile:
+    """The one data file of a shard that takes appends.
+
+    Appends go straight to the file descriptor (no Python buffering), so a
+    completed ``append`` is visible to ``pread`` and to other processes at once,
+    and ``sync`` alone decides durability.
+    """
+
+    def __init__(self, directory, file_id, file_mode=0o640):
+        self.file_id = file_id
+        self.path = data_path(directory, file_id)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, file_mode)
+        self.size = 0
+
+    def append(self, data) -> int:
+        """Write ``data`` at the end of the file; returns the offset it starts at.
+
+        On failure the file is cut back to its previous size, so a failed
+        append leaves nothing behind, and StorageFullError (disk full, quota,
+        file size limit) or StorageError is raised.
+        """
+        start = self.size
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(self._fd, view[written:], start + written)
+        except OSError as exc:
+            self._cut_back(start)
+            if exc.errno in _FULL_ERRNOS:
+                raise StorageFullError(
+                    f"no space to write {len(view)} bytes to {self.path} ({exc.strerror}); "
+                    "nothing from this write was stored: free disk space, then retry"
+                ) from exc
+            raise StorageError(f"write to {self.path} failed: {exc}; nothing was stored") from exc
+        self.size = start + written
+        return start
+
+    def _cut_back(self, size):
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:  # the tail is then a torn record that recovery drops
+            raise StorageError(f"could not undo a failed write to {self.path}: {exc}") from exc
+
+    def read(self, offset, length) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def sync(self):
+        """fdatasync: everything appended so far survives a crash once this returns."""
+        os.fdatasync(self._fd)
+
+    def close(self):
+        os.close(self._fd)
+
+
+class DataFiles:
+    """The set of a shard's data files: closed files mapped read-only, plus the active file."""
+
+    def __init__(self, directory, file_mode=0o640):
+        self.directory = directory
+        self.file_mode = file_mode
+        self._maps = {}  # file_id -> mmap, or None for an empty file
+        self.sizes = {}  # file_id -> bytes, closed files
+        self.active = None
+
+    def open_closed(self, file_id):
+        """Map an existing closed file for reading."""
+        path = data_path(self.directory, file_id)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._maps[file_id] = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else None
+        self.sizes[file_id] = size
+
+    def view(self, file_id):
+        """The mapped bytes of a closed file (empty for an empty file)."""
+        mapped = self._maps[file_id]
+        return memoryview(mapped) if mapped is not None else memoryview(b"")
+
+    def read(self, file_id, offset, length):
+        """``length`` bytes at ``offset``: a zero-copy view for closed files, bytes for the active file."""
+        active = self.active
+        if active is not None and file_id == active.file_id:
+            return active.read(offset, length)
+        return memoryview(self._maps[file_id])[offset:offset + length]
+
+    def start_active(self, file_id):
+        """Create a new, empty active file (never an existing one: closed files stay closed)."""
+        self.active = ActiveFile(self.directory, file_id, self.file_mode)
+        fsync_directory(self.directory)
+
+    def close_active(self):
+        """fsync and close the active file, then map it read-only as a closed file; returns its id."""
+        active = self.active
+        active.sync()
+        active.close()
+        self.active = None
+        self.open_closed(active.file_id)
+        return active.file_id
+
+    def truncate(self, file_id, size):
+        """Cut a closed file back to ``size`` bytes: only for the torn tail of the file a crashed
+        shard was writing, at startup, and never beyond the last record any index pointed at."""
+        mapped = self._maps.pop(file_id)
+        if mapped is not None:
+            mapped.close()
+        fd = os.open(data_path(self.directory, file_id), os.O_RDWR)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.open_closed(file_id)
+
+    def remove(self, file_id):
+        """Forget and delete a closed data file and its hint (an empty file left by a crash)."""
+        mapped = self._maps.pop(file_id, None)
+        if mapped is not None:
+            mapped.close()
+        self.sizes.pop(file_id, None)
+        for path in (data_path(self.directory, file_id), hint_path(self.directory, file_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def closed_ids(self):
+        return sorted(self._maps)
+
+    def close(self):
+        """Close everything. Views handed out must no longer be used."""
+        if self.active is not None:
+            self.active.close()
+            self.active = None
+        for mapped in self._maps.values():
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # a caller still holds a view; the map closes when it goes
+                    pass
+        self._maps.clear()

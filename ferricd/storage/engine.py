@@ -1,0 +1,358 @@
+"""BitcaskStore: one shard's storage engine (put, get, delete, expiry, group-commit batches, fsync policy)."""
+
+import logging
+import os
+from typing import NamedTuple
+
+from ferric_ipc.errors import CorruptDataError, StorageError
+from ferric_ipc.keys import as_key, as_value, key_hash64
+from ferricd.clock import wall_clock_ms
+from ferricd.storage.datafiles import DataFiles, hint_path
+from ferricd.storage.hints import HintBuilder
+from ferricd.storage.lock import DirectoryLock
+from ferricd.storage.records import FLAG_TOMBSTONE, encode
+from ferricd.storage.recovery import recover
+from ferricd.storage.settings import StoreSettings
+from ferricd.storage.snapshot import write_snapshot
+
+log = logging.getLogger(__name__)
+
+_MAX_U64 = 2**64 - 1
+
+
+class Put(NamedTuple):
+    """A write for ``write_batch``: set ``key`` to ``value``, expiring at ``expire_at_ms`` (0 = never)."""
+
+    key: object
+    value: object
+    expire_at_ms: int = 0
+
+
+class Delete(NamedTuple):
+    """A delete for ``write_batch``."""
+
+    key: object
+
+
+class BitcaskStore:
+    """One shard's Bitcask store in ``directory``; the only writer of that directory while open.
+
+    Keys are str (UTF-8 encoded) or bytes of at most 64 KiB; values are bytes
+    or str of at most ``settings.max_value_bytes``. Expiry is an absolute
+    ``expire_at_ms`` on the wall clock (0 = never); an expired key reads as
+    missing. A missing key is ``None``, never an exception.
+
+    Durability follows ``settings.fsync``: with ``"always"`` every write call
+    (a whole ``write_batch`` included) has reached the disk when it returns.
+    """
+
+    def __init__(self, directory, settings=None, clock=wall_clock_ms, epoch=0):
+        """Lock ``directory`` (created if missing) and recover its contents.
+
+        Raises DirectoryLockedError naming the pid that holds it. The recovery
+        report is in ``self.recovery``.
+        """
+        self.settings = settings = settings or StoreSettings()
+        self.directory = directory
+        self._clock = clock
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        self._lock = DirectoryLock(directory)
+        try:
+            self._files = DataFiles(directory, settings.file_mode)
+            self._keydir, self.recovery = recover(directory, self._files, clock(), epoch, settings.file_mode)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._next_seq = self.recovery.next_seq
+        ids = self._files.closed_ids()
+        self._next_file_id = (ids[-1] + 1) if ids else 1
+        self._hint = HintBuilder()  # entries of the active file, written out when it closes
+        self._last_sync_ms = clock()
+        self._unsynced = False
+        self._failed = None  # set when an fsync failed: the disk state is then unknown
+        self._sync_policy = {"always": self.sync, "interval": self.sync_if_due, "never": _no_sync}[settings.fsync]
+        self.counters = dict.fromkeys(("puts", "deletes", "gets", "hits", "misses", "expired", "corrupt_reads"), 0)
+        self._closed = False
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, key):
+        """The value of ``key`` as bytes, or None if it is missing or expired."""
+        found = self.get_with_expiry(key)
+        return None if found is None else found[0]
+
+    def get_with_expiry(self, key):
+        """``(value, expire_at_ms)`` of ``key`` (0 = never expires), or None if missing or expired.
+
+        A record that fails its checksum is logged, counted in
+        ``counters["corrupt_reads"]``, dropped from the key directory and read as missing.
+        """
+        key = as_key(key)
+        self.counters["gets"] += 1
+        try:
+            hit = self._keydir.lookup(key_hash64(key), key)
+        except CorruptDataError as exc:
+            log.error("%s: key %r: %s; treating it as missing", self.directory, key[:64], exc)
+            self.counters["corrupt_reads"] += 1
+            self._keydir.drop(exc.slot)
+            return None
+        if hit is not None:
+            slot, record, expire_at_ms = hit
+            if not expire_at_ms or expire_at_ms > self._clock():
+                self.counters["hits"] += 1
+                return record.value, expire_at_ms
+            self._keydir.drop(slot)  # lazy expiry; the expired record hides older values on reload
+            self.counters["expired"] += 1
+        self.counters["misses"] += 1
+        return None
+
+    def __contains__(self, key):
+        return self.get_with_expiry(key) is not None
+
+    def __len__(self):
+        """Entries in the key directory (keys that expired but were not yet read are included)."""
+        return len(self._keydir)
+
+    def keys(self):
+        """Yield every live (unexpired) key as bytes, in no particular order."""
+        return self._keydir.keys(self._clock())
+
+    # -- writes ----------------------------------------------------------------
+
+    def put(self, key, value, expire_at_ms=0):
+        """Set ``key`` to ``value``; ``expire_at_ms`` is absolute wall-clock ms, 0 = never."""
+        self._write([Put(key, value, expire_at_ms)], single=True)
+
+    def delete(self, key):
+        """Delete ``key``; returns whether it existed (an expired key did not)."""
+        return self._write([Delete(key)], single=True)[0]
+
+    def write_batch(self, ops):
+        """Apply ``Put`` and ``Delete`` ops in order with one write and (fsync="always") one fdatasync.
+
+        Every op is validated before anything is written, so a TypeError or
+        LimitError leaves the store untouched. Returns one result per op:
+        None for a Put, whether the key existed for a Delete.
+
+        On an I/O failure (StorageFullError when the disk is full) the ops
+        that had already reached a rotated-out file stay applied and their
+        count is in the exception's ``applied`` attribute; the rest are not stored.
+        """
+        return self._write(ops, single=False)
+
+    def _write(self, ops, single):
+        self._check_writable()
+        prepared = [self._prepare(op, "" if single else f"ops[{i}].") for i, op in enumerate(ops)]
+        results, pending = [], []
+        exists = {}  # key -> exists after the ops so far in this batch
+        for op_type, key, key_hash, value, expire_at_ms in prepared:
+            if op_type is Delete:
+                existed = exists[key] if key in exists else self._exists(key_hash, key)
+                exists[key] = False
+                results.append(existed)
+                if not existed:
+                    continue  # nothing to hide: no tombstone needed
+                seq = self._take_seq()
+                record = encode(seq, 0, FLAG_TOMBSTONE, key, b"")
+            else:
+                exists[key] = not expire_at_ms or expire_at_ms > self._clock()
+                results.append(None)
+                seq = self._take_seq()
+                record = encode(seq, expire_at_ms, 0, key, value)
+            pending.append((op_type, key, key_hash, seq, expire_at_ms, record))
+        self._append(pending)
+        return results
+
+    def _prepare(self, op, name):
+        """Validate and encode one op's arguments; ``name`` prefixes argument names in errors."""
+        if not isinstance(op, (Put, Delete)):
+            raise TypeError(f"{name or 'op'} must be Put or Delete, not {type(op).__name__}")
+        key = as_key(op.key, f"{name}key")
+        if type(op) is Delete:
+            return Delete, key, key_hash64(key), None, 0
+        value = as_value(op.value, self.settings.max_value_bytes, f"{name}value")
+        expire_at_ms = op.expire_at_ms
+        if type(expire_at_ms) is not int:
+            raise TypeError(f"{name}expire_at_ms must be int milliseconds, not {type(expire_at_ms).__name__}")
+        if not 0 <= expire_at_ms <= _MAX_U64:
+            raise ValueError(f"{name}expire_at_ms must be between 0 (never) and 2**64-1")
+        return Put, key, key_hash64(key), value, expire_at_ms
+
+    def _exists(self, key_hash, key):
+        found = self._keydir.find(key_hash, key)
+        return found is not None and (not found[4] or found[4] > self._clock())
+
+    def _take_seq(self):
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _append(self, pending):
+        """Write pending records, rotating where a file fills, then sync and index them."""
+        limit = self.settings.max_file_bytes
+        segment, segment_bytes, placed, applied = [], 0, [], 0
+        try:
+            for item in pending:
+                record_len = len(item[-1])
+                used = self._active().size + segment_bytes
+                if used and used + record_len > limit:
+                    if segment:
+                        placed += self._write_segment(segment)
+                        segment, segment_bytes = [], 0
+                    self._close_active()
+                    applied = len(placed)  # these are in a closed, fsynced file now
+                segment.append(item)
+                segment_bytes += record_len
+            if segment:
+                placed += self._write_segment(segment)
+            if placed:
+                self._unsynced = True
+                self._sync_policy()
+        except StorageError as exc:
+            self._index(placed[:applied])
+            exc.applied = applied
+            raise
+        self._index(placed)
+
+    def _write_segment(self, segment):
+        """Append one file's worth of records in a single write; returns their placements."""
+        active = self._active()
+        offset = active.append(b"".join(item[-1] for item in segment))
+        placed = []
+        for op_type, key, key_hash, seq, expire_at_ms, record in segment:
+            flags = FLAG_TOMBSTONE if op_type is Delete else 0
+            self._hint.add(key_hash, seq, expire_at_ms, offset, len(record), flags)
+            placed.append((op_type, key, key_hash, expire_at_ms, active.file_id, offset, len(record)))
+            offset += len(record)
+        return placed
+
+    def _index(self, placed):
+        keydir = self._keydir
+        for op_type, key, key_hash, expire_at_ms, file_id, offset, record_len in placed:
+            if op_type is Delete:
+                found = keydir.find(key_hash, key)
+                if found is not None:
+                    keydir.drop(found[0])
+                self.counters["deletes"] += 1
+            else:
+                keydir.set(key_hash, key, file_id, offset, record_len, expire_at_ms)
+                self.counters["puts"] += 1
+
+    def _active(self):
+        """The active file, created on the first write after open or after a rotation."""
+        if self._files.active is None:
+            self._files.start_active(self._next_file_id)
+            self._next_file_id += 1
+        return self._files.active
+
+    def _close_active(self):
+        """Close the active file for good (fsync, hint); the next write starts a new one."""
+        active = self._files.active
+        if active is None:
+            return
+        if active.size == 0:
+            active.close()
+            self._files.active = None
+            os.unlink(active.path)
+            return
+        try:
+            file_id = self._files.close_active()
+        except OSError as exc:
+            self._fail(f"fsync of {active.path} failed: {exc}")
+        self._unsynced = False
+        try:
+            self._hint.write(hint_path(self.directory, file_id), self._files.sizes[file_id], self.settings.file_mode)
+        except OSError as exc:  # only costs a scan at the next start
+            log.warning("could not write hint for %s: %s", active.path, exc)
+        self._hint = HintBuilder()
+
+    # -- durability ------------------------------------------------------------
+
+    def sync(self):
+        """fdatasync the active file now; every write so far then survives a crash."""
+        active = self._files.active
+        if active is not None and self._unsynced:
+            try:
+                active.sync()
+            except OSError as exc:
+                self._fail(f"fdatasync of {active.path} failed: {exc}")
+        self._unsynced = False
+        self._last_sync_ms = self._clock()
+
+    def sync_if_due(self):
+        """For fsync="interval": sync if writes are pending and fsync_interval_ms has passed.
+
+        The shard's loop calls this on its housekeeping tick so that idle
+        periods also reach the disk.
+        """
+        if self._unsynced and self._clock() - self._last_sync_ms >= self.settings.fsync_interval_ms:
+            self.sync()
+
+    def _fail(self, reason):
+        # After a failed fsync the kernel may have dropped the dirty pages: what is on disk
+        # is unknown, so refuse further writes instead of acknowledging them.
+        self._failed = reason
+        raise StorageError(f"{reason}; this store refuses writes until it is reopened (restart the shard)")
+
+    def _check_writable(self):
+        if self._closed:
+            raise StorageError(f"store {self.directory} is closed")
+        if self._failed:
+            raise StorageError(f"{self._failed}; this store refuses writes until it is reopened")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self):
+        """Sync, close the active file with its hint, snapshot the key directory, release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._failed:
+                self._close_active()
+                if self.settings.snapshot_on_close:
+                    self._write_snapshot()
+        finally:
+            self._files.close()
+            self._lock.release()
+
+    def _write_snapshot(self):
+        try:
+            write_snapshot(
+                self.directory, self._next_seq, self._files.sizes, self._keydir.live_bytes,
+                self._keydir.index.buffer, self.settings.file_mode,
+            )
+        except OSError as exc:  # the next start rebuilds from hint files instead
+            log.warning("could not write key directory snapshot: %s", exc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- statistics ------------------------------------------------------------
+
+    def stats(self):
+        """Counts and sizes: keys, live and dead bytes, files, index bytes, operation counters."""
+        sizes = dict(self._files.sizes)
+        if self._files.active is not None:
+            sizes[self._files.active.file_id] = self._files.active.size
+        total = sum(sizes.values())
+        live = sum(self._keydir.live_bytes.get(file_id, 0) for file_id in sizes)
+        index = self._keydir.index
+        return {
+            "keys": index.count,
+            "files": len(sizes),
+            "data_bytes": total,
+            "live_bytes": live,
+            "dead_bytes": total - live,
+            "index_bytes": index.nbytes,
+            "index_capacity": index.capacity,
+            "next_seq": self._next_seq,
+            **self.counters,
+        }
+
+
+def _no_sync():
+    pass
