@@ -149,8 +149,39 @@ class ShardIndex:
             self.deleted -= 1
         self._write_slot(slot, file_id, key_hash, offset, record_len, expire_at_ms)
         self.count += 1
-        self._write_counts()
+        self.write_counts()
         return slot
+
+    def insert_absent(self, key_hash, file_id, offset, record_len, expire_at_ms) -> bool:
+        """Bulk-load fast path: insert unless ``key_hash`` is already present; False (and no change) if it is.
+
+        Valid only while nobody else reads the table (recovery, before it is
+        published): it skips the seqlock and leaves the header counts to one
+        ``write_counts()`` at the end. ``reserve()`` first to grow once, not repeatedly.
+        """
+        if self.count + self.deleted + 1 > self.capacity * MAX_LOAD:
+            self.rebuild(capacity_for(self.count + 1))
+        words = self._words
+        capacity = self.capacity
+        slot = key_hash % capacity
+        free = -1
+        while True:
+            stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
+            if stored == EMPTY:
+                break
+            if stored == key_hash:
+                return False
+            if stored == DELETED and free < 0:
+                free = slot
+            slot += 1
+            if slot == capacity:
+                slot = 0
+        if free >= 0:
+            slot = free
+            self.deleted -= 1
+        SLOT.pack_into(self._buf, table_bytes(slot), 0, file_id, key_hash, offset, record_len, expire_at_ms)
+        self.count += 1
+        return True
 
     def remove(self, slot):
         """Mark ``slot`` DELETED; returns what it held as ``entry()`` does."""
@@ -158,7 +189,7 @@ class ShardIndex:
         self._write_slot(slot, 0, DELETED, 0, 0, 0)
         self.count -= 1
         self.deleted += 1
-        self._write_counts()
+        self.write_counts()
         return previous
 
     def _write_slot(self, slot, file_id, key_hash, offset, record_len, expire_at_ms):
@@ -169,7 +200,7 @@ class ShardIndex:
         SLOT_BODY.pack_into(buf, at + 4, file_id, key_hash, offset, record_len, expire_at_ms)
         SLOT_SEQ.pack_into(buf, at, (seq + 2) & _SEQ_MASK)  # even: consistent again
 
-    def _write_counts(self):
+    def write_counts(self):
         HEADER.pack_into(
             self._buf, 0, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, self.epoch, self.capacity,
             self.count, self.deleted,
@@ -201,7 +232,7 @@ class ShardIndex:
             new_buf[new_at:new_at + 4] = b"\0\0\0\0"  # a fresh table starts every seq at 0
             count += 1
         fresh.count = count
-        fresh._write_counts()
+        fresh.write_counts()
         self._words.release()
         self._buf, self._words, self.capacity = new_buf, new_words, new_capacity
         self.count, self.deleted = count, 0

@@ -7,7 +7,7 @@ same 64-bit hash stay distinct.
 
 from ferric_ipc.errors import CorruptDataError
 from ferricd.index import ShardIndex
-from ferricd.storage.records import HEADER_BYTES, decode, key_matches, record_key, record_seq
+from ferricd.storage.records import FLAG_TOMBSTONE, HEADER_BYTES, decode, key_matches, record_key, record_seq
 
 
 class KeyDirectory:
@@ -63,6 +63,27 @@ class KeyDirectory:
         """Remove the entry in ``slot`` (a delete, an expiry, or a record found corrupt)."""
         _hash, file_id, _offset, record_len, _expire = self.index.remove(slot)
         self.live_bytes[file_id] -= record_len
+
+    def load_file(self, file_id, entries, now_ms):
+        """Apply a file's entries ``(key_hash, seq, expire_at_ms, offset, record_len, flags)`` in file order.
+
+        A key not yet in the table takes the index's bulk-insert fast path;
+        deletes, expired records and hash matches take ``load``, which reads
+        and compares keys. Returns how many entries were applied.
+        """
+        index = self.index
+        insert_absent, load = index.insert_absent, self.load
+        applied = live = 0
+        for key_hash, seq, expire_at_ms, offset, record_len, flags in entries:
+            applied += 1
+            is_delete = flags & FLAG_TOMBSTONE or 0 < expire_at_ms <= now_ms
+            if not is_delete and insert_absent(key_hash, file_id, offset, record_len, expire_at_ms):
+                live += record_len
+            else:
+                load(key_hash, seq, expire_at_ms, file_id, offset, record_len, is_delete)
+        self.live_bytes[file_id] = self.live_bytes.get(file_id, 0) + live
+        index.write_counts()
+        return applied
 
     def load(self, key_hash, seq, expire_at_ms, file_id, offset, record_len, is_delete, key=None):
         """Apply one record met during recovery; a record older than the entry it meets loses.

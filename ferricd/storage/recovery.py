@@ -125,10 +125,7 @@ def _load_hint(directory, file_id, size, keydir, now_ms, report):
         report.invalid_hints += 1
         return False
     keydir.index.reserve(hint.count)
-    load = keydir.load
-    for key_hash, seq, expire_at_ms, offset, record_len, flags in hint.entries():
-        is_delete = flags & FLAG_TOMBSTONE or 0 < expire_at_ms <= now_ms
-        load(key_hash, seq, expire_at_ms, file_id, offset, record_len, is_delete)
+    keydir.load_file(file_id, hint.entries(), now_ms)
     report.hint_files_used += 1
     report.records += hint.count
     report.next_seq = max(report.next_seq, hint.max_seq + 1)
@@ -140,11 +137,14 @@ def _scan(directory, file_id, keydir, now_ms, file_mode, report, is_last):
     view = keydir.files.view(file_id)
     scanner = RecordScanner(view, path)
     hint = HintBuilder()
-    for rec in scanner:
-        key_hash = key_hash64(rec.key)
-        is_delete = rec.flags & FLAG_TOMBSTONE or 0 < rec.expire_at_ms <= now_ms
-        keydir.load(key_hash, rec.seq, rec.expire_at_ms, file_id, rec.offset, rec.record_len, is_delete, rec.key)
-        hint.add(key_hash, rec.seq, rec.expire_at_ms, rec.offset, rec.record_len, rec.flags)
+
+    def entries():
+        for rec in scanner:
+            entry = (key_hash64(rec.key), rec.seq, rec.expire_at_ms, rec.offset, rec.record_len, rec.flags)
+            hint.add(*entry)
+            yield entry
+
+    keydir.load_file(file_id, entries(), now_ms)
     view.release()
     report.files_scanned += 1
     report.records += hint.count
