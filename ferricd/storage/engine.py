@@ -166,7 +166,7 @@ class BitcaskStore:
     def _prepare(self, op, name):
         """Validate and encode one op's arguments; ``name`` prefixes argument names in errors."""
         if not isinstance(op, (Put, Delete)):
-            raise TypeError(f"{name or 'op'} must be Put or Delete, not {type(op).__name__}")
+            raise TypeError(f"{name.rstrip('.') or 'op'} must be Put or Delete, not {type(op).__name__}")
         key = as_key(op.key, f"{name}key")
         if type(op) is Delete:
             return Delete, key, key_hash64(key), None, 0

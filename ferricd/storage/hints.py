@@ -8,9 +8,9 @@ Entry, 33 bytes, little-endian::
 
     key_hash u64 | seq u64 | expire_at_ms u64 | offset u32 | record_len u32 | flags u8
 
-Trailer, 40 bytes::
+Trailer, 36 bytes::
 
-    magic 8s "FERHNT01" | entry_count u64 | max_seq u64 | data_file_bytes u64 | crc32 u32 | pad 4
+    magic 8s "FERHNT01" | entry_count u64 | max_seq u64 | data_file_bytes u64 | crc32 u32
 
 The CRC covers every entry byte and the trailer up to the CRC. A hint is used
 only if the CRC matches and ``data_file_bytes`` equals the data file's size;
@@ -25,11 +25,11 @@ from ferric_ipc.errors import CorruptDataError
 from ferricd.storage.datafiles import write_atomically
 
 ENTRY = struct.Struct("<QQQIIB")  # key_hash, seq, expire_at_ms, offset, record_len, flags
-TRAILER = struct.Struct("<8sQQQI4x")  # magic, entry_count, max_seq, data_file_bytes, crc32
+TRAILER = struct.Struct("<8sQQQI")  # magic, entry_count, max_seq, data_file_bytes, crc32
 _TRAILER_CHECKED = struct.Struct("<8sQQQ")
 HINT_MAGIC = b"FERHNT01"
 
-assert ENTRY.size == 33 and TRAILER.size == 40
+assert ENTRY.size == 33 and TRAILER.size == 36
 
 
 class HintBuilder:

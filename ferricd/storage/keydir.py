@@ -74,6 +74,7 @@ class KeyDirectory:
         index = self.index
         insert_absent, load = index.insert_absent, self.load
         applied = live = 0
+        self.live_bytes.setdefault(file_id, 0)  # the slow path may move bytes out of this file first
         for key_hash, seq, expire_at_ms, offset, record_len, flags in entries:
             applied += 1
             is_delete = flags & FLAG_TOMBSTONE or 0 < expire_at_ms <= now_ms
@@ -81,7 +82,7 @@ class KeyDirectory:
                 live += record_len
             else:
                 load(key_hash, seq, expire_at_ms, file_id, offset, record_len, is_delete)
-        self.live_bytes[file_id] = self.live_bytes.get(file_id, 0) + live
+        self.live_bytes[file_id] += live
         index.write_counts()
         return applied
 
