@@ -380,7 +380,7 @@ def print_targets(args, results, worst_bytes_per_key):
     ]
     print("5. Targets" + ("" if n == 1_000_000 else f" (targets are stated for 1,000,000 keys; this run used {n:,})"))
     for name, target, measured, ok in rows:
-        print(f"  {name:<38} {target:<20} {measured:<28} {pass_miss(ok)}")
+        print(f"  {name:<40} {target:<20} {measured:<28} {pass_miss(ok)}")
 
 
 def main():

@@ -23,3 +23,26 @@ class DirectoryLockedError(StorageError):
 
 class CorruptDataError(StorageError):
     """On-disk data failed its checksum or structure check."""
+
+
+class FerricConnectionError(FerricError, ConnectionError):
+    """No daemon is reachable at the run directory."""
+
+
+class FerricTimeoutError(FerricError, TimeoutError):
+    """A shard did not answer within the client's timeout."""
+
+
+class ProtocolError(FerricError):
+    """A frame could not be understood (wrong version, malformed reply or request)."""
+
+
+class CommandError(FerricError):
+    """The daemon refused a well-formed request; ``code`` says why (BAD_ARGS, NOT_INTEGER, WRONG_SHARD)."""
+
+    code = "BAD_ARGS"
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code

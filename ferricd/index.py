@@ -114,10 +114,10 @@ class ShardIndex:
         )
         return key_hash, file_id, offset, record_len, expire_at_ms
 
-    def entries(self):
-        """Yield ``(slot, key_hash, file_id, offset, record_len, expire_at_ms)`` for every live slot."""
+    def entries(self, start=0):
+        """Yield ``(slot, key_hash, file_id, offset, record_len, expire_at_ms)`` for every live slot from ``start``."""
         buf = self._buf
-        for slot in range(self.capacity):
+        for slot in range(start, self.capacity):
             _seq, file_id, key_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(
                 buf, table_bytes(slot)
             )

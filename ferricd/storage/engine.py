@@ -2,6 +2,7 @@
 
 import logging
 import os
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from ferric_ipc.errors import CorruptDataError, StorageError
@@ -70,7 +71,10 @@ class BitcaskStore:
         self._last_sync_ms = clock()
         self._unsynced = False
         self._failed = None  # set when an fsync failed: the disk state is then unknown
-        self._sync_policy = {"always": self.sync, "interval": self.sync_if_due, "never": _no_sync}[settings.fsync]
+        self._sync_policy = {"always": self._sync_unless_grouped, "interval": self.sync_if_due, "never": _no_sync}[
+            settings.fsync
+        ]
+        self._grouping = False
         self.counters = dict.fromkeys(("puts", "deletes", "gets", "hits", "misses", "expired", "corrupt_reads"), 0)
         self._closed = False
 
@@ -105,6 +109,18 @@ class BitcaskStore:
             self.counters["expired"] += 1
         self.counters["misses"] += 1
         return None
+
+    def scan(self, prefix=b"", cursor=0, count=100):
+        """``(next_cursor, keys)``: up to ``count`` live keys starting with ``prefix``.
+
+        Start with cursor 0; a returned cursor of 0 means the scan is complete.
+        """
+        prefix = as_key(prefix, "prefix")
+        if type(cursor) is not int or cursor < 0:
+            raise TypeError("cursor must be a non-negative int returned by a previous scan")
+        if type(count) is not int or count <= 0:
+            raise TypeError("count must be a positive int")
+        return self._keydir.scan(prefix, cursor, count, self._clock())
 
     def __contains__(self, key):
         return self.get_with_expiry(key) is not None
@@ -278,6 +294,25 @@ class BitcaskStore:
                 self._fail(f"fdatasync of {active.path} failed: {exc}")
         self._unsynced = False
         self._last_sync_ms = self._clock()
+
+    def _sync_unless_grouped(self):
+        if not self._grouping:
+            self.sync()
+
+    @contextmanager
+    def group_commit(self):
+        """Within this block, fsync="always" writes share one fdatasync, run when the block ends.
+
+        For a server loop: apply every ready request inside the block, leave
+        it, then reply. A write is durable once the block has ended.
+        """
+        self._grouping = True
+        try:
+            yield self
+        finally:
+            self._grouping = False
+            if self.settings.fsync == "always" and self._unsynced and not self._closed:
+                self.sync()
 
     def sync_if_due(self):
         """For fsync="interval": sync if writes are pending and fsync_interval_ms has passed.

@@ -117,3 +117,21 @@ class KeyDirectory:
         for _slot, _hash, file_id, offset, record_len, expire_at_ms in list(self.index.entries()):
             if not expire_at_ms or expire_at_ms > now_ms:
                 yield record_key(self.files.read(file_id, offset, record_len))
+
+    def scan(self, prefix, start_slot, count, now_ms):
+        """Up to ``count`` unexpired keys starting with ``prefix``, from slot ``start_slot`` on.
+
+        Returns ``(next_slot, keys)``; ``next_slot`` is 0 when the table is
+        exhausted. Keys present for the whole scan are returned at least once
+        unless the table is rebuilt (grown) between calls.
+        """
+        keys = []
+        for slot, _hash, file_id, offset, record_len, expire_at_ms in self.index.entries(start_slot):
+            if expire_at_ms and expire_at_ms <= now_ms:
+                continue
+            key = record_key(self.files.read(file_id, offset, record_len))
+            if key.startswith(prefix):
+                keys.append(key)
+                if len(keys) >= count:
+                    return slot + 1, keys
+        return 0, keys

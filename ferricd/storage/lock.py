@@ -9,15 +9,15 @@ LOCK_NAME = "LOCK"
 
 
 class DirectoryLock:
-    """An ``flock`` held on ``directory/LOCK`` for the lifetime of this object.
+    """An ``flock`` held on ``directory/lock_name`` for the lifetime of this object.
 
     The kernel drops the lock when the holder dies, so a crash never leaves a
     stale lock (unlike pid files checked with ``kill -0``, which pid reuse fools).
     The file holds the owner's pid so a refused opener can name it.
     """
 
-    def __init__(self, directory):
-        self.path = os.path.join(directory, LOCK_NAME)
+    def __init__(self, directory, lock_name=LOCK_NAME):
+        self.path = os.path.join(directory, lock_name)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

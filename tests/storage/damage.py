@@ -95,7 +95,8 @@ def read_all_records(directory):
 
 
 def append_zeros(path, count):
-    """Grow ``path`` by ``count`` zero bytes, as a crash after the file grew but before its data reached the disk leaves it."""
+    """Grow ``path`` by ``count`` zero bytes, as a crash after the file grew but before its data
+    reached the disk leaves it."""
     with open(path, "ab") as f:
         f.write(b"\0" * count)
 

@@ -355,3 +355,33 @@ def test_a_second_opener_is_refused_with_the_holders_pid(open_store, shard_dir):
     store.close()
     with BitcaskStore(shard_dir) as again:
         assert again.get("k2") == b"v2"
+
+
+def test_group_commit_shares_one_fdatasync(open_store, fdatasync_calls):
+    store = open_store(fsync="always")
+    with store.group_commit():
+        for i in range(20):
+            store.put(f"k{i}", b"v")
+        store.delete("k3")
+        assert fdatasync_calls == []
+        assert store.get("k1") == b"v"  # visible inside the block
+    assert len(fdatasync_calls) == 1
+
+
+def test_scan_pages_through_every_live_key_with_a_prefix(open_store, clock):
+    store = open_store()
+    for i in range(250):
+        store.put(f"user:{i}", b"v")
+        store.put(f"other:{i}", b"v")
+    store.put("user:expiring", b"v", expire_at_ms=clock() + 5)
+    clock.advance(5)
+    seen, cursor = [], 0
+    while True:
+        cursor, keys = store.scan("user:", cursor, 32)
+        assert len(keys) <= 32
+        seen += keys
+        if cursor == 0:
+            break
+    assert sorted(seen) == sorted(f"user:{i}".encode() for i in range(250))
+    with pytest.raises(TypeError, match="cursor"):
+        store.scan("user:", -1)

@@ -1,0 +1,381 @@
+"""Client: a process's connection to ferricd (routing, one DEALER per shard, timeouts, fork and thread safety)."""
+
+import json
+import os
+import threading
+import time
+
+import zmq
+
+from ferric_ipc import protocol
+from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, FerricTimeoutError, ProtocolError
+from ferric_ipc.keys import as_key, as_value
+from ferric_ipc.routing import shard_for
+
+RUN_DIR_ENV = "FERRIC_RUN_DIR"
+DEFAULT_RUN_DIR = "./ferric-run"
+DAEMON_FILE = "ferricd.json"  # written by the supervisor: {"shards": N, "protocol": V, "pid": P}
+DEFAULT_TIMEOUT_MS = 2_000
+
+# The client checks types and key sizes before sending; the value limit is the daemon's to enforce.
+_UNBOUNDED_VALUE = 2**32
+
+
+def shard_socket_path(run_dir, shard_id):
+    return os.path.join(run_dir, f"shard-{shard_id}.sock")
+
+
+class _ShardConnection:
+    """One DEALER socket to one shard. A lock serialises threads; a lost request replaces the socket."""
+
+    def __init__(self, context, run_dir, shard_id):
+        self._context = context
+        self.shard_id = shard_id
+        self.path = shard_socket_path(run_dir, shard_id)
+        self.endpoint = f"ipc://{self.path}"
+        self.lock = threading.Lock()
+        self._socket = None
+        self._next_id = 1
+
+    def call(self, requests, timeout_ms, retry):
+        """Send ``[(op, args), ...]`` pipelined; return their results in order.
+
+        Error replies become exceptions only after every reply arrived, so
+        the socket stays in step; the first error is raised. On timeout the
+        socket is replaced (a late reply must never meet a new request), and
+        with ``retry`` the requests are sent once more.
+        """
+        with self.lock:
+            for attempt in range(2 if retry else 1):
+                try:
+                    return self._exchange(requests, timeout_ms)
+                except FerricTimeoutError:
+                    self._close_socket()
+                    if attempt or not retry:
+                        raise
+
+    def _exchange(self, requests, timeout_ms):
+        if self._socket is None:
+            if not os.path.exists(self.path):
+                raise FerricConnectionError(
+                    f"no ferricd socket at {self.path}: start ferricd (systemctl start ferricd), "
+                    f"or point {RUN_DIR_ENV} / Client(run_dir=...) at its run directory"
+                )
+            self._socket = self._context.socket(zmq.DEALER)
+            self._socket.linger = 0
+            self._socket.connect(self.endpoint)
+        ids = []
+        for op, args in requests:
+            request_id, self._next_id = self._next_id, (self._next_id + 1) % 2**64
+            self._socket.send(protocol.request(request_id, op, args))
+            ids.append(request_id)
+        pending = {request_id: position for position, request_id in enumerate(ids)}
+        results = [None] * len(ids)
+        deadline = time.monotonic() + timeout_ms / 1000
+        while pending:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or not self._socket.poll(remaining_ms, zmq.POLLIN):
+                raise FerricTimeoutError(
+                    f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
+                    "check that ferricd is running (systemctl status ferricd)"
+                )
+            frame = self._socket.recv()
+            try:
+                request_id, result = protocol.parse_reply(frame)
+            except FerricError as error:
+                request_id, result = getattr(error, "request_id", None), error
+            if request_id in pending:  # anything else is a late reply to an abandoned request
+                results[pending.pop(request_id)] = result
+        for result in results:
+            if isinstance(result, FerricError):
+                raise result
+        return results
+
+    def _close_socket(self):
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def close(self):
+        with self.lock:
+            self._close_socket()
+
+
+class _Commands:
+    """Operations on one key (or keys of one shard). ``Client`` runs them now, ``Pipeline`` queues them."""
+
+    def get(self, key):
+        """The value of ``key`` as bytes, or None."""
+        key = as_key(key)
+        return self._submit(key, "get", [key])
+
+    def set(self, key, value, ttl_ms=None, nx=False, xx=False):
+        """Set ``key``; ``ttl_ms`` expires it; ``nx`` only if missing, ``xx`` only if present. True if set."""
+        key = as_key(key)
+        return self._submit(key, "set", [key, as_value(value, _UNBOUNDED_VALUE), _ttl(ttl_ms), bool(nx), bool(xx)])
+
+    def expire(self, key, ttl_ms):
+        """Expire ``key`` in ``ttl_ms``; False if it is missing."""
+        key = as_key(key)
+        return self._submit(key, "expire", [key, _ttl(ttl_ms)])
+
+    def persist(self, key):
+        """Remove the expiry of ``key``; False if it is missing or had none."""
+        key = as_key(key)
+        return self._submit(key, "persist", [key])
+
+    def ttl(self, key):
+        """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing."""
+        key = as_key(key)
+        return self._submit(key, "ttl", [key])
+
+    def incr(self, key, delta=1):
+        """Add ``delta`` to the decimal integer in ``key`` (missing counts as 0); returns the new value."""
+        key = as_key(key)
+        if type(delta) is not int:
+            raise TypeError(f"delta must be int, not {type(delta).__name__}")
+        return self._submit(key, "incr", [key, delta])
+
+    def getdel(self, key):
+        """Delete ``key`` and return the value it had (None if missing)."""
+        key = as_key(key)
+        return self._submit(key, "getdel", [key])
+
+    def set_if(self, key, value, guard_key, expected, ttl_ms=None):
+        """Set ``key`` only if ``guard_key`` holds ``expected`` (None: only if ``guard_key`` is missing).
+
+        Both keys must live on one shard: give them the same ``{hash tag}``.
+        The check and the write are atomic on that shard. True if set.
+        """
+        key, guard_key = as_key(key), as_key(guard_key, "guard_key")
+        if expected is not None:
+            expected = as_value(expected, _UNBOUNDED_VALUE, "expected")
+        if self._shard_of(key) != self._shard_of(guard_key):
+            raise CommandError(
+                f"set_if: {key!r} and {guard_key!r} live on different shards; give them the same {{hash tag}}",
+                "WRONG_SHARD",
+            )
+        return self._submit(key, "set_if", [key, as_value(value, _UNBOUNDED_VALUE), guard_key, expected, _ttl(ttl_ms)])
+
+
+class Client(_Commands):
+    """Talks to the ferricd whose run directory is ``run_dir``.
+
+    ``run_dir`` defaults to $FERRIC_RUN_DIR, else ``./ferric-run``. Keys and
+    values are str (UTF-8) or bytes; values come back as bytes; a missing key
+    is None. Every call waits at most ``timeout_ms`` per shard and raises
+    FerricTimeoutError past it (reads are retried once on a fresh socket first).
+
+    Safe to share between threads, and across ``os.fork()``: a forked child
+    builds its own ZeroMQ context and sockets on first use.
+    """
+
+    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS):
+        self.run_dir = os.path.abspath(run_dir or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+        if type(timeout_ms) is not int or timeout_ms <= 0:
+            raise TypeError("timeout_ms must be a positive int")
+        self.timeout_ms = timeout_ms
+        self._lock = threading.Lock()
+        self._pid = None
+        self._context = None
+        self._connections = {}
+        self._shard_count = None
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _connection(self, shard_id):
+        if self._pid != os.getpid():
+            self._reset_after_fork()
+        connection = self._connections.get(shard_id)
+        if connection is None:
+            with self._lock:
+                connection = self._connections.setdefault(
+                    shard_id, _ShardConnection(self._context, self.run_dir, shard_id)
+                )
+        return connection
+
+    def _reset_after_fork(self):
+        # Never touch the parent's context or sockets here: they belong to the parent's
+        # ZeroMQ I/O threads, which do not exist in this process. Drop them and start over.
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._context = zmq.Context()
+            self._connections = {}
+            self._shard_count = None
+            self._pid = os.getpid()
+
+    @property
+    def shard_count(self):
+        """Number of shards, read once from the daemon's ``ferricd.json`` in the run directory."""
+        if self._shard_count is None or self._pid != os.getpid():
+            path = os.path.join(self.run_dir, DAEMON_FILE)
+            try:
+                with open(path, "rb") as f:
+                    daemon = json.load(f)
+            except FileNotFoundError:
+                raise FerricConnectionError(
+                    f"no ferricd at {self.run_dir} ({DAEMON_FILE} is missing): start ferricd "
+                    f"(systemctl start ferricd), or point {RUN_DIR_ENV} / Client(run_dir=...) at its run directory"
+                ) from None
+            except (OSError, ValueError) as exc:
+                raise FerricConnectionError(f"cannot read {path}: {exc}") from None
+            if daemon.get("protocol") != protocol.PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"ferricd speaks protocol {daemon.get('protocol')}, this client {protocol.PROTOCOL_VERSION}: "
+                    "upgrade the client and the daemon together"
+                )
+            if self._pid != os.getpid():
+                self._reset_after_fork()
+            self._shard_count = int(daemon["shards"])
+        return self._shard_count
+
+    def _shard_of(self, key):
+        return shard_for(key, self.shard_count)
+
+    def _call(self, shard_id, op, args):
+        return self._connection(shard_id).call(
+            [(op, args)], self.timeout_ms, op in protocol.IDEMPOTENT_OPS
+        )[0]
+
+    def _submit(self, key, op, args):
+        return self._call(self._shard_of(key), op, args)
+
+    def _by_shard(self, keys):
+        """``{shard: [(position, key), ...]}`` for encoded keys."""
+        groups = {}
+        for position, key in enumerate(keys):
+            groups.setdefault(self._shard_of(key), []).append((position, key))
+        return groups
+
+    # -- operations over many keys or shards ------------------------------------
+
+    def ping(self, shard=None):
+        """True when ``shard`` (default: every shard) answers."""
+        for shard_id in range(self.shard_count) if shard is None else [shard]:
+            self._call(shard_id, "ping", [])
+        return True
+
+    def hello(self, shard=0):
+        """``{"protocol", "shards", "shard", "epoch", "max_value_bytes", "pid"}`` of one shard."""
+        return self._call(shard, "hello", [])
+
+    def mget(self, keys):
+        """Values of ``keys`` in order (None for missing ones)."""
+        keys = [as_key(key) for key in keys]
+        values = [None] * len(keys)
+        for shard_id, group in self._by_shard(keys).items():
+            found = self._call(shard_id, "mget", [[key for _, key in group]])
+            for (position, _), value in zip(group, found):
+                values[position] = value
+        return values
+
+    def mset(self, mapping, ttl_ms=None):
+        """Set every key of ``mapping``; each shard applies its part atomically."""
+        pairs = [(as_key(key), as_value(value, _UNBOUNDED_VALUE)) for key, value in dict(mapping).items()]
+        ttl = _ttl(ttl_ms)
+        for shard_id, group in self._by_shard([key for key, _ in pairs]).items():
+            self._call(shard_id, "mset", [[list(pairs[position]) for position, _ in group], ttl])
+        return True
+
+    def delete(self, *keys):
+        """Delete ``keys``; returns how many existed."""
+        keys = [as_key(key) for key in keys]
+        return sum(self._call(shard_id, "delete", [[k for _, k in group]]) for shard_id, group in self._by_shard(keys).items())
+
+    def exists(self, *keys):
+        """How many of ``keys`` exist (a key named twice counts twice)."""
+        keys = [as_key(key) for key in keys]
+        return sum(self._call(shard_id, "exists", [[k for _, k in group]]) for shard_id, group in self._by_shard(keys).items())
+
+    def scan(self, prefix=b"", cursor=0, count=100):
+        """``(next_cursor, keys)``: a page of keys starting with ``prefix``; cursor 0 starts and ends a scan."""
+        prefix = as_key(prefix, "prefix")
+        if type(cursor) is not int or cursor < 0:
+            raise TypeError("cursor must be 0 or a cursor returned by scan")
+        shards = self.shard_count
+        shard_id, slot = cursor % shards, cursor // shards
+        next_slot, keys = self._call(shard_id, "scan", [prefix, slot, count])
+        if next_slot:
+            return next_slot * shards + shard_id, keys
+        return (shard_id + 1 if shard_id + 1 < shards else 0), keys
+
+    def scan_iter(self, prefix=b"", count=100):
+        """Yield every key starting with ``prefix``."""
+        cursor = 0
+        while True:
+            cursor, keys = self.scan(prefix, cursor, count)
+            yield from keys
+            if cursor == 0:
+                return
+
+    def flush(self, prefix):
+        """Delete every key starting with ``prefix`` on every shard; returns how many."""
+        prefix = as_key(prefix, "prefix")
+        return sum(self._call(shard_id, "flush", [prefix]) for shard_id in range(self.shard_count))
+
+    def info(self):
+        """Per-shard statistics: one dict per shard, in shard order."""
+        return [self._call(shard_id, "info", []) for shard_id in range(self.shard_count)]
+
+    def pipeline(self):
+        """A Pipeline: queue single-key operations, then ``execute()`` sends each shard's share at once."""
+        return Pipeline(self)
+
+    def close(self):
+        """Close this process's sockets (another call opens them again)."""
+        if self._pid == os.getpid():
+            for connection in list(self._connections.values()):
+                connection.close()
+            self._connections = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class Pipeline(_Commands):
+    """Single-key operations queued on a Client and sent together by ``execute()``.
+
+    Each shard receives its requests back to back without waiting for
+    replies, which is how a client reaches tens of thousands of ops/s.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._queued = []  # (shard, op, args)
+
+    def _shard_of(self, key):
+        return self._client._shard_of(key)
+
+    def _submit(self, key, op, args):
+        self._queued.append((self._shard_of(key), op, args))
+        return self
+
+    def execute(self):
+        """Results of the queued operations, in the order they were queued; the first error is raised."""
+        queued, self._queued = self._queued, []
+        by_shard = {}
+        for position, (shard_id, op, args) in enumerate(queued):
+            by_shard.setdefault(shard_id, []).append((position, op, args))
+        results = [None] * len(queued)
+        client = self._client
+        for shard_id, group in by_shard.items():
+            retry = all(op in protocol.IDEMPOTENT_OPS for _, op, _ in group)
+            answers = client._connection(shard_id).call([(op, args) for _, op, args in group], client.timeout_ms, retry)
+            for (position, _, _), answer in zip(group, answers):
+                results[position] = answer
+        return results
+
+    def __len__(self):
+        return len(self._queued)
+
+
+def _ttl(ttl_ms):
+    if ttl_ms is None:
+        return None
+    if type(ttl_ms) is not int or ttl_ms <= 0:
+        raise TypeError("ttl_ms must be a positive int (milliseconds) or None")
+    return ttl_ms

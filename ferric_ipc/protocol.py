@@ -1,0 +1,146 @@
+"""Wire protocol between clients and shards: msgpack frames, request ids, typed error replies.
+
+Request frame (one ZeroMQ message part from a DEALER):  ``[request_id, op, args]``
+Reply frame:                                            ``[request_id, status, result]``
+
+- ``request_id`` is an unsigned integer chosen by the client; the reply echoes
+  it, so a late reply is never taken for the answer to a newer request.
+- ``op`` is a str from OPS; ``args`` a list. Keys and values travel as msgpack
+  bin (bytes); text fields as str.
+- ``status`` is STATUS_OK (``result`` is the answer) or STATUS_ERROR
+  (``result`` is ``[code, message]`` with ``code`` from ERROR_CODES).
+
+``pack`` and ``unpack`` are the one place msgpack enters and leaves.
+See docs/protocol.md for every op's arguments and result.
+"""
+
+import msgpack
+
+from ferric_ipc.errors import (
+    CommandError,
+    FerricError,
+    LimitError,
+    ProtocolError,
+    StorageError,
+    StorageFullError,
+)
+
+PROTOCOL_VERSION = 1
+
+STATUS_OK = 0
+STATUS_ERROR = 1
+
+#: op name -> number of arguments.
+OPS = {
+    "ping": 0,
+    "hello": 0,
+    "get": 1,
+    "mget": 1,
+    "set": 5,  # key, value, ttl_ms | None, nx, xx
+    "mset": 2,  # [[key, value], ...], ttl_ms | None
+    "delete": 1,  # [key, ...]
+    "exists": 1,  # [key, ...]
+    "expire": 2,  # key, ttl_ms
+    "persist": 1,
+    "ttl": 1,
+    "incr": 2,  # key, delta
+    "getdel": 1,
+    "set_if": 5,  # key, value, guard_key, expected | None, ttl_ms | None
+    "scan": 3,  # prefix, cursor, count
+    "flush": 1,  # prefix
+    "info": 0,
+}
+
+#: Ops that change nothing, so a client may resend them after a timeout.
+IDEMPOTENT_OPS = frozenset({"ping", "hello", "get", "mget", "exists", "ttl", "scan", "info"})
+
+#: error code -> exception class a client raises for it.
+ERROR_CODES = {
+    "BAD_FRAME": ProtocolError,
+    "UNKNOWN_OP": ProtocolError,
+    "BAD_ARGS": CommandError,
+    "WRONG_TYPE": CommandError,
+    "NOT_INTEGER": CommandError,
+    "WRONG_SHARD": CommandError,
+    "LIMIT": LimitError,
+    "STORAGE": StorageError,
+    "STORAGE_FULL": StorageFullError,
+    "INTERNAL": FerricError,
+}
+
+_packer_options = {"use_bin_type": True}
+# unpackb bounds every declared length by the frame's own size, so a hostile header cannot
+# make it allocate more than the frame; strict_map_key refuses non-str/bytes map keys.
+_unpack_options = {"raw": False, "strict_map_key": True}
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, **_packer_options)
+
+
+def unpack(frame: bytes):
+    """Decode one frame; raises ProtocolError for anything that is not exactly one msgpack object."""
+    try:
+        return msgpack.unpackb(frame, **_unpack_options)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"malformed frame: {exc}") from None
+
+
+def request(request_id: int, op: str, args: list) -> bytes:
+    return pack([request_id, op, args])
+
+
+def ok_reply(request_id, result) -> bytes:
+    return pack([request_id, STATUS_OK, result])
+
+
+def error_reply(request_id, code: str, message: str) -> bytes:
+    return pack([request_id, STATUS_ERROR, [code, message]])
+
+
+def parse_request(frame: bytes):
+    """``(request_id, op, args)`` of a request frame.
+
+    Raises ProtocolError with ``.request_id`` set (None if unknown) and
+    ``.code`` set to BAD_FRAME or UNKNOWN_OP.
+    """
+    try:
+        message = unpack(frame)
+    except ProtocolError as exc:
+        raise _request_error(None, "BAD_FRAME", str(exc)) from None
+    if not (isinstance(message, list) and len(message) == 3):
+        raise _request_error(None, "BAD_FRAME", "a request is [request_id, op, args]")
+    request_id, op, args = message
+    if not (isinstance(request_id, int) and 0 <= request_id < 2**64):
+        raise _request_error(None, "BAD_FRAME", "request_id must be an unsigned 64-bit integer")
+    if not isinstance(op, str) or op not in OPS:
+        raise _request_error(request_id, "UNKNOWN_OP", f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    if not isinstance(args, list) or len(args) != OPS[op]:
+        raise _request_error(request_id, "BAD_ARGS", f"{op} takes {OPS[op]} arguments in a list")
+    return request_id, op, args
+
+
+def parse_reply(frame: bytes):
+    """``(request_id, result)`` of a reply frame; an error reply raises its mapped exception."""
+    message = unpack(frame)
+    # A request id of None answers a frame too broken to have one.
+    if not (isinstance(message, list) and len(message) == 3 and isinstance(message[0], (int, type(None)))):
+        raise ProtocolError("malformed reply: expected [request_id, status, result]")
+    request_id, status, result = message
+    if status == STATUS_OK:
+        return request_id, result
+    if status == STATUS_ERROR and isinstance(result, list) and len(result) == 2:
+        code, text = result
+        error_class = ERROR_CODES.get(code, FerricError)
+        error = error_class(text, code) if error_class is CommandError else error_class(text)
+        error.code = code
+        error.request_id = request_id
+        raise error
+    raise ProtocolError(f"malformed reply status {status!r}")
+
+
+def _request_error(request_id, code, message):
+    error = ProtocolError(message)
+    error.request_id = request_id
+    error.code = code
+    return error

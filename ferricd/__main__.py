@@ -1,0 +1,7 @@
+"""``python -m ferricd``: the same as the ``ferricd`` command."""
+
+import sys
+
+from ferricd.supervisor import main
+
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""ShardCommands: what each protocol op does to a shard's store (argument checks, TTLs, conditional writes)."""
+
+import os
+import time
+
+import psutil
+
+from ferric_ipc.errors import CommandError, LimitError, StorageError, StorageFullError
+from ferric_ipc.keys import as_key
+from ferric_ipc.protocol import PROTOCOL_VERSION
+from ferric_ipc.routing import shard_for
+from ferricd.storage import Delete, Put
+
+_MAX_SCAN_COUNT = 10_000
+_MAX_U64 = 2**64 - 1
+
+
+class ShardCommands:
+    """Executes one op against ``store``. ``run(op, args)`` returns the result or raises.
+
+    Errors a client should see are raised as the exceptions the protocol maps
+    to codes (``error_code`` gives the code). TTLs arrive relative (``ttl_ms``)
+    and are stored absolute (``expire_at_ms``) on the shard's clock.
+    """
+
+    def __init__(self, store, shard_id, shard_count, epoch, clock):
+        self.store = store
+        self.shard_id = shard_id
+        self.shard_count = shard_count
+        self.epoch = epoch
+        self._clock = clock
+        self._process = psutil.Process()
+        self._started = time.time()
+        self.requests = 0
+        self.errors = 0
+
+    def run(self, op, args):
+        return getattr(self, f"op_{op}")(*args)
+
+    # -- plain ops -----------------------------------------------------------
+
+    def op_ping(self):
+        return "pong"
+
+    def op_hello(self):
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "shards": self.shard_count,
+            "shard": self.shard_id,
+            "epoch": self.epoch,
+            "max_value_bytes": self.store.settings.max_value_bytes,
+            "pid": os.getpid(),
+        }
+
+    def op_get(self, key):
+        return self.store.get(self._key(key))
+
+    def op_mget(self, keys):
+        return [self.store.get(key) for key in self._keys(keys)]
+
+    def op_set(self, key, value, ttl_ms, nx, xx):
+        key = self._key(key)
+        if not isinstance(nx, bool) or not isinstance(xx, bool):
+            raise CommandError("nx and xx must be booleans")
+        if nx and xx:
+            raise CommandError("nx and xx exclude each other: nx sets only a missing key, xx only an existing one")
+        if nx or xx:
+            exists = self.store.get_with_expiry(key) is not None
+            if (nx and exists) or (xx and not exists):
+                return False
+        self.store.put(key, value, self._expire_at(ttl_ms))
+        return True
+
+    def op_mset(self, pairs, ttl_ms):
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise CommandError("mset takes a list of [key, value] pairs")
+        expire_at_ms = self._expire_at(ttl_ms)
+        self.store.write_batch([Put(self._key(k), v, expire_at_ms) for k, v in pairs])
+        return True
+
+    def op_delete(self, keys):
+        return sum(self.store.write_batch([Delete(key) for key in self._keys(keys)]))
+
+    def op_exists(self, keys):
+        return sum(self.store.get_with_expiry(key) is not None for key in self._keys(keys))
+
+    def op_expire(self, key, ttl_ms):
+        if ttl_ms is None:
+            raise CommandError("expire needs ttl_ms; use persist to remove an expiry")
+        found = self.store.get_with_expiry(self._key(key))
+        if found is None:
+            return False
+        self.store.put(key, found[0], self._expire_at(ttl_ms))
+        return True
+
+    def op_persist(self, key):
+        found = self.store.get_with_expiry(self._key(key))
+        if found is None or found[1] == 0:
+            return False
+        self.store.put(key, found[0], 0)
+        return True
+
+    def op_ttl(self, key):
+        """Milliseconds left; -1 if the key never expires, -2 if it is missing (Redis PTTL)."""
+        found = self.store.get_with_expiry(self._key(key))
+        if found is None:
+            return -2
+        return -1 if found[1] == 0 else max(0, found[1] - self._clock())
+
+    def op_incr(self, key, delta):
+        if type(delta) is not int or not -(2**63) <= delta < 2**63:
+            raise CommandError("delta must be a 64-bit integer")
+        key = self._key(key)
+        found = self.store.get_with_expiry(key)
+        value, expire_at_ms = found if found is not None else (b"0", 0)
+        try:
+            number = int(value.decode("ascii"), 10)
+        except (UnicodeDecodeError, ValueError):
+            raise CommandError("the value is not a decimal integer", "NOT_INTEGER") from None
+        number += delta
+        if not -(2**63) <= number < 2**63:
+            raise CommandError("incr would overflow a 64-bit integer", "NOT_INTEGER")
+        self.store.put(key, str(number).encode(), expire_at_ms)  # incr keeps the key's expiry
+        return number
+
+    def op_getdel(self, key):
+        key = self._key(key)
+        value = self.store.get(key)
+        if value is not None:
+            self.store.delete(key)
+        return value
+
+    def op_set_if(self, key, value, guard_key, expected, ttl_ms):
+        """Set ``key`` only if ``guard_key`` holds ``expected`` (None: only if it is missing)."""
+        key, guard_key = self._key(key), self._key(guard_key, "guard_key")
+        if self.shard_count > 1 and shard_for(guard_key, self.shard_count) != self.shard_id:
+            raise CommandError(
+                "guard_key lives on another shard; give key and guard_key the same {hash tag}", "WRONG_SHARD"
+            )
+        if expected is not None and not isinstance(expected, bytes):
+            raise CommandError("expected must be bytes or None")
+        if self.store.get(guard_key) != expected:
+            return False
+        self.store.put(key, value, self._expire_at(ttl_ms))
+        return True
+
+    def op_scan(self, prefix, cursor, count):
+        if type(count) is not int or not 0 < count <= _MAX_SCAN_COUNT:
+            raise CommandError(f"count must be between 1 and {_MAX_SCAN_COUNT}")
+        return list(self.store.scan(self._key(prefix, "prefix"), cursor, count))
+
+    def op_flush(self, prefix):
+        prefix = self._key(prefix, "prefix")
+        doomed = [key for key in self.store.keys() if key.startswith(prefix)]
+        return sum(self.store.write_batch([Delete(key) for key in doomed]))
+
+    def op_info(self):
+        with self._process.oneshot():
+            process = {
+                "pid": self._process.pid,
+                "rss_bytes": self._process.memory_info().rss,
+                "cpu_seconds": sum(self._process.cpu_times()[:2]),
+                "open_files": self._process.num_fds(),
+                "uptime_s": round(time.time() - self._started, 1),
+            }
+        return {
+            "shard": self.shard_id,
+            "epoch": self.epoch,
+            "requests": self.requests,
+            "errors": self.errors,
+            **self.store.stats(),
+            **process,
+        }
+
+    # -- argument checks -------------------------------------------------------
+
+    def _key(self, key, argument="key"):
+        if not isinstance(key, bytes):
+            raise CommandError(f"{argument} must be bytes (msgpack bin), not {type(key).__name__}")
+        return as_key(key, argument)
+
+    def _keys(self, keys):
+        if not isinstance(keys, list):
+            raise CommandError("keys must be a list")
+        return [self._key(key) for key in keys]
+
+    def _expire_at(self, ttl_ms):
+        if ttl_ms is None:
+            return 0
+        if type(ttl_ms) is not int or ttl_ms <= 0 or ttl_ms > _MAX_U64 - self._clock():
+            raise CommandError("ttl_ms must be a positive integer number of milliseconds, or None")
+        return self._clock() + ttl_ms
+
+
+def error_code(exc):
+    """The protocol error code for an exception raised while running an op."""
+    if isinstance(exc, CommandError):
+        return exc.code
+    if isinstance(exc, LimitError):
+        return "LIMIT"
+    if isinstance(exc, StorageFullError):
+        return "STORAGE_FULL"
+    if isinstance(exc, StorageError):
+        return "STORAGE"
+    if isinstance(exc, (TypeError, ValueError)):
+        return "BAD_ARGS"
+    return "INTERNAL"

@@ -1,0 +1,135 @@
+"""Daemon configuration: embedded defaults, then the TOML file, then command-line flags.
+
+Every option and its default is in DEFAULTS; docs/configuration.md describes
+each. Sizes may be integers (bytes) or strings such as ``"64MiB"``.
+"""
+
+import re
+import tomllib
+from dataclasses import dataclass
+
+from ferric_ipc.errors import FerricError
+from ferricd.storage.settings import StoreSettings
+
+DEFAULTS = {
+    "daemon": {
+        "data_dir": "./ferric-data",  # one shard-K directory per shard
+        "run_dir": "./ferric-run",  # sockets and run-time state; clients need read access
+        "shards": 0,  # 0 = the count recorded in data_dir, or one per CPU core for a new one
+        "stop_timeout_ms": 10_000,  # SIGTERM to exit: shards past this are killed
+        "ping_timeout_ms": 1_000,  # a shard slower than this to answer a health ping is unhealthy
+        "health_interval_ms": 1_000,  # how often the supervisor pings shards (and feeds the watchdog)
+        "restart_backoff_initial_ms": 100,  # first delay before restarting a crashed shard
+        "restart_backoff_max_ms": 30_000,  # the delay doubles per consecutive failure up to this
+        "healthy_after_ms": 30_000,  # a shard up this long has its failure count reset
+        "log_level": "info",
+    },
+    "storage": {
+        "max_file_bytes": "64MiB",
+        "max_value_bytes": "16MiB",
+        "fsync": "always",  # always | interval | never
+        "fsync_interval_ms": 1_000,
+        "snapshot_on_close": True,
+    },
+}
+
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$")
+_SIZE_OPTIONS = {"max_file_bytes", "max_value_bytes"}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+
+
+class ConfigError(FerricError, ValueError):
+    """The configuration file or a flag is invalid; the message names the option."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    data_dir: str
+    run_dir: str
+    shards: int
+    stop_timeout_ms: int
+    ping_timeout_ms: int
+    health_interval_ms: int
+    restart_backoff_initial_ms: int
+    restart_backoff_max_ms: int
+    healthy_after_ms: int
+    log_level: str
+    storage: StoreSettings
+
+    def to_dict(self):
+        """Plain data (for handing the resolved settings to a shard process)."""
+        daemon = {name: getattr(self, name) for name in DEFAULTS["daemon"]}
+        storage = {name: getattr(self.storage, name) for name in DEFAULTS["storage"]}
+        return {"daemon": daemon, "storage": storage}
+
+
+def load_config(path=None, overrides=None) -> DaemonConfig:
+    """Defaults, then the file at ``path`` (if given), then ``overrides`` (``{"daemon": {...}}``)."""
+    merged = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is not None:
+        _merge(merged, _read_toml(path), source=path)
+    _merge(merged, overrides or {}, source="command line")
+    return _build(merged)
+
+
+def from_dict(data) -> DaemonConfig:
+    """The inverse of ``DaemonConfig.to_dict``."""
+    merged = {section: dict(values) for section, values in DEFAULTS.items()}
+    _merge(merged, data, source="settings")
+    return _build(merged)
+
+
+def _read_toml(path):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _merge(merged, data, source):
+    for section, values in data.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(DEFAULTS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for name, value in values.items():
+            if name not in DEFAULTS[section]:
+                raise ConfigError(
+                    f"{source}: unknown option {section}.{name}; "
+                    f"known options of [{section}]: {', '.join(DEFAULTS[section])}"
+                )
+            if value is not None:
+                merged[section][name] = value
+
+
+def _build(merged):
+    daemon, storage = merged["daemon"], merged["storage"]
+    for name, default in DEFAULTS["daemon"].items():
+        if type(daemon[name]) is not type(default):
+            raise ConfigError(f"daemon.{name} must be {type(default).__name__}, not {daemon[name]!r}")
+    if daemon["shards"] < 0 or daemon["shards"] > 1024:
+        raise ConfigError("daemon.shards must be between 1 and 1024, or 0 for one per CPU core")
+    if daemon["log_level"] not in _LOG_LEVELS:
+        raise ConfigError(f"daemon.log_level must be one of {sorted(_LOG_LEVELS)}")
+    for name in DEFAULTS["daemon"]:
+        if name.endswith("_ms") and daemon[name] <= 0:
+            raise ConfigError(f"daemon.{name} must be a positive number of milliseconds")
+    storage_values = {name: _size(name, value) if name in _SIZE_OPTIONS else value for name, value in storage.items()}
+    try:
+        store_settings = StoreSettings(**storage_values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"storage.{exc}") from None
+    return DaemonConfig(**daemon, storage=store_settings)
+
+
+def _size(name, value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(f"storage.{name} must be bytes or a size like \"64MiB\", not {value!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]

@@ -1,0 +1,183 @@
+"""One shard process: the only writer of data_dir/shard-K, serving requests on ipc://run_dir/shard-K.sock.
+
+Started by the supervisor as ``python -m ferricd.shard --shard K --settings JSON``.
+Exit codes: 0 after a clean stop, EXIT_BOOT_ERROR when it cannot start
+(directory locked, socket in use, bad settings), EXIT_DATA_ERROR when its data
+cannot be read. The supervisor backs off instead of respawning in a hot loop.
+"""
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import zmq
+
+from ferric_ipc import protocol
+from ferric_ipc.errors import DirectoryLockedError, FerricError, ProtocolError, StorageError
+from ferricd.clock import wall_clock_ms
+from ferricd.commands import ShardCommands, error_code
+from ferricd.config import from_dict
+from ferricd.storage import BitcaskStore
+from ferricd.storage.lock import DirectoryLock
+
+EXIT_BOOT_ERROR = 3
+EXIT_DATA_ERROR = 4
+
+TICK_MS = 100  # housekeeping (interval fsync, stop flag) at least this often
+MAX_BATCH = 1024  # requests applied per group commit, so replies are never held back for long
+
+log = logging.getLogger("ferricd.shard")
+
+
+def socket_path(run_dir, shard_id):
+    return os.path.join(run_dir, f"shard-{shard_id}.sock")
+
+
+def shard_data_dir(data_dir, shard_id):
+    return os.path.join(data_dir, f"shard-{shard_id}")
+
+
+class ShardServer:
+    """A shard's store behind a ZeroMQ ROUTER socket.
+
+    ``__init__`` touches nothing process-wide; ``open`` takes the locks, recovers
+    the store and binds; ``serve`` runs until ``should_stop()``; ``close`` syncs,
+    writes hints and the snapshot, and unbinds.
+    """
+
+    def __init__(self, config, shard_id):
+        self.config = config
+        self.shard_id = shard_id
+        self.endpoint = f"ipc://{socket_path(config.run_dir, shard_id)}"
+        self.store = self._socket_lock = self._context = self._socket = None
+
+    def open(self):
+        # The lock comes before the bind: a second shard binding the same ipc path
+        # would silently take the endpoint over from the first.
+        self._socket_lock = DirectoryLock(self.config.run_dir, f"shard-{self.shard_id}.lock")
+        epoch = time.time_ns()
+        self.store = BitcaskStore(shard_data_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch)
+        log.info("recovered: %s", " ".join(f"{k}={v}" for k, v in vars(self.store.recovery).items()))
+        self.commands = ShardCommands(self.store, self.shard_id, self.config.shards, epoch, wall_clock_ms)
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._socket.linger = 0
+        self._socket.bind(self.endpoint)
+        log.info("serving %s", self.endpoint)
+
+    def serve(self, should_stop):
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        while not should_stop():
+            if poller.poll(TICK_MS):
+                self.handle_ready()
+            self.store.sync_if_due()
+        self.handle_ready()  # answer what was already queued when the stop came
+
+    def handle_ready(self):
+        """Apply every ready request under one group commit, then send all replies."""
+        replies = []
+        try:
+            with self.store.group_commit():
+                for _ in range(MAX_BATCH):
+                    try:
+                        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    replies.append((frames[0], self.handle(frames[1:])))
+        except StorageError as exc:  # the shared fsync failed: nothing in the batch may be acknowledged
+            log.error("group commit failed: %s", exc)
+            replies = [(identity, protocol.error_reply(None, "STORAGE", str(exc))) for identity, _ in replies]
+        for identity, reply in replies:
+            try:
+                self._socket.send_multipart([identity, reply], zmq.NOBLOCK)
+            except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
+                pass
+
+    def handle(self, frames):
+        """The reply frame for one request; never raises."""
+        self.commands.requests += 1
+        request_id = None
+        try:
+            if len(frames) != 1:
+                raise ProtocolError(f"a request is one message part, got {len(frames)}")
+            request_id, op, args = protocol.parse_request(frames[0])
+            return protocol.ok_reply(request_id, self.commands.run(op, args))
+        except ProtocolError as exc:
+            self.commands.errors += 1
+            return protocol.error_reply(getattr(exc, "request_id", request_id), getattr(exc, "code", "BAD_FRAME"), str(exc))
+        except (FerricError, TypeError, ValueError) as exc:
+            self.commands.errors += 1
+            return protocol.error_reply(request_id, error_code(exc), str(exc))
+        except Exception as exc:  # a bug: report it to the client and keep serving
+            self.commands.errors += 1
+            log.exception("op failed")
+            return protocol.error_reply(request_id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    def close(self):
+        if self._socket is not None:
+            self._socket.close()
+            self._context.term()
+        if self.store is not None:
+            self.store.close()
+        if self._socket_lock is not None:
+            self._socket_lock.release()
+
+
+def _die_with_parent():
+    """Ask the kernel to SIGTERM this process if the supervisor dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ferricd-shard")
+    parser.add_argument("--shard", type=int, required=True)
+    parser.add_argument("--settings", required=True, help="resolved configuration as JSON")
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = from_dict(json.loads(args.settings))
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format=f"%(asctime)s shard-{args.shard}[%(process)d] %(levelname)s %(message)s",
+    )
+    _die_with_parent()
+    if args.parent_pid and os.getppid() != args.parent_pid:
+        return EXIT_BOOT_ERROR  # the supervisor died before the death signal was armed
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us in order
+
+    server = ShardServer(config, args.shard)
+    try:
+        server.open()
+    except DirectoryLockedError as exc:
+        log.error("cannot start: %s", exc)
+        server.close()
+        return EXIT_BOOT_ERROR
+    except zmq.ZMQError as exc:
+        log.error("cannot bind %s: %s", server.endpoint, exc)
+        server.close()
+        return EXIT_BOOT_ERROR
+    except (StorageError, OSError) as exc:
+        log.error("cannot open the data directory: %s", exc)
+        server.close()
+        return EXIT_DATA_ERROR
+    try:
+        server.serve(lambda: bool(stopping))
+    finally:
+        server.close()
+    log.info("stopped cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Supervisor: one process per shard, restarted with backoff when it dies, stopped in order, reported to systemd.
+
+The main loop reads top to bottom: handle queued signals, reap exited shards,
+start the ones that are due, check health (READY=1 / WATCHDOG=1), sleep.
+Signal handlers only enqueue; everything happens in the loop.
+"""
+
+import argparse
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from ferric_ipc.client import DAEMON_FILE, Client
+from ferric_ipc.errors import DirectoryLockedError, FerricError
+from ferric_ipc.protocol import PROTOCOL_VERSION
+from ferricd import systemd
+from ferricd.config import ConfigError, load_config
+from ferricd.shard import EXIT_BOOT_ERROR, EXIT_DATA_ERROR, socket_path
+from ferricd.storage.datafiles import write_atomically
+from ferricd.storage.lock import DirectoryLock
+
+log = logging.getLogger("ferricd")
+
+META_FILE = "ferricd.meta"  # in data_dir: {"format": 1, "shards": N}, written when the directory is created
+LOCK_NAME = "ferricd.lock"  # in data_dir and run_dir: one daemon per directory
+EXIT_CONFIG_ERROR = 2
+EXIT_IN_USE = 1
+
+
+class ShardSlot:
+    """What the supervisor knows about shard ``shard_id``: its process and its restart history."""
+
+    def __init__(self, shard_id):
+        self.shard_id = shard_id
+        self.process = None
+        self.started_at = 0.0
+        self.failures = 0
+        self.next_start_at = 0.0  # monotonic seconds
+        self.healthy = False
+
+    @property
+    def running(self):
+        return self.process is not None
+
+
+class Supervisor:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+    def __init__(self, config):
+        """Only records settings: locks, signals and sockets are set up by ``start``."""
+        self.config = config
+        self.slots = []
+        self.signal_queue = []
+        self.stopping = False
+        self.ready = False
+        self._locks = []
+        self._wakeup = None
+        self._client = None
+        self._next_health_at = 0.0
+        self._next_watchdog_at = 0.0
+        self._watchdog_s = systemd.watchdog_interval_s()
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self):
+        """Start, supervise until SIGTERM/SIGINT, stop. Returns the process exit code."""
+        code = self.start()
+        if code:
+            return code
+        try:
+            while not self.stopping:
+                self.handle_signals()
+                if self.stopping:
+                    break
+                self.reap_shards()
+                self.manage_shards()
+                self.check_health()
+                self.sleep()
+        finally:
+            self.stop()
+        return 0
+
+    def start(self):
+        config = self.config
+        os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
+        os.makedirs(config.run_dir, mode=0o750, exist_ok=True)
+        try:
+            self._locks = [DirectoryLock(config.data_dir, LOCK_NAME), DirectoryLock(config.run_dir, LOCK_NAME)]
+        except DirectoryLockedError as exc:
+            self._release_locks()
+            log.error("another ferricd is running: %s", exc)
+            return EXIT_IN_USE
+        try:
+            self.shard_count = resolve_shard_count(config.data_dir, config.shards)
+        except ConfigError as exc:
+            self._release_locks()
+            log.error("%s", exc)
+            return EXIT_CONFIG_ERROR
+        self.slots = [ShardSlot(shard_id) for shard_id in range(self.shard_count)]
+        self._install_signals()
+        write_atomically(
+            os.path.join(config.run_dir, DAEMON_FILE),
+            [json.dumps({"shards": self.shard_count, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}).encode()],
+            file_mode=0o644,
+        )
+        self._client = Client(config.run_dir, timeout_ms=config.ping_timeout_ms)
+        log.info(
+            "ferricd %d: %d shards; data in %s; sockets in %s",
+            os.getpid(), self.shard_count, os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
+        )
+        return 0
+
+    # -- signals ---------------------------------------------------------------
+
+    def _install_signals(self):
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup = read_fd
+        signal.set_wakeup_fd(write_fd)
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._enqueue_signal)
+
+    def _enqueue_signal(self, signum, _frame):
+        self.signal_queue.append(signum)
+
+    def handle_signals(self):
+        while self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
+            if handler:
+                handler()
+
+    def handle_sigterm(self):
+        log.info("SIGTERM: stopping")
+        self.stopping = True
+
+    def handle_sigint(self):
+        log.info("SIGINT: stopping")
+        self.stopping = True
+
+    def handle_sighup(self):
+        log.warning("SIGHUP: configuration reload is not supported; restart ferricd to apply changes")
+
+    def handle_sigchld(self):
+        pass  # reap_shards runs right after
+
+    # -- children --------------------------------------------------------------
+
+    def reap_shards(self):
+        """Collect shards that exited and schedule their restart with exponential backoff."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.process is None or slot.process.poll() is None:
+                continue
+            returncode = slot.process.returncode
+            status = describe_exit(returncode)
+            if now - slot.started_at >= self.config.healthy_after_ms / 1000:
+                slot.failures = 0  # it ran well for a while: start the backoff over
+            slot.failures += 1
+            delay_ms = min(
+                self.config.restart_backoff_initial_ms * 2 ** (slot.failures - 1), self.config.restart_backoff_max_ms
+            )
+            slot.next_start_at = now + delay_ms / 1000
+            slot.process, slot.healthy = None, False
+            if returncode in (EXIT_BOOT_ERROR, EXIT_DATA_ERROR):
+                log.error("shard %d cannot start (%s, see its log); retrying in %d ms", slot.shard_id, status, delay_ms)
+            else:
+                log.error("shard %d died (%s); restarting in %d ms", slot.shard_id, status, delay_ms)
+            systemd.notify(f"STATUS=shard {slot.shard_id} down ({status}); restarting")
+
+    def manage_shards(self):
+        """Start every shard that is not running and whose backoff has passed."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if not slot.running and now >= slot.next_start_at:
+                self.spawn_shard(slot)
+
+    def spawn_shard(self, slot):
+        settings = self.config.to_dict()
+        settings["daemon"]["shards"] = self.shard_count
+        # A fresh interpreter (fork + exec): ZeroMQ state must never cross a fork.
+        slot.process = subprocess.Popen(
+            [sys.executable, "-m", "ferricd.shard", "--shard", str(slot.shard_id),
+             "--settings", json.dumps(settings), "--parent-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        slot.started_at = time.monotonic()
+        log.info("shard %d started as pid %d", slot.shard_id, slot.process.pid)
+
+    def kill_shard(self, slot, signum):
+        if slot.process is not None and slot.process.poll() is None:
+            try:
+                slot.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    # -- health and systemd ------------------------------------------------------
+
+    def check_health(self):
+        """Ping running shards; READY=1 once all answer, WATCHDOG=1 while all answer."""
+        now = time.monotonic()
+        if now < self._next_health_at:
+            return
+        interval_s = self.config.health_interval_ms / 1000 if self.ready else 0.05
+        self._next_health_at = now + interval_s
+        for slot in self.slots:
+            slot.healthy = slot.running and self._answers(slot.shard_id)
+        healthy = sum(slot.healthy for slot in self.slots)
+        if healthy == len(self.slots):
+            if not self.ready:
+                self.ready = True
+                log.info("ready: %d shards answering on %s", healthy, self.config.run_dir)
+                systemd.notify(f"READY=1\nSTATUS={healthy}/{len(self.slots)} shards up")
+            if self._watchdog_s and now >= self._next_watchdog_at:
+                systemd.notify("WATCHDOG=1")
+                self._next_watchdog_at = now + self._watchdog_s
+        elif self.ready:
+            systemd.notify(f"STATUS={healthy}/{len(self.slots)} shards up")
+
+    def _answers(self, shard_id):
+        if not os.path.exists(socket_path(self.config.run_dir, shard_id)):
+            return False
+        try:
+            return self._client.ping(shard=shard_id)
+        except FerricError:
+            return False
+
+    def sleep(self):
+        """Wait for a signal, the next due restart, or the next health check, whichever is first."""
+        now = time.monotonic()
+        wake_at = [self._next_health_at] + [s.next_start_at for s in self.slots if not s.running]
+        timeout = max(0.0, min(min(wake_at) - now, 1.0))
+        if select.select([self._wakeup], [], [], timeout)[0]:
+            try:
+                while os.read(self._wakeup, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # -- stopping --------------------------------------------------------------
+
+    def stop(self):
+        """SIGTERM every shard, wait up to stop_timeout_ms, SIGKILL what is left, clean up."""
+        systemd.notify("STOPPING=1")
+        for slot in self.slots:
+            self.kill_shard(slot, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.stop_timeout_ms / 1000
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            try:
+                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("shard %d did not stop within %d ms; killing it", slot.shard_id, self.config.stop_timeout_ms)
+                self.kill_shard(slot, signal.SIGKILL)
+                slot.process.wait()
+            slot.process = None
+        if self._client is not None:
+            self._client.close()
+        if self._locks:  # only the daemon holding the run directory removes its daemon file
+            try:
+                os.unlink(os.path.join(self.config.run_dir, DAEMON_FILE))
+            except FileNotFoundError:
+                pass
+        self._release_locks()
+        log.info("stopped")
+
+    def _release_locks(self):
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+
+
+def resolve_shard_count(data_dir, configured):
+    """The shard count to run with: the one recorded in ``data_dir``; a new directory records ``configured``.
+
+    ``configured`` 0 means: the recorded count, or one per CPU core for a new
+    directory. A different explicit count is refused.
+    """
+    path = os.path.join(data_dir, META_FILE)
+    try:
+        with open(path, "rb") as f:
+            recorded = int(json.load(f)["shards"])
+    except FileNotFoundError:
+        count = configured or os.cpu_count() or 1
+        write_atomically(path, [json.dumps({"format": 1, "shards": count}).encode()])
+        return count
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); it records the shard count and must be restored") from None
+    if configured and configured != recorded:
+        raise ConfigError(
+            f"{data_dir} was created with {recorded} shards, and keys are placed by shard count: "
+            f"start with --shards {recorded} (or shards = {recorded} in the config), or use a new data directory. "
+            "Changing the count of an existing directory (resharding) is not supported yet."
+        )
+    return recorded
+
+
+def describe_exit(returncode):
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ferricd", description="FerricStore cache daemon")
+    parser.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
+    parser.add_argument("--data-dir", help="where shard data lives (default ./ferric-data)")
+    parser.add_argument("--run-dir", help="where sockets live (default ./ferric-run)")
+    parser.add_argument("--shards", type=int, help="shard count for a new data directory (default: one per core)")
+    args = parser.parse_args(argv)
+    overrides = {"daemon": {"data_dir": args.data_dir, "run_dir": args.run_dir, "shards": args.shards}}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"ferricd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s ferricd[%(process)d] %(levelname)s %(message)s",
+    )
+    return Supervisor(config).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
