@@ -5,7 +5,7 @@ import os
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from ferric_ipc.errors import CorruptDataError, StorageError
+from ferric_ipc.errors import StorageError
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferricd.clock import wall_clock_ms
 from ferricd.storage.datafiles import DataFiles, hint_path
@@ -75,7 +75,7 @@ class BitcaskStore:
             settings.fsync
         ]
         self._grouping = False
-        self.counters = dict.fromkeys(("puts", "deletes", "gets", "hits", "misses", "expired", "corrupt_reads"), 0)
+        self.counters = dict.fromkeys(("puts", "deletes", "gets", "hits", "misses", "expired"), 0)
         self._closed = False
 
     # -- reads -----------------------------------------------------------------
@@ -89,17 +89,11 @@ class BitcaskStore:
         """``(value, expire_at_ms)`` of ``key`` (0 = never expires), or None if missing or expired.
 
         A record that fails its checksum is logged, counted in
-        ``counters["corrupt_reads"]``, dropped from the key directory and read as missing.
+        ``stats()["corrupt_reads"]``, dropped from the key directory and read as missing.
         """
         key = as_key(key)
         self.counters["gets"] += 1
-        try:
-            hit = self._keydir.lookup(key_hash64(key), key)
-        except CorruptDataError as exc:
-            log.error("%s: key %r: %s; treating it as missing", self.directory, key[:64], exc)
-            self.counters["corrupt_reads"] += 1
-            self._keydir.drop(exc.slot)
-            return None
+        hit = self._keydir.lookup(key_hash64(key), key)
         if hit is not None:
             slot, record, expire_at_ms = hit
             if not expire_at_ms or expire_at_ms > self._clock():
@@ -385,6 +379,7 @@ class BitcaskStore:
             "index_bytes": index.nbytes,
             "index_capacity": index.capacity,
             "next_seq": self._next_seq,
+            "corrupt_reads": self._keydir.corrupt_dropped,
             **self.counters,
         }
 

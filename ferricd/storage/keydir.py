@@ -5,16 +5,28 @@ against the key bytes of the record the slot points at, so two keys with the
 same 64-bit hash stay distinct.
 """
 
+import logging
+
 from ferric_ipc.errors import CorruptDataError
 from ferricd.index import ShardIndex
 from ferricd.storage.records import FLAG_TOMBSTONE, HEADER_BYTES, decode, key_matches, record_key, record_seq
 
+log = logging.getLogger(__name__)
+
 
 class KeyDirectory:
+    """Key -> newest record. A slot whose record fails its CRC is dropped (and counted) wherever it is met.
+
+    A candidate whose key does not match is checked too: that is either a
+    true 64-bit hash collision (whose record is intact) or damage to the key
+    bytes, which must not leave a never-written key in ``keys()``.
+    """
+
     def __init__(self, index: ShardIndex, files, live_bytes=None):
         self.index = index
         self.files = files
         self.live_bytes = dict(live_bytes or {})  # file_id -> bytes of records the index points at
+        self.corrupt_dropped = 0  # slots dropped because their record failed its CRC
 
     def __len__(self):
         return self.index.count
@@ -22,30 +34,44 @@ class KeyDirectory:
     def find(self, key_hash, key):
         """``(slot, file_id, offset, record_len, expire_at_ms)`` of ``key``, or None.
 
-        Reads only the header and key of each candidate record (no CRC check).
+        The matching record's own CRC is not checked (callers replace or drop it).
         """
         for candidate in self.index.candidates(key_hash):
-            _slot, file_id, offset, _record_len, _expire = candidate
+            _slot, file_id, offset, record_len, _expire = candidate
             if key_matches(self.files.read(file_id, offset, HEADER_BYTES + len(key)), key):
                 return candidate
+            self._drop_if_corrupt(candidate)
         return None
 
     def lookup(self, key_hash, key):
-        """``(slot, Record, expire_at_ms)`` for ``key`` with its CRC verified, or None.
-
-        Raises CorruptDataError (carrying ``.slot``) when the record whose key
-        matches fails its checksum.
-        """
-        for slot, file_id, offset, record_len, expire_at_ms in self.index.candidates(key_hash):
+        """``(slot, Record, expire_at_ms)`` for ``key`` with its CRC verified, or None (also when damaged)."""
+        for candidate in self.index.candidates(key_hash):
+            slot, file_id, offset, record_len, expire_at_ms = candidate
             data = self.files.read(file_id, offset, record_len)
             if not key_matches(data, key):
+                self._drop_if_corrupt(candidate, data)
                 continue
             try:
                 return slot, decode(data), expire_at_ms
             except CorruptDataError as exc:
-                exc.slot = slot
-                raise
+                self._drop_corrupt(slot, file_id, offset, exc)
+                return None
         return None
+
+    def _drop_if_corrupt(self, candidate, data=None):
+        """Check a candidate record's CRC; drop its slot if damaged. Returns whether it was dropped."""
+        slot, file_id, offset, record_len, _expire = candidate
+        try:
+            decode(self.files.read(file_id, offset, record_len) if data is None else data)
+        except CorruptDataError as exc:
+            self._drop_corrupt(slot, file_id, offset, exc)
+            return True
+        return False
+
+    def _drop_corrupt(self, slot, file_id, offset, exc):
+        log.error("data file %d offset %d: %s; the key it held now reads as missing", file_id, offset, exc)
+        self.corrupt_dropped += 1
+        self.drop(slot)
 
     def set(self, key_hash, key, file_id, offset, record_len, expire_at_ms, found=None):
         """Point ``key`` at a new record. ``found`` is ``find()``'s answer if the caller has it."""
@@ -97,26 +123,29 @@ class KeyDirectory:
             slot, old_file, old_offset, old_len, _old_expire = candidate
             if key is None:
                 key = record_key(self.files.read(file_id, offset, record_len))
-            old = self.files.read(old_file, old_offset, HEADER_BYTES + len(key))
-            if not key_matches(old, key):
+            if not key_matches(self.files.read(old_file, old_offset, HEADER_BYTES + len(key)), key):
+                self._drop_if_corrupt(candidate)
                 continue
-            old_seq = record_seq(old)
-            if seq < old_seq:
+            # The old entry's seq is only trusted if its record is intact; a damaged one loses.
+            if not self._drop_if_corrupt(candidate):
+                if seq < record_seq(self.files.read(old_file, old_offset, HEADER_BYTES)):
+                    return
+                if is_delete:
+                    self.drop(slot)
+                else:
+                    self.set(key_hash, key, file_id, offset, record_len, expire_at_ms, found=candidate)
                 return
-            if is_delete:
-                self.drop(slot)
-            else:
-                self.set(key_hash, key, file_id, offset, record_len, expire_at_ms, found=candidate)
-            return
+            break  # the damaged old entry is gone: insert below as for a new key
         if not is_delete:
             self.index.insert(key_hash, file_id, offset, record_len, expire_at_ms)
             self.live_bytes[file_id] = self.live_bytes.get(file_id, 0) + record_len
 
     def keys(self, now_ms):
-        """Yield every key not expired at ``now_ms``, reading each from its record."""
-        for _slot, _hash, file_id, offset, record_len, expire_at_ms in list(self.index.entries()):
-            if not expire_at_ms or expire_at_ms > now_ms:
-                yield record_key(self.files.read(file_id, offset, record_len))
+        """Yield every key not expired at ``now_ms``, reading each from its (CRC-checked) record."""
+        for entry in list(self.index.entries()):
+            key = self._live_key(entry, now_ms)
+            if key is not None:
+                yield key
 
     def scan(self, prefix, start_slot, count, now_ms):
         """Up to ``count`` unexpired keys starting with ``prefix``, from slot ``start_slot`` on.
@@ -126,12 +155,20 @@ class KeyDirectory:
         unless the table is rebuilt (grown) between calls.
         """
         keys = []
-        for slot, _hash, file_id, offset, record_len, expire_at_ms in self.index.entries(start_slot):
-            if expire_at_ms and expire_at_ms <= now_ms:
-                continue
-            key = record_key(self.files.read(file_id, offset, record_len))
-            if key.startswith(prefix):
+        for entry in self.index.entries(start_slot):
+            key = self._live_key(entry, now_ms)
+            if key is not None and key.startswith(prefix):
                 keys.append(key)
                 if len(keys) >= count:
-                    return slot + 1, keys
+                    return entry[0] + 1, keys
         return 0, keys
+
+    def _live_key(self, entry, now_ms):
+        """The key of an ``entries()`` row, or None if it expired or its record is damaged (then dropped)."""
+        slot, _hash, file_id, offset, record_len, expire_at_ms = entry
+        if expire_at_ms and expire_at_ms <= now_ms:
+            return None
+        data = self.files.read(file_id, offset, record_len)
+        if self._drop_if_corrupt((slot, file_id, offset, record_len, expire_at_ms), data):
+            return None
+        return record_key(data)

@@ -163,14 +163,10 @@ class RecordScanner:
         data, size = self._data, len(self._data)
         if not bytes(data[pos:]).strip(b"\0"):
             return None  # zero-filled tail (a crash after the file grew): nothing to find
-        # The damaged header's own length is the likeliest place for the next record.
-        _crc, _seq, _exp, _flags, key_len, value_len = (
-            HEADER.unpack_from(data, pos) if size - pos >= HEADER_BYTES else (0,) * 6
-        )
-        guess = pos + HEADER_BYTES + key_len + value_len
-        if pos < guess < size and self._valid_at(guess) is not None:
-            return guess
+        # Search byte by byte rather than trusting the damaged header's lengths: a flipped
+        # length bit can point exactly at a later record and hide the good ones before it.
+        flags_at = HEADER_BYTES - 9  # the flags byte: anything but 0 or 1 cannot start a record
         for candidate in range(pos + 1, size - HEADER_BYTES + 1):
-            if self._valid_at(candidate) is not None:
+            if data[candidate + flags_at] <= KNOWN_FLAGS and self._valid_at(candidate) is not None:
                 return candidate
         return None

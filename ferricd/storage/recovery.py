@@ -64,6 +64,10 @@ def recover(directory, files, now_ms, epoch=0, file_mode=0o640):
     keydir = _from_snapshot(directory, ids, files, epoch, report)
     if keydir is None:
         keydir = _rebuild(directory, ids, files, now_ms, epoch, file_mode, report)
+        # Damaged records met while loading (an old version whose seq cannot be trusted, a
+        # damaged key) belong to this report, not to the store's read counters.
+        report.corrupt_records += keydir.corrupt_dropped
+        keydir.corrupt_dropped = 0
     report.files = len(files.closed_ids())
     report.keys = len(keydir)
     report.elapsed_ms = (time.perf_counter() - started) * 1000
@@ -99,14 +103,23 @@ def _from_snapshot(directory, ids, files, epoch, report):
 
 def _rebuild(directory, ids, files, now_ms, epoch, file_mode, report):
     keydir = KeyDirectory(ShardIndex.create(epoch=epoch), files)
-    for position, file_id in enumerate(ids):
+    for file_id in ids:
         files.open_closed(file_id)
-        size = files.sizes[file_id]
-        if size == 0:  # created by a shard that crashed before its first write
+        if files.sizes[file_id] == 0:  # created by a shard that crashed before its first write
             files.remove(file_id)
             report.removed_empty_files += 1
-            continue
-        if not _load_hint(directory, file_id, size, keydir, now_ms, report):
+    ids = files.closed_ids()
+    hints = {file_id: _valid_hint(directory, file_id, files.sizes[file_id], report) for file_id in ids}
+    # Grow the table once for every hinted entry, not once per file (each growth rehashes it all).
+    keydir.index.reserve(sum(hint.count for hint in hints.values() if hint is not None))
+    for position, file_id in enumerate(ids):
+        hint = hints.pop(file_id)  # release each hint's bytes once applied
+        if hint is not None:
+            keydir.load_file(file_id, hint.entries(), now_ms)
+            report.hint_files_used += 1
+            report.records += hint.count
+            report.next_seq = max(report.next_seq, hint.max_seq + 1)
+        else:
             _scan(directory, file_id, keydir, now_ms, file_mode, report, is_last=position == len(ids) - 1)
     index = keydir.index
     if index.capacity > 2 * capacity_for(index.count):  # many overwrites: give the memory back
@@ -114,22 +127,16 @@ def _rebuild(directory, ids, files, now_ms, epoch, file_mode, report):
     return keydir
 
 
-def _load_hint(directory, file_id, size, keydir, now_ms, report):
-    path = hint_path(directory, file_id)
+def _valid_hint(directory, file_id, size, report):
+    """The file's hint if it can be trusted, else None (the file will be scanned)."""
     try:
-        hint = read_hint(path, size)
+        return read_hint(hint_path(directory, file_id), size)
     except FileNotFoundError:
-        return False
+        return None
     except (CorruptDataError, OSError) as exc:
         log.warning("scanning data file instead of its hint: %s", exc)
         report.invalid_hints += 1
-        return False
-    keydir.index.reserve(hint.count)
-    keydir.load_file(file_id, hint.entries(), now_ms)
-    report.hint_files_used += 1
-    report.records += hint.count
-    report.next_seq = max(report.next_seq, hint.max_seq + 1)
-    return True
+        return None
 
 
 def _scan(directory, file_id, keydir, now_ms, file_mode, report, is_last):

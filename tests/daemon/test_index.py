@@ -105,7 +105,7 @@ def test_bytes_per_key_stays_at_or_under_64_after_growth():
         index.insert(2 + i * 7919, 1, i, 100, 0)
         if i > 1000:
             worst = max(worst, index.bytes_per_key())
-    assert worst <= 64 + 1  # 32-byte slots, load kept between 0.5 and 0.75
+    assert worst <= 58.5  # 32-byte slots, load kept between 0.55 and 0.75
 
 
 def test_a_buffer_that_is_not_an_index_is_refused():
