@@ -19,14 +19,7 @@ def as_key(key, argument="key"):
     Raises TypeError naming ``argument`` for any other type, and
     ``LimitError`` (a ValueError) when the encoded key exceeds MAX_KEY_BYTES.
     """
-    if type(key) is bytes:
-        data = key
-    elif isinstance(key, str):
-        data = key.encode("utf-8")
-    elif isinstance(key, _BYTES_LIKE):
-        data = bytes(key)
-    else:
-        raise TypeError(f"{argument} must be str or bytes, not {type(key).__name__}")
+    data = _as_bytes(key, argument, "str or bytes")
     if len(data) > MAX_KEY_BYTES:
         raise LimitError(
             f"{argument} is {len(data)} bytes; keys are limited to {MAX_KEY_BYTES} bytes "
@@ -41,20 +34,23 @@ def as_value(value, max_value_bytes, argument="value"):
     Raises TypeError naming ``argument`` for any other type, and
     ``LimitError`` (a ValueError) when it exceeds ``max_value_bytes``.
     """
-    if type(value) is bytes:
-        data = value
-    elif isinstance(value, str):
-        data = value.encode("utf-8")
-    elif isinstance(value, _BYTES_LIKE):
-        data = bytes(value)
-    else:
-        raise TypeError(f"{argument} must be bytes or str, not {type(value).__name__}")
+    data = _as_bytes(value, argument, "bytes or str")
     if len(data) > max_value_bytes:
         raise LimitError(
             f"{argument} is {len(data)} bytes; this store accepts at most {max_value_bytes} "
             "(raise max_value_bytes in the configuration, or store the value in pieces)"
         )
     return data
+
+
+def _as_bytes(obj, argument, expected):
+    if type(obj) is bytes:
+        return obj
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    if isinstance(obj, _BYTES_LIKE):
+        return bytes(obj)
+    raise TypeError(f"{argument} must be {expected}, not {type(obj).__name__}")
 
 
 def key_hash64(key: bytes) -> int:
