@@ -108,7 +108,8 @@ class Supervisor:
             [json.dumps({"shards": self.shard_count, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}).encode()],
             file_mode=0o644,
         )
-        self._client = Client(config.run_dir, timeout_ms=config.ping_timeout_ms)
+        # Pings are retried once on a fresh socket, so each try gets half the allowed time.
+        self._client = Client(config.run_dir, timeout_ms=max(1, config.ping_timeout_ms // 2))
         log.info(
             "ferricd %d: %d shards; data in %s; sockets in %s",
             os.getpid(), self.shard_count, os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
@@ -166,11 +167,20 @@ class Supervisor:
             )
             slot.next_start_at = now + delay_ms / 1000
             slot.process, slot.healthy = None, False
+            self._remove_stale_socket(slot.shard_id)
             if returncode in (EXIT_BOOT_ERROR, EXIT_DATA_ERROR):
                 log.error("shard %d cannot start (%s, see its log); retrying in %d ms", slot.shard_id, status, delay_ms)
             else:
                 log.error("shard %d died (%s); restarting in %d ms", slot.shard_id, status, delay_ms)
             systemd.notify(f"STATUS=shard {slot.shard_id} down ({status}); restarting")
+
+    def _remove_stale_socket(self, shard_id):
+        # A killed shard leaves its socket file; without it, health pings fail at once
+        # instead of waiting out a timeout, and clients reconnect when the new shard binds.
+        try:
+            os.unlink(socket_path(self.config.run_dir, shard_id))
+        except FileNotFoundError:
+            pass
 
     def manage_shards(self):
         """Start every shard that is not running and whose backoff has passed."""
