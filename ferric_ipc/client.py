@@ -9,8 +9,9 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, FerricTimeoutError, ProtocolError
-from ferric_ipc.keys import as_key, as_value
-from ferric_ipc.routing import shard_for
+from ferric_ipc.keys import as_key, as_value, key_hash64
+from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
+from ferric_ipc.routing import hash_tag, shard_for
 
 RUN_DIR_ENV = "FERRIC_RUN_DIR"
 DEFAULT_RUN_DIR = "./ferric-run"
@@ -165,18 +166,29 @@ class Client(_Commands):
 
     Safe to share between threads, and across ``os.fork()``: a forked child
     builds its own ZeroMQ context and sockets on first use.
+
+    With ``local_reads`` (the default), ``get``, ``mget``, ``exists`` and
+    ``ttl`` read the shard's published index and data files directly (about a
+    microsecond instead of a round trip), and ask the shard whenever the files
+    cannot answer with certainty (see ``ferric_ipc.local_reads``). Turn it off
+    where this process may not read the daemon's files.
     """
 
-    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS):
+    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS, local_reads=True):
         self.run_dir = os.path.abspath(run_dir or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
         if type(timeout_ms) is not int or timeout_ms <= 0:
             raise TypeError("timeout_ms must be a positive int")
         self.timeout_ms = timeout_ms
+        self.local_reads = bool(local_reads)
+        #: Reads answered from the mapped index ("local") and sent to a shard instead ("fallback").
+        self.read_counts = {"local": 0, "fallback": 0}
         self._lock = threading.Lock()
         self._pid = None
         self._context = None
         self._connections = {}
+        self._readers = {}
         self._shard_count = None
+        self._data_dir = None
 
     # -- plumbing --------------------------------------------------------------
 
@@ -199,6 +211,7 @@ class Client(_Commands):
                 return
             self._context = zmq.Context()
             self._connections = {}
+            self._readers = {}  # their locks may be held by a thread that did not survive the fork
             self._shard_count = None
             self._pid = os.getpid()
 
@@ -225,6 +238,7 @@ class Client(_Commands):
             if self._pid != os.getpid():
                 self._reset_after_fork()
             self._shard_count = int(daemon["shards"])
+            self._data_dir = daemon.get("data_dir")
         return self._shard_count
 
     def _shard_of(self, key):
@@ -240,10 +254,54 @@ class Client(_Commands):
 
     def _by_shard(self, keys):
         """``{shard: [(position, key), ...]}`` for encoded keys."""
+        return self._by_shard_positions(dict(enumerate(keys)))
+
+    def _by_shard_positions(self, keys):
+        """``{shard: [(position, key), ...]}`` for ``{position: encoded key}``."""
         groups = {}
-        for position, key in enumerate(keys):
+        for position, key in keys.items():
             groups.setdefault(self._shard_of(key), []).append((position, key))
         return groups
+
+    # -- local reads -------------------------------------------------------------
+
+    def _read_locally(self, key):
+        """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
+        if not self.local_reads:
+            return FALLBACK
+        key_hash = key_hash64(key)
+        tag = hash_tag(key)
+        shards = self.shard_count
+        shard_id = (key_hash if tag is key else key_hash64(tag)) % shards  # one hash when there is no tag
+        reader = self._readers.get(shard_id)
+        if reader is None:
+            if self._data_dir is None:
+                return FALLBACK  # a daemon that does not say where its data is
+            with self._lock:
+                reader = self._readers.setdefault(
+                    shard_id, LocalShardReader(self.run_dir, os.path.join(self._data_dir, f"shard-{shard_id}"), shard_id)
+                )
+        found = reader.lookup(key, key_hash, time.time_ns() // 1_000_000)
+        self.read_counts["fallback" if found is FALLBACK else "local"] += 1
+        return found
+
+    def get(self, key):
+        """The value of ``key`` as bytes, or None."""
+        key = as_key(key)
+        found = self._read_locally(key)
+        if found is FALLBACK:
+            return self._submit(key, "get", [key])
+        return None if found is MISSING else found[0]
+
+    def ttl(self, key):
+        """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing."""
+        key = as_key(key)
+        found = self._read_locally(key)
+        if found is FALLBACK:
+            return self._submit(key, "ttl", [key])
+        if found is MISSING:
+            return -2
+        return -1 if not found[1] else max(0, found[1] - time.time_ns() // 1_000_000)
 
     # -- operations over many keys or shards ------------------------------------
 
@@ -261,7 +319,17 @@ class Client(_Commands):
         """Values of ``keys`` in order (None for missing ones)."""
         keys = [as_key(key) for key in keys]
         values = [None] * len(keys)
-        for shard_id, group in self._by_shard(keys).items():
+        remote = []
+        for position, key in enumerate(keys):
+            found = self._read_locally(key)
+            if found is FALLBACK:
+                remote.append(position)
+            elif found is not MISSING:
+                values[position] = found[0]
+        if not remote:
+            return values
+        keys = {position: keys[position] for position in remote}
+        for shard_id, group in self._by_shard_positions(keys).items():
             found = self._call(shard_id, "mget", [[key for _, key in group]])
             for (position, _), value in zip(group, found):
                 values[position] = value
@@ -283,7 +351,15 @@ class Client(_Commands):
     def exists(self, *keys):
         """How many of ``keys`` exist (a key named twice counts twice)."""
         keys = [as_key(key) for key in keys]
-        return sum(self._call(shard_id, "exists", [[k for _, k in group]]) for shard_id, group in self._by_shard(keys).items())
+        local, remote = 0, {}
+        for position, key in enumerate(keys):
+            found = self._read_locally(key)
+            if found is FALLBACK:
+                remote[position] = key
+            else:
+                local += found is not MISSING
+        groups = self._by_shard_positions(remote).items()
+        return local + sum(self._call(shard_id, "exists", [[k for _, k in group]]) for shard_id, group in groups)
 
     def scan(self, prefix=b"", cursor=0, count=100):
         """``(next_cursor, keys)``: a page of keys starting with ``prefix``; cursor 0 starts and ends a scan."""
@@ -324,7 +400,10 @@ class Client(_Commands):
         if self._pid == os.getpid():
             for connection in list(self._connections.values()):
                 connection.close()
+            for reader in list(self._readers.values()):
+                reader.close()
             self._connections = {}
+            self._readers = {}
 
     def __enter__(self):
         return self

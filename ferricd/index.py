@@ -34,6 +34,7 @@ from ferric_ipc.index_layout import (
     table_bytes,
 )
 from ferric_ipc.errors import CorruptDataError
+from ferricd.index_file import MemoryTables
 
 _SEQ_MASK = 0xFFFFFFFF
 
@@ -50,8 +51,13 @@ class ShardIndex:
     from the record the slot points at (see ``candidates``).
     """
 
-    def __init__(self, buf, allocate=bytearray):
-        """Wrap an existing, initialised table buffer. Use ``create`` for a new one."""
+    def __init__(self, buf, tables=None):
+        """Wrap an existing, initialised table buffer. Use ``create`` for a new one.
+
+        ``tables`` provides ``allocate(nbytes)`` for new buffers and
+        ``replace(old, new)``, called after the table moved into a new buffer
+        (see ferricd.index_file); the default keeps tables in bytearrays.
+        """
         magic, version, _state, epoch, capacity, count, deleted = HEADER.unpack_from(buf, 0)
         if magic != INDEX_MAGIC or version != INDEX_VERSION:
             raise CorruptDataError(f"not a key directory (magic {magic!r}, version {version})")
@@ -59,19 +65,31 @@ class ShardIndex:
             raise CorruptDataError(f"key directory truncated: {len(buf)} bytes for {capacity} slots")
         self._buf = buf
         self._words = memoryview(buf).cast("Q")
-        self._allocate = allocate
+        self._tables = tables or MemoryTables
         self.epoch = epoch
         self.capacity = capacity
         self.count = count
         self.deleted = deleted
 
     @classmethod
-    def create(cls, capacity=MIN_CAPACITY, epoch=0, allocate=bytearray):
-        """A new empty table of at least ``capacity`` slots in a buffer from ``allocate``."""
+    def create(cls, capacity=MIN_CAPACITY, epoch=0, tables=None):
+        """A new empty table of at least ``capacity`` slots in a buffer from ``tables.allocate``."""
+        tables = tables or MemoryTables
         capacity = max(MIN_CAPACITY, capacity)
-        buf = allocate(table_bytes(capacity))
+        buf = tables.allocate(table_bytes(capacity))
         HEADER.pack_into(buf, 0, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, epoch, capacity, 0, 0)
-        return cls(buf, allocate)
+        return cls(buf, tables)
+
+    @classmethod
+    def load(cls, image, epoch, tables=None):
+        """A table holding a copy of ``image`` (a snapshot), in a buffer from ``tables.allocate``."""
+        tables = tables or MemoryTables
+        buf = tables.allocate(len(image))
+        buf[:] = image
+        index = cls(buf, tables)
+        index.epoch = epoch
+        index.write_counts()
+        return index
 
     @property
     def buffer(self):
@@ -213,7 +231,7 @@ class ShardIndex:
 
     def rebuild(self, capacity):
         """Copy live entries into a fresh buffer of ``capacity`` slots (drops DELETED markers)."""
-        fresh = ShardIndex.create(capacity, self.epoch, self._allocate)
+        fresh = ShardIndex.create(capacity, self.epoch, self._tables)
         old_buf, new_buf, new_words = self._buf, fresh._buf, fresh._words
         new_capacity = fresh.capacity
         count = 0
@@ -233,9 +251,18 @@ class ShardIndex:
             count += 1
         fresh.count = count
         fresh.write_counts()
+        fresh._words = None
         self._words.release()
+        old_buf = self._buf
         self._buf, self._words, self.capacity = new_buf, new_words, new_capacity
         self.count, self.deleted = count, 0
+        self._tables.replace(old_buf, new_buf)  # publish the new table, retire the old one
+
+    def close(self):
+        """Let go of the buffer (required before a mapped buffer is closed)."""
+        if self._words is not None:
+            self._words.release()
+            self._words = None
 
     def bytes_per_key(self) -> float:
         """Table bytes divided by live entries (the memory cost per key, keys themselves excluded)."""

@@ -22,6 +22,7 @@ from ferric_ipc.errors import DirectoryLockedError, FerricError, ProtocolError, 
 from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
+from ferricd.index_file import IndexFiles
 from ferricd.storage import BitcaskStore
 from ferricd.storage.lock import DirectoryLock
 
@@ -54,14 +55,21 @@ class ShardServer:
         self.config = config
         self.shard_id = shard_id
         self.endpoint = f"ipc://{socket_path(config.run_dir, shard_id)}"
-        self.store = self._socket_lock = self._context = self._socket = None
+        self.store = self.tables = self._socket_lock = self._context = self._socket = None
 
     def open(self):
         # The lock comes before the bind: a second shard binding the same ipc path
         # would silently take the endpoint over from the first.
         self._socket_lock = DirectoryLock(self.config.run_dir, f"shard-{self.shard_id}.lock")
+        # Clients may still map the table of this shard's previous run: retire it before any
+        # data changes, so none of them reads past a write this run acknowledges.
+        self.tables = IndexFiles(self.config.run_dir, self.shard_id, self.config.storage.file_mode)
+        self.tables.retire_previous()
         epoch = time.time_ns()
-        self.store = BitcaskStore(shard_data_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch)
+        self.store = BitcaskStore(
+            shard_data_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch, tables=self.tables
+        )
+        self.tables.publish(self.store.index_buffer)
         log.info("recovered: %s", " ".join(f"{k}={v}" for k, v in vars(self.store.recovery).items()))
         self.commands = ShardCommands(self.store, self.shard_id, self.config.shards, epoch, wall_clock_ms)
         self._context = zmq.Context()
@@ -124,8 +132,14 @@ class ShardServer:
         if self._socket is not None:
             self._socket.close()
             self._context.term()
+            try:  # libzmq leaves the file behind; a stale socket only makes clients wait
+                os.unlink(socket_path(self.config.run_dir, self.shard_id))
+            except FileNotFoundError:
+                pass
         if self.store is not None:
             self.store.close()
+        if self.tables is not None:
+            self.tables.close()
         if self._socket_lock is not None:
             self._socket_lock.release()
 

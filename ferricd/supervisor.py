@@ -105,7 +105,10 @@ class Supervisor:
         self._install_signals()
         write_atomically(
             os.path.join(config.run_dir, DAEMON_FILE),
-            [json.dumps({"shards": self.shard_count, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}).encode()],
+            [json.dumps({
+                "shards": self.shard_count, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+                "data_dir": os.path.abspath(config.data_dir),  # clients map the shards' data files from here
+            }).encode()],
             file_mode=0o644,
         )
         # Pings are retried once on a fresh socket, so each try gets half the allowed time.

@@ -47,11 +47,14 @@ class BitcaskStore:
     (a whole ``write_batch`` included) has reached the disk when it returns.
     """
 
-    def __init__(self, directory, settings=None, clock=wall_clock_ms, epoch=0):
+    def __init__(self, directory, settings=None, clock=wall_clock_ms, epoch=0, tables=None):
         """Lock ``directory`` (created if missing) and recover its contents.
 
         Raises DirectoryLockedError naming the pid that holds it. The recovery
-        report is in ``self.recovery``.
+        report is in ``self.recovery``. ``epoch`` goes into the key
+        directory's header; ``tables`` decides where its buffers live
+        (default: process memory; ferricd.index_file.IndexFiles: mapped files
+        clients can read).
         """
         self.settings = settings = settings or StoreSettings()
         self.directory = directory
@@ -60,7 +63,9 @@ class BitcaskStore:
         self._lock = DirectoryLock(directory)
         try:
             self._files = DataFiles(directory, settings.file_mode)
-            self._keydir, self.recovery = recover(directory, self._files, clock(), epoch, settings.file_mode)
+            self._keydir, self.recovery = recover(
+                directory, self._files, clock(), epoch, settings.file_mode, tables
+            )
         except BaseException:
             self._lock.release()
             raise
@@ -342,6 +347,7 @@ class BitcaskStore:
                 if self.settings.snapshot_on_close:
                     self._write_snapshot()
         finally:
+            self._keydir.index.close()
             self._files.close()
             self._lock.release()
 
@@ -353,6 +359,11 @@ class BitcaskStore:
             )
         except OSError as exc:  # the next start rebuilds from hint files instead
             log.warning("could not write key directory snapshot: %s", exc)
+
+    @property
+    def index_buffer(self):
+        """The buffer the key directory lives in (what a shard publishes to clients)."""
+        return self._keydir.index.buffer
 
     def __enter__(self):
         return self

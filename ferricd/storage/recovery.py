@@ -51,19 +51,20 @@ class RecoveryReport:
         return "\n".join(lines)
 
 
-def recover(directory, files, now_ms, epoch=0, file_mode=0o640):
+def recover(directory, files, now_ms, epoch=0, file_mode=0o640, tables=None):
     """Open every data file of ``directory`` into ``files`` and rebuild the key directory.
 
     Returns ``(KeyDirectory, RecoveryReport)``; ``report.next_seq`` is the seq
-    the next write must use. The caller holds the directory lock.
+    the next write must use. The caller holds the directory lock. ``tables``
+    is where index buffers come from (see ShardIndex).
     """
     started = time.perf_counter()
     report = RecoveryReport(directory)
     _remove_temp_files(directory)
     ids = list_data_file_ids(directory)
-    keydir = _from_snapshot(directory, ids, files, epoch, report)
+    keydir = _from_snapshot(directory, ids, files, epoch, tables, report)
     if keydir is None:
-        keydir = _rebuild(directory, ids, files, now_ms, epoch, file_mode, report)
+        keydir = _rebuild(directory, ids, files, now_ms, epoch, file_mode, tables, report)
         # Damaged records met while loading (an old version whose seq cannot be trusted, a
         # damaged key) belong to this report, not to the store's read counters.
         report.corrupt_records += keydir.corrupt_dropped
@@ -75,7 +76,7 @@ def recover(directory, files, now_ms, epoch=0, file_mode=0o640):
     return keydir, report
 
 
-def _from_snapshot(directory, ids, files, epoch, report):
+def _from_snapshot(directory, ids, files, epoch, tables, report):
     try:
         snapshot = read_snapshot(directory)
     except FileNotFoundError:
@@ -91,8 +92,7 @@ def _from_snapshot(directory, ids, files, epoch, report):
         return None
     for file_id in ids:
         files.open_closed(file_id)
-    index = ShardIndex(snapshot.index_buffer)
-    index.epoch = epoch
+    index = ShardIndex.load(snapshot.index_buffer, epoch, tables)
     # Gone before the first write, so a crash later can never load it as current.
     discard_snapshot(directory)
     report.from_snapshot = True
@@ -101,8 +101,8 @@ def _from_snapshot(directory, ids, files, epoch, report):
     return KeyDirectory(index, files, snapshot.live_bytes)
 
 
-def _rebuild(directory, ids, files, now_ms, epoch, file_mode, report):
-    keydir = KeyDirectory(ShardIndex.create(epoch=epoch), files)
+def _rebuild(directory, ids, files, now_ms, epoch, file_mode, tables, report):
+    keydir = KeyDirectory(ShardIndex.create(epoch=epoch, tables=tables), files)
     for file_id in ids:
         files.open_closed(file_id)
         if files.sizes[file_id] == 0:  # created by a shard that crashed before its first write
