@@ -22,6 +22,19 @@ DEFAULT_TIMEOUT_MS = 2_000
 _UNBOUNDED_VALUE = 2**32
 
 
+class _ForkCount:
+    """Counts forks in this process's ancestry: a Client built before a fork sees a new count after it."""
+
+    value = 0
+
+
+def _after_fork_in_child():
+    _ForkCount.value += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def shard_socket_path(run_dir, shard_id):
     return os.path.join(run_dir, f"shard-{shard_id}.sock")
 
@@ -190,6 +203,7 @@ class Client(_Commands):
         self.read_counts = {"local": 0, "fallback": 0}
         self._lock = threading.Lock()
         self._pid = None
+        self._forks = -1  # _ForkCount.value when this process's sockets were made; -1: not yet
         self._context = None
         self._connections = {}
         self._readers = {}
@@ -199,7 +213,7 @@ class Client(_Commands):
     # -- plumbing --------------------------------------------------------------
 
     def _connection(self, shard_id):
-        if self._pid != os.getpid():
+        if self._forks != _ForkCount.value:
             self._reset_after_fork()
         connection = self._connections.get(shard_id)
         if connection is None:
@@ -213,8 +227,9 @@ class Client(_Commands):
         # Never touch the parent's context or sockets here: they belong to the parent's
         # ZeroMQ I/O threads, which do not exist in this process. Drop them and start over.
         with self._lock:
-            if self._pid == os.getpid():
+            if self._forks == _ForkCount.value:
                 return
+            self._forks = _ForkCount.value
             self._context = zmq.Context()
             self._connections = {}
             self._readers = {}  # their locks may be held by a thread that did not survive the fork
@@ -224,7 +239,9 @@ class Client(_Commands):
     @property
     def shard_count(self):
         """Number of shards, read once from the daemon's ``ferricd.json`` in the run directory."""
-        if self._shard_count is None or self._pid != os.getpid():
+        if self._forks != _ForkCount.value:
+            self._reset_after_fork()
+        if self._shard_count is None:
             path = os.path.join(self.run_dir, DAEMON_FILE)
             try:
                 with open(path, "rb") as f:
@@ -241,8 +258,6 @@ class Client(_Commands):
                     f"ferricd speaks protocol {daemon.get('protocol')}, this client {protocol.PROTOCOL_VERSION}: "
                     "upgrade the client and the daemon together"
                 )
-            if self._pid != os.getpid():
-                self._reset_after_fork()
             self._shard_count = int(daemon["shards"])
             self._data_dir = daemon.get("data_dir")
         return self._shard_count
@@ -275,9 +290,9 @@ class Client(_Commands):
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
         if not self.local_reads:
             return FALLBACK
+        shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
         key_hash = key_hash64(key)
         tag = hash_tag(key)
-        shards = self.shard_count
         shard_id = (key_hash if tag is key else key_hash64(tag)) % shards  # one hash when there is no tag
         reader = self._readers.get(shard_id)
         if reader is None:
@@ -403,7 +418,7 @@ class Client(_Commands):
 
     def close(self):
         """Close this process's sockets (another call opens them again)."""
-        if self._pid == os.getpid():
+        if self._forks == _ForkCount.value:
             for connection in list(self._connections.values()):
                 connection.close()
             for reader in list(self._readers.values()):

@@ -58,23 +58,26 @@ class _DataFile:
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.map = None
+        self.map = self.view = None
         self.mapped = 0
         self._remap()
 
     def _remap(self):
         size = os.fstat(self.fd).st_size
         if size and size > self.mapped:
-            old = self.map
+            old_map, old_view = self.map, self.view
             self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
+            self.view = memoryview(self.map)
             self.mapped = size
-            if old is not None:
-                old.close()
+            if old_map is not None:
+                old_view.release()
+                old_map.close()
 
     def read(self, offset, length):
+        """Bytes (or a zero-copy view) of ``length`` bytes at ``offset``."""
         end = offset + length
         if end <= self.mapped:
-            return self.map[offset:end]
+            return self.view[offset:end]
         data = os.pread(self.fd, length, offset)
         if end - self.mapped >= _REMAP_STEP_BYTES:
             self._remap()
@@ -82,7 +85,11 @@ class _DataFile:
 
     def close(self):
         if self.map is not None:
-            self.map.close()
+            self.view.release()
+            try:
+                self.map.close()
+            except BufferError:  # a caller still holds a view; the map closes when it is freed
+                pass
         os.close(self.fd)
 
 
@@ -141,30 +148,30 @@ class LocalShardReader:
     def lookup(self, key, key_hash, now_ms):
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
         for _attempt in range(2):
-            if not self._live():
+            mapped = self._map
+            if (mapped is None or _STATE.unpack_from(mapped, _STATE_AT)[0] != STATE_LIVE) and not self._open():
                 return FALLBACK
-            found = self._probe(key, key_hash, now_ms)
+            mapped, words, capacity = self._map, self._words, self._capacity
+            found = FALLBACK  # if the probe visits every slot: a full table should not exist
+            slot = key_hash % capacity
+            for _ in range(capacity):
+                stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
+                if stored == EMPTY:
+                    found = MISSING
+                    break
+                if stored == key_hash:
+                    found = self._read_slot(mapped, slot, key, key_hash, now_ms)
+                    if found is not None:
+                        break
+                    found = FALLBACK
+                slot += 1
+                if slot == capacity:
+                    slot = 0
             # A miss or hit is only as good as the table it came from: if the table was
             # retired while probing, the key may have moved to its replacement.
-            if found is not FALLBACK and _STATE.unpack_from(self._map, _STATE_AT)[0] == STATE_LIVE:
+            if found is not FALLBACK and _STATE.unpack_from(mapped, _STATE_AT)[0] == STATE_LIVE:
                 return found
         return FALLBACK
-
-    def _probe(self, key, key_hash, now_ms):
-        words, mapped, capacity = self._words, self._map, self._capacity
-        slot = key_hash % capacity
-        for _ in range(capacity):
-            stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
-            if stored == EMPTY:
-                return MISSING
-            if stored == key_hash:
-                found = self._read_slot(mapped, slot, key, key_hash, now_ms)
-                if found is not None:
-                    return found
-            slot += 1
-            if slot == capacity:
-                slot = 0
-        return FALLBACK  # a full table should not exist: ask the shard
 
     def _read_slot(self, mapped, slot, key, key_hash, now_ms):
         """The answer if ``slot`` holds ``key``; None if it holds another key; FALLBACK if unsure."""
@@ -176,7 +183,8 @@ class LocalShardReader:
             if stored_hash != key_hash:
                 return None  # rewritten for another key since the probe saw it
             try:
-                record = self._data_file(file_id).read(offset, record_len)
+                data_file = self._files.get(file_id) or self._data_file(file_id)
+                record = data_file.read(offset, record_len)
             except (OSError, ValueError):
                 return FALLBACK
             if SLOT_SEQ.unpack_from(mapped, at)[0] != seq:
