@@ -15,6 +15,8 @@ copying a slot has a consistent copy.
 """
 
 from ferric_ipc.index_layout import (
+    COUNTS,
+    COUNTS_AT,
     DELETED,
     EMPTY,
     HASH_WORD,
@@ -86,10 +88,9 @@ class ShardIndex:
         tables = tables or MemoryTables
         buf = tables.allocate(len(image))
         buf[:] = image
-        index = cls(buf, tables)
-        index.epoch = epoch
-        index.write_counts()
-        return index
+        _magic, _version, _state, _epoch, capacity, count, deleted = HEADER.unpack_from(buf, 0)
+        HEADER.pack_into(buf, 0, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, epoch, capacity, count, deleted)
+        return cls(buf, tables)
 
     @property
     def buffer(self):
@@ -219,10 +220,8 @@ class ShardIndex:
         SLOT_SEQ.pack_into(buf, at, (seq + 2) & _SEQ_MASK)  # even: consistent again
 
     def write_counts(self):
-        HEADER.pack_into(
-            self._buf, 0, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, self.epoch, self.capacity,
-            self.count, self.deleted,
-        )
+        """Store count and deleted in the header (the rest of it never changes for a live table)."""
+        COUNTS.pack_into(self._buf, COUNTS_AT, self.count, self.deleted)
 
     def reserve(self, extra):
         """Grow once, now, so that ``extra`` more inserts need no further growth."""

@@ -136,7 +136,11 @@ class BitcaskStore:
 
     def put(self, key, value, expire_at_ms=0):
         """Set ``key`` to ``value``; ``expire_at_ms`` is absolute wall-clock ms, 0 = never."""
-        self._write([Put(key, value, expire_at_ms)], single=True)
+        # The batch path minus its per-batch bookkeeping: the most frequent call of all.
+        self._check_writable()
+        _op, key, key_hash, value, expire_at_ms = self._prepare(Put(key, value, expire_at_ms), "")
+        seq = self._take_seq()
+        self._append([(Put, key, key_hash, seq, expire_at_ms, encode(seq, expire_at_ms, 0, key, value))])
 
     def delete(self, key):
         """Delete ``key``; returns whether it existed (an expired key did not)."""
