@@ -461,9 +461,14 @@ class Pipeline(_Commands):
         client = self._client
         for shard_id, group in by_shard.items():
             retry = all(op in protocol.IDEMPOTENT_OPS for _, op, _ in group)
-            answers = client._connection(shard_id).call([(op, args) for _, op, args in group], client.timeout_ms, retry)
-            for (position, _, _), answer in zip(group, answers):
+            # One frame per shard: the shard runs the requests in order and answers in one frame.
+            batch = [[op, args] for _, op, args in group]
+            (reply,) = client._connection(shard_id).call([("batch", [batch])], client.timeout_ms, retry)
+            for (position, _, _), answer in zip(group, protocol.batch_results(reply)):
                 results[position] = answer
+        for answer in results:
+            if isinstance(answer, FerricError):
+                raise answer
         return results
 
     def __len__(self):

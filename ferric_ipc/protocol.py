@@ -49,6 +49,7 @@ OPS = {
     "scan": 3,  # prefix, cursor, count
     "flush": 1,  # prefix
     "info": 0,
+    "batch": 1,  # [[op, args], ...]: many requests in one frame, answered in one frame
 }
 
 #: Ops that change nothing, so a client may resend them after a timeout.
@@ -120,6 +121,44 @@ def parse_request(frame: bytes):
     return request_id, op, args
 
 
+def parse_batch_item(item):
+    """``(op, args)`` of one request inside a batch; raises ProtocolError with ``.code`` like parse_request."""
+    if not (isinstance(item, list) and len(item) == 2):
+        raise _request_error(None, "BAD_FRAME", "a batch holds [op, args] pairs")
+    op, args = item
+    if not isinstance(op, str) or op not in OPS or op == "batch":
+        raise _request_error(None, "UNKNOWN_OP", f"unknown op {op!r} in a batch; known ops: {', '.join(OPS)}")
+    if not isinstance(args, list) or len(args) != OPS[op]:
+        raise _request_error(None, "BAD_ARGS", f"{op} takes {OPS[op]} arguments in a list")
+    return op, args
+
+
+def batch_results(results):
+    """The answers in a batch reply: each result, or the exception its error entry maps to."""
+    if not isinstance(results, list):
+        raise ProtocolError("malformed batch reply: expected a list")
+    answers = []
+    for entry in results:
+        if not (isinstance(entry, list) and len(entry) == 2):
+            raise ProtocolError("malformed batch reply entry")
+        status, result = entry
+        if status == STATUS_OK:
+            answers.append(result)
+        elif status == STATUS_ERROR and isinstance(result, list) and len(result) == 2:
+            answers.append(_error(None, *result))
+        else:
+            raise ProtocolError(f"malformed batch reply status {status!r}")
+    return answers
+
+
+def _error(request_id, code, text):
+    error_class = ERROR_CODES.get(code, FerricError)
+    error = error_class(text, code) if error_class is CommandError else error_class(text)
+    error.code = code
+    error.request_id = request_id
+    return error
+
+
 def parse_reply(frame: bytes):
     """``(request_id, result)`` of a reply frame; an error reply raises its mapped exception."""
     message = unpack(frame)
@@ -130,12 +169,7 @@ def parse_reply(frame: bytes):
     if status == STATUS_OK:
         return request_id, result
     if status == STATUS_ERROR and isinstance(result, list) and len(result) == 2:
-        code, text = result
-        error_class = ERROR_CODES.get(code, FerricError)
-        error = error_class(text, code) if error_class is CommandError else error_class(text)
-        error.code = code
-        error.request_id = request_id
-        raise error
+        raise _error(request_id, *result)
     raise ProtocolError(f"malformed reply status {status!r}")
 
 

@@ -5,9 +5,9 @@ import time
 
 import psutil
 
-from ferric_ipc.errors import CommandError, LimitError, StorageError, StorageFullError
-from ferric_ipc.keys import as_key
-from ferric_ipc.protocol import PROTOCOL_VERSION
+from ferric_ipc.errors import CommandError, FerricError, LimitError, StorageError, StorageFullError
+from ferric_ipc.keys import as_key, as_value
+from ferric_ipc.protocol import PROTOCOL_VERSION, STATUS_ERROR, STATUS_OK
 from ferric_ipc.routing import shard_for
 from ferricd.storage import Delete, Put
 
@@ -70,6 +70,32 @@ class ShardCommands:
                 return False
         self.store.put(key, value, self._expire_at(ttl_ms))
         return True
+
+    def set_many(self, args_list):
+        """Unconditional sets (``set`` args with nx and xx false) applied as one batch write.
+
+        Returns ``[status, result]`` per set: each is validated alone, so one bad
+        set is refused without refusing the others.
+        """
+        answers, puts, positions = [], [], []
+        for args in args_list:
+            key, value, ttl_ms = args[0], args[1], args[2]
+            try:
+                put = Put(self._key(key), as_value(value, self.store.settings.max_value_bytes), self._expire_at(ttl_ms))
+            except (FerricError, TypeError, ValueError) as exc:
+                answers.append([STATUS_ERROR, [error_code(exc), str(exc)]])
+                continue
+            positions.append(len(answers))
+            answers.append([STATUS_OK, True])
+            puts.append(put)
+        if puts:
+            try:
+                self.store.write_batch(puts)
+            except FerricError as exc:  # ops in already-closed files were kept; the rest were not
+                failed = [STATUS_ERROR, [error_code(exc), str(exc)]]
+                for position in positions[getattr(exc, "applied", 0):]:
+                    answers[position] = failed
+        return answers
 
     def op_mset(self, pairs, ttl_ms):
         if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):

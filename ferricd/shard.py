@@ -116,17 +116,60 @@ class ShardServer:
             if len(frames) != 1:
                 raise ProtocolError(f"a request is one message part, got {len(frames)}")
             request_id, op, args = protocol.parse_request(frames[0])
-            return protocol.ok_reply(request_id, self.commands.run(op, args))
         except ProtocolError as exc:
             self.commands.errors += 1
-            return protocol.error_reply(getattr(exc, "request_id", request_id), getattr(exc, "code", "BAD_FRAME"), str(exc))
+            return protocol.error_reply(getattr(exc, "request_id", None), getattr(exc, "code", "BAD_FRAME"), str(exc))
+        if op == "batch":
+            return protocol.ok_reply(request_id, self.run_batch(args[0]))
+        status, result = self.run(op, args)
+        if status == protocol.STATUS_OK:
+            return protocol.ok_reply(request_id, result)
+        return protocol.error_reply(request_id, *result)
+
+    def run_batch(self, items):
+        """``[[status, result], ...]`` for a batch's requests, run in order."""
+        if not isinstance(items, list):
+            self.commands.errors += 1
+            return [[protocol.STATUS_ERROR, ["BAD_ARGS", "batch takes a list of [op, args] pairs"]]]
+        self.commands.requests += len(items) - 1
+        answers, plain_sets = [], []
+        for item in items:
+            try:
+                op, args = protocol.parse_batch_item(item)
+            except ProtocolError as exc:
+                self.commands.errors += 1
+                answers.append([protocol.STATUS_ERROR, [exc.code, str(exc)]])
+                continue
+            if op == "set" and args[3] is False and args[4] is False:
+                # Consecutive unconditional sets become one write: one pwrite instead of many.
+                plain_sets.append((len(answers), args))
+                answers.append(None)
+                continue
+            self._write_plain_sets(plain_sets, answers)
+            answers.append(list(self.run(op, args)))
+        self._write_plain_sets(plain_sets, answers)
+        return answers
+
+    def _write_plain_sets(self, plain_sets, answers):
+        """Run the collected sets as one batch write and fill in their answers (in place)."""
+        if plain_sets:
+            for (position, _), answer in zip(plain_sets, self.commands.set_many([args for _, args in plain_sets])):
+                if answer[0] == protocol.STATUS_ERROR:
+                    self.commands.errors += 1
+                answers[position] = answer
+            plain_sets.clear()
+
+    def run(self, op, args):
+        """``(STATUS_OK, result)`` or ``(STATUS_ERROR, [code, message])``; never raises."""
+        try:
+            return protocol.STATUS_OK, self.commands.run(op, args)
         except (FerricError, TypeError, ValueError) as exc:
             self.commands.errors += 1
-            return protocol.error_reply(request_id, error_code(exc), str(exc))
+            return protocol.STATUS_ERROR, [error_code(exc), str(exc)]
         except Exception as exc:  # a bug: report it to the client and keep serving
             self.commands.errors += 1
-            log.exception("op failed")
-            return protocol.error_reply(request_id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+            log.exception("op %s failed", op)
+            return protocol.STATUS_ERROR, ["INTERNAL", f"{type(exc).__name__}: {exc}"]
 
     def close(self):
         if self._socket is not None:

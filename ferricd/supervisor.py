@@ -219,6 +219,8 @@ class Supervisor:
         if now < self._next_health_at:
             return
         interval_s = self.config.health_interval_ms / 1000 if self.ready else 0.05
+        if self._watchdog_s:  # systemd wants WATCHDOG=1 every half period, whatever the health interval
+            interval_s = min(interval_s, self._watchdog_s)
         self._next_health_at = now + interval_s
         for slot in self.slots:
             slot.healthy = slot.running and self._answers(slot.shard_id)
