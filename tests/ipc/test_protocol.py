@@ -76,3 +76,20 @@ def test_routing_spreads_keys_and_is_pinned():
 
 
 PINNED = [3, 0, 2, 0, 0, 2, 2, 0]
+
+
+def test_batch_items_are_checked_like_requests():
+    assert protocol.parse_batch_item(["get", [b"k"]]) == ("get", [b"k"])
+    for item, code in [(["batch", [[]]], "UNKNOWN_OP"), (["nope", []], "UNKNOWN_OP"), (["get", []], "BAD_ARGS"),
+                       ("get", "BAD_FRAME"), (["get"], "BAD_FRAME")]:
+        with pytest.raises(ProtocolError) as info:
+            protocol.parse_batch_item(item)
+        assert info.value.code == code
+
+
+def test_batch_results_keep_order_and_turn_errors_into_exceptions():
+    answers = protocol.batch_results([[0, True], [1, ["NOT_INTEGER", "not a number"]], [0, b"v"]])
+    assert answers[0] is True and answers[2] == b"v"
+    assert isinstance(answers[1], CommandError) and answers[1].code == "NOT_INTEGER"
+    with pytest.raises(ProtocolError):
+        protocol.batch_results([[7, None]])
