@@ -165,14 +165,15 @@ class _Commands:
         The check and the write are atomic on that shard. True if set.
         """
         key, guard_key = as_key(key), as_key(guard_key, "guard_key")
+        args = [key, as_value(value, _UNBOUNDED_VALUE), guard_key, expected, _ttl(ttl_ms)]
         if expected is not None:
-            expected = as_value(expected, _UNBOUNDED_VALUE, "expected")
+            args[3] = as_value(expected, _UNBOUNDED_VALUE, "expected")
         if self._shard_of(key) != self._shard_of(guard_key):
             raise CommandError(
                 f"set_if: {key!r} and {guard_key!r} live on different shards; give them the same {{hash tag}}",
                 "WRONG_SHARD",
             )
-        return self._submit(key, "set_if", [key, as_value(value, _UNBOUNDED_VALUE), guard_key, expected, _ttl(ttl_ms)])
+        return self._submit(key, "set_if", args)
 
 
 class Client(_Commands):
@@ -230,7 +231,10 @@ class Client(_Commands):
             if self._forks == _ForkCount.value:
                 return
             self._forks = _ForkCount.value
-            self._context = zmq.Context()
+            # The process-wide context: a Client's own would be garbage-collected with it, and
+            # Context.__del__ blocks in term() while a socket in the same reference cycle is open.
+            # instance() is fork-aware: a child gets a fresh one.
+            self._context = zmq.Context.instance()
             self._connections = {}
             self._readers = {}  # their locks may be held by a thread that did not survive the fork
             self._shard_count = None
@@ -387,6 +391,8 @@ class Client(_Commands):
         prefix = as_key(prefix, "prefix")
         if type(cursor) is not int or cursor < 0:
             raise TypeError("cursor must be 0 or a cursor returned by scan")
+        if type(count) is not int or not 0 < count <= 10_000:
+            raise TypeError("count must be an int between 1 and 10000")
         shards = self.shard_count
         shard_id, slot = cursor % shards, cursor // shards
         next_slot, keys = self._call(shard_id, "scan", [prefix, slot, count])

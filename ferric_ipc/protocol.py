@@ -112,7 +112,7 @@ def parse_request(frame: bytes):
     if not (isinstance(message, list) and len(message) == 3):
         raise _request_error(None, "BAD_FRAME", "a request is [request_id, op, args]")
     request_id, op, args = message
-    if not (isinstance(request_id, int) and 0 <= request_id < 2**64):
+    if not (type(request_id) is int and 0 <= request_id < 2**64):  # bool is an int subclass: refused
         raise _request_error(None, "BAD_FRAME", "request_id must be an unsigned 64-bit integer")
     if not isinstance(op, str) or op not in OPS:
         raise _request_error(request_id, "UNKNOWN_OP", f"unknown op {op!r}; known ops: {', '.join(OPS)}")
