@@ -39,6 +39,13 @@ def shard_socket_path(run_dir, shard_id):
     return os.path.join(run_dir, f"shard-{shard_id}.sock")
 
 
+_FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
+
+
+class _NoReply(Exception):
+    """A wait for replies ran out (internal: call() decides between resending and timing out)."""
+
+
 class _ShardConnection:
     """One DEALER socket to one shard. A lock serialises threads; a lost request replaces the socket."""
 
@@ -55,18 +62,28 @@ class _ShardConnection:
         """Send ``[(op, args), ...]`` pipelined; return their results in order.
 
         Error replies become exceptions only after every reply arrived, so
-        the socket stays in step; the first error is raised. On timeout the
-        socket is replaced (a late reply must never meet a new request), and
-        with ``retry`` the requests are sent once more.
+        the socket stays in step; the first error is raised. When a wait runs
+        out the socket is replaced (a late reply must never meet a new
+        request). With ``retry`` (only for ops that change nothing) the
+        requests are sent again on the fresh socket after timeout/8, then
+        after doubling waits, all within ``timeout_ms``: a request lost in
+        the socket of a shard that died is asked again of its successor.
         """
+        deadline = time.monotonic() + timeout_ms / 1000
+        wait_ms = max(_FIRST_RETRY_MS, timeout_ms // 8) if retry else timeout_ms
         with self.lock:
-            for attempt in range(2 if retry else 1):
+            while True:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
                 try:
-                    return self._exchange(requests, timeout_ms)
-                except FerricTimeoutError:
+                    return self._exchange(requests, min(wait_ms, remaining_ms))
+                except _NoReply:
                     self._close_socket()
-                    if attempt or not retry:
-                        raise
+                    if not retry or remaining_ms <= wait_ms:
+                        raise FerricTimeoutError(
+                            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
+                            "check that ferricd is running (systemctl status ferricd)"
+                        ) from None
+                    wait_ms *= 2
 
     def _exchange(self, requests, timeout_ms):
         if self._socket is None:
@@ -93,10 +110,7 @@ class _ShardConnection:
                 self._socket.rcvtimeo = remaining_ms
                 frame = self._socket.recv()
             except zmq.Again:
-                raise FerricTimeoutError(
-                    f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
-                    "check that ferricd is running (systemctl status ferricd)"
-                ) from None
+                raise _NoReply from None
             try:
                 request_id, result = protocol.parse_reply(frame)
             except FerricError as error:

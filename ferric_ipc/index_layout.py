@@ -43,7 +43,6 @@ HEADER_WORDS = HEADER_BYTES // 8
 SLOT_BYTES = 32
 SLOT_WORDS = SLOT_BYTES // 8
 SLOT = struct.Struct("<IIQIIQ")  # seq, file_id, key_hash, offset, record_len, expire_at_ms
-SLOT_BODY = struct.Struct("<IQIIQ")  # the slot without its seq: written between the two seq bumps
 SLOT_SEQ = struct.Struct("<I")
 HASH_WORD = 1  # key_hash is word 1 of a slot
 

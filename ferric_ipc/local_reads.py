@@ -54,104 +54,83 @@ def index_path(run_dir, shard_id):
 
 
 class _DataFile:
-    """A shard data file mapped read-only; reads past the mapped length use pread."""
+    """A shard data file mapped read-only; reads past the mapped length use pread.
+
+    The mapping is one immutable ``(view, mapped_bytes)`` pair, replaced (never
+    closed under a reader) when the file has grown: a thread still reading the
+    old pair keeps it alive, and it is freed when the last reference goes.
+    """
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.map = self.view = None
-        self.mapped = 0
+        self.mapping = (memoryview(b""), 0)
         self._remap()
 
     def _remap(self):
         size = os.fstat(self.fd).st_size
-        if size and size > self.mapped:
-            old_map, old_view = self.map, self.view
-            self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
-            self.view = memoryview(self.map)
-            self.mapped = size
-            if old_map is not None:
-                old_view.release()
-                old_map.close()
+        if size > self.mapping[1]:
+            self.mapping = (memoryview(mmap.mmap(self.fd, size, prot=mmap.PROT_READ)), size)
 
     def read(self, offset, length):
-        """Bytes (or a zero-copy view) of ``length`` bytes at ``offset``."""
+        """A zero-copy view (or bytes) of ``length`` bytes at ``offset``."""
+        view, mapped = self.mapping
         end = offset + length
-        if end <= self.mapped:
-            return self.view[offset:end]
+        if end <= mapped:
+            return view[offset:end]
         data = os.pread(self.fd, length, offset)
-        if end - self.mapped >= _REMAP_STEP_BYTES:
+        if end - mapped >= _REMAP_STEP_BYTES:
             self._remap()
         return data
 
     def close(self):
-        if self.map is not None:
-            self.view.release()
-            try:
-                self.map.close()
-            except BufferError:  # a caller still holds a view; the map closes when it is freed
-                pass
+        self.mapping = (memoryview(b""), 0)
         os.close(self.fd)
 
 
 class LocalShardReader:
-    """Reads one shard's published index and data files. Thread-safe; after fork, each process has its own."""
+    """Reads one shard's published index and data files. Safe to share between threads.
+
+    The mapped table is one immutable ``(map, words, capacity)`` tuple, read
+    once per lookup: a thread that re-opens a replaced table swaps the tuple,
+    and never closes a map another thread may still be probing.
+    """
 
     def __init__(self, run_dir, shard_dir, shard_id):
         self.path = index_path(run_dir, shard_id)
         self.shard_dir = shard_dir
         self._lock = threading.Lock()
-        self._map = None
-        self._words = None
-        self._capacity = 0
+        self._table = None
         self._files = {}  # file_id -> _DataFile
 
     # -- opening ---------------------------------------------------------------
 
-    def _open(self):
-        """Map the current index file; False if there is no usable one."""
+    def _open(self, stale):
+        """The current LIVE table, re-mapping it if ``stale`` is still the one in use; None if unusable."""
         with self._lock:
-            self._close_index()
-            try:
-                with open(self.path, "rb") as f:
-                    mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-            except (OSError, ValueError):  # missing, unreadable, or empty
-                return False
-            magic, version, state, _epoch, capacity, _count, _deleted = HEADER.unpack_from(mapped, 0)
-            if magic != INDEX_MAGIC or version != INDEX_VERSION or len(mapped) < table_bytes(capacity):
-                mapped.close()
-                return False
-            self._map, self._capacity = mapped, capacity
-            self._words = memoryview(mapped).cast("Q")
-            return state == STATE_LIVE
-
-    def _close_index(self):
-        if self._words is not None:
-            self._words.release()
-        if self._map is not None:
-            self._map.close()
-        self._map = self._words = None
-
-    def _live(self):
-        """The index is mapped and LIVE, re-opening it once if it was replaced."""
-        if self._map is not None and _STATE.unpack_from(self._map, _STATE_AT)[0] == STATE_LIVE:
-            return True
-        return self._open()
+            if self._table is not stale:  # another thread re-opened meanwhile
+                table = self._table
+                return table if table is not None and _is_live(table[0]) else None
+            self._table = table = _map_table(self.path)
+            return table if table is not None and _is_live(table[0]) else None
 
     def _data_file(self, file_id):
-        data_file = self._files.get(file_id)
-        if data_file is None:
-            data_file = self._files[file_id] = _DataFile(os.path.join(self.shard_dir, f"{file_id:09d}.data"))
-        return data_file
+        with self._lock:
+            data_file = self._files.get(file_id)
+            if data_file is None:
+                data_file = self._files[file_id] = _DataFile(os.path.join(self.shard_dir, f"{file_id:09d}.data"))
+            return data_file
 
     # -- reading ---------------------------------------------------------------
 
     def lookup(self, key, key_hash, now_ms):
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
         for _attempt in range(2):
-            mapped = self._map
-            if (mapped is None or _STATE.unpack_from(mapped, _STATE_AT)[0] != STATE_LIVE) and not self._open():
-                return FALLBACK
-            mapped, words, capacity = self._map, self._words, self._capacity
+            table = self._table
+            if table is None or not _is_live(table[0]):
+                table = self._open(table)
+                if table is None:
+                    return FALLBACK
+            mapped, words, capacity = table
             found = FALLBACK  # if the probe visits every slot: a full table should not exist
             slot = key_hash % capacity
             for _ in range(capacity):
@@ -169,7 +148,7 @@ class LocalShardReader:
                     slot = 0
             # A miss or hit is only as good as the table it came from: if the table was
             # retired while probing, the key may have moved to its replacement.
-            if found is not FALLBACK and _STATE.unpack_from(mapped, _STATE_AT)[0] == STATE_LIVE:
+            if found is not FALLBACK and _is_live(mapped):
                 return found
         return FALLBACK
 
@@ -181,7 +160,7 @@ class LocalShardReader:
             if seq & 1:
                 continue  # the shard is writing this slot
             if stored_hash != key_hash:
-                return None  # rewritten for another key since the probe saw it
+                return None  # deleted or given to another key since the probe saw it
             try:
                 data_file = self._files.get(file_id) or self._data_file(file_id)
                 record = data_file.read(offset, record_len)
@@ -189,7 +168,7 @@ class LocalShardReader:
                 return FALLBACK
             if SLOT_SEQ.unpack_from(mapped, at)[0] != seq:
                 continue  # the slot moved on while we read: start over
-            if len(record) != record_len:
+            if len(record) != record_len or record_len < _RECORD_HEADER_BYTES:
                 return FALLBACK
             crc, _seq, _exp, _flags, key_len, value_len = RECORD_HEADER.unpack_from(record, 0)
             if key_len != len(key) or record[_RECORD_HEADER_BYTES:_RECORD_HEADER_BYTES + key_len] != key:
@@ -203,7 +182,28 @@ class LocalShardReader:
 
     def close(self):
         with self._lock:
-            self._close_index()
+            self._table = None
             for data_file in self._files.values():
                 data_file.close()
             self._files = {}
+
+
+def _is_live(mapped):
+    return _STATE.unpack_from(mapped, _STATE_AT)[0] == STATE_LIVE
+
+
+def _map_table(path):
+    """``(map, words, capacity)`` of the index file at ``path``, or None if it is not a usable table."""
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    except (OSError, ValueError):  # missing, unreadable, a directory, or empty
+        return None
+    if len(mapped) < HEADER.size:
+        mapped.close()
+        return None
+    magic, version, _state, _epoch, capacity, _count, _deleted = HEADER.unpack_from(mapped, 0)
+    if magic != INDEX_MAGIC or version != INDEX_VERSION or capacity <= 0 or len(mapped) < table_bytes(capacity):
+        mapped.close()
+        return None
+    return mapped, memoryview(mapped).cast("Q"), capacity

@@ -27,9 +27,7 @@ from ferric_ipc.index_layout import (
     MAX_LOAD,
     MIN_CAPACITY,
     SLOT,
-    SLOT_BODY,
     SLOT_BYTES,
-    SLOT_SEQ,
     SLOT_WORDS,
     STATE_LIVE,
     TARGET_LOAD,
@@ -212,12 +210,19 @@ class ShardIndex:
         return previous
 
     def _write_slot(self, slot, file_id, key_hash, offset, record_len, expire_at_ms):
-        buf = self._buf
-        at = table_bytes(slot)
-        seq = SLOT_SEQ.unpack_from(buf, at)[0]
-        SLOT_SEQ.pack_into(buf, at, (seq + 1) & _SEQ_MASK)  # odd: readers retry
-        SLOT_BODY.pack_into(buf, at + 4, file_id, key_hash, offset, record_len, expire_at_ms)
-        SLOT_SEQ.pack_into(buf, at, (seq + 2) & _SEQ_MASK)  # even: consistent again
+        # Whole aligned 64-bit words only, through the memoryview: struct.pack_into zeroes
+        # its target before packing, and a key_hash that is 0 for an instant reads as EMPTY
+        # to a concurrent reader, ending its probe early (a present key read as missing).
+        words = self._words
+        base = HEADER_WORDS + slot * SLOT_WORDS
+        first = words[base]
+        seq = first & _SEQ_MASK
+        words[base] = ((seq + 1) & _SEQ_MASK) | (first & ~_SEQ_MASK)  # odd: readers retry
+        if words[base + HASH_WORD] != key_hash:
+            words[base + HASH_WORD] = key_hash
+        words[base + 2] = offset | (record_len << 32)
+        words[base + 3] = expire_at_ms
+        words[base] = ((seq + 2) & _SEQ_MASK) | (file_id << 32)  # even: consistent again
 
     def write_counts(self):
         """Store count and deleted in the header (the rest of it never changes for a live table)."""

@@ -69,8 +69,10 @@ class IndexFiles:
     def replace(self, old, new):
         """A ShardIndex grew from ``old`` into ``new``: publish ``new`` if ``old`` was public, retire ``old``."""
         if self.published is old:
-            self.publish(new)
+            # Retire first: if the shard dies between the two steps, no reader is left on a
+            # table that looks LIVE but will never change again (readers fall back meanwhile).
             _mark_retired(old)
+            self.publish(new)
         else:
             os.unlink(self._temp_paths.pop(id(old)))
         old.close()
