@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import threading
 import time
 
@@ -9,13 +10,14 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, FerricTimeoutError, ProtocolError
+from ferric_ipc.file_layout import DAEMON_FILE, shard_dir, socket_path
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
 from ferric_ipc.routing import hash_tag, shard_for
 
 RUN_DIR_ENV = "FERRIC_RUN_DIR"
+LOCAL_READS_SAFE = platform.machine().lower() in ("x86_64", "amd64")
 DEFAULT_RUN_DIR = "./ferric-run"
-DAEMON_FILE = "ferricd.json"  # written by the supervisor: {"shards": N, "protocol": V, "pid": P}
 DEFAULT_TIMEOUT_MS = 2_000
 
 # The client checks types and key sizes before sending; the value limit is the daemon's to enforce.
@@ -35,10 +37,6 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def shard_socket_path(run_dir, shard_id):
-    return os.path.join(run_dir, f"shard-{shard_id}.sock")
-
-
 _FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
 
 
@@ -52,7 +50,7 @@ class _ShardConnection:
     def __init__(self, context, run_dir, shard_id):
         self._context = context
         self.shard_id = shard_id
-        self.path = shard_socket_path(run_dir, shard_id)
+        self.path = socket_path(run_dir, shard_id)
         self.endpoint = f"ipc://{self.path}"
         self.lock = threading.Lock()
         self._socket = None
@@ -196,28 +194,29 @@ class Client(_Commands):
     ``run_dir`` defaults to $FERRIC_RUN_DIR, else ``./ferric-run``. Keys and
     values are str (UTF-8) or bytes; values come back as bytes; a missing key
     is None. Every call waits at most ``timeout_ms`` per shard and raises
-    FerricTimeoutError past it (reads are retried once on a fresh socket first).
+    FerricTimeoutError past it; within that time, ops that change nothing are
+    re-sent on a fresh socket if their answer does not come (docs/protocol.md).
 
     Safe to share between threads, and across ``os.fork()``: a forked child
     builds its own ZeroMQ context and sockets on first use.
 
-    With ``local_reads`` (the default), ``get``, ``mget``, ``exists`` and
+    With ``local_reads`` (the default on x86-64), ``get``, ``mget``, ``exists`` and
     ``ttl`` read the shard's published index and data files directly (about a
     microsecond instead of a round trip), and ask the shard whenever the files
     cannot answer with certainty (see ``ferric_ipc.local_reads``). Turn it off
     where this process may not read the daemon's files.
     """
 
-    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS, local_reads=True):
+    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS, local_reads=None):
         self.run_dir = os.path.abspath(run_dir or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
         if type(timeout_ms) is not int or timeout_ms <= 0:
             raise TypeError("timeout_ms must be a positive int")
         self.timeout_ms = timeout_ms
-        self.local_reads = bool(local_reads)
+        # The seqlock read relies on x86-64's ordering of plain loads: elsewhere, ask the shard.
+        self.local_reads = LOCAL_READS_SAFE if local_reads is None else bool(local_reads)
         #: Reads answered from the mapped index ("local") and sent to a shard instead ("fallback").
         self.read_counts = {"local": 0, "fallback": 0}
         self._lock = threading.Lock()
-        self._pid = None
         self._forks = -1  # _ForkCount.value when this process's sockets were made; -1: not yet
         self._context = None
         self._connections = {}
@@ -252,7 +251,6 @@ class Client(_Commands):
             self._connections = {}
             self._readers = {}  # their locks may be held by a thread that did not survive the fork
             self._shard_count = None
-            self._pid = os.getpid()
 
     @property
     def shard_count(self):
@@ -269,8 +267,15 @@ class Client(_Commands):
                     f"no ferricd at {self.run_dir} ({DAEMON_FILE} is missing): start ferricd "
                     f"(systemctl start ferricd), or point {RUN_DIR_ENV} / Client(run_dir=...) at its run directory"
                 ) from None
+            except PermissionError:
+                raise FerricConnectionError(
+                    f"cannot read {path}: permission denied; run as a member of the daemon's group "
+                    "(ferricd under systemd, see docs/deploy.md)"
+                ) from None
             except (OSError, ValueError) as exc:
-                raise FerricConnectionError(f"cannot read {path}: {exc}") from None
+                raise FerricConnectionError(f"cannot read {path}: {exc}; is ferricd running there?") from None
+            if not (isinstance(daemon, dict) and type(daemon.get("shards")) is int and daemon["shards"] > 0):
+                raise FerricConnectionError(f"{path} does not name a shard count; restart ferricd to rewrite it")
             if daemon.get("protocol") != protocol.PROTOCOL_VERSION:
                 raise ProtocolError(
                     f"ferricd speaks protocol {daemon.get('protocol')}, this client {protocol.PROTOCOL_VERSION}: "
@@ -318,7 +323,7 @@ class Client(_Commands):
                 return FALLBACK  # a daemon that does not say where its data is
             with self._lock:
                 reader = self._readers.setdefault(
-                    shard_id, LocalShardReader(self.run_dir, os.path.join(self._data_dir, f"shard-{shard_id}"), shard_id)
+                    shard_id, LocalShardReader(self.run_dir, shard_dir(self._data_dir, shard_id), shard_id)
                 )
         found = reader.lookup(key, key_hash, time.time_ns() // 1_000_000)
         self.read_counts["fallback" if found is FALLBACK else "local"] += 1

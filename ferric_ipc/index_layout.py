@@ -36,6 +36,7 @@ STATE_RETIRED = 1
 
 HEADER = struct.Struct("<8sIIQQQQ16x")  # magic, version, state, epoch, capacity, count, deleted
 HEADER_BYTES = HEADER.size  # 64
+STATE_AT = 12  # offset of the state field: RETIRED is written here alone
 COUNTS = struct.Struct("<QQ")  # count, deleted: the header fields a live table updates
 COUNTS_AT = 32
 HEADER_WORDS = HEADER_BYTES // 8

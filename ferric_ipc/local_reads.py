@@ -24,6 +24,7 @@ import struct
 import threading
 import zlib
 
+from ferric_ipc.file_layout import RECORD_HEADER, RECORD_HEADER_BYTES, data_file_name, index_path
 from ferric_ipc.index_layout import (
     EMPTY,
     HASH_WORD,
@@ -34,6 +35,7 @@ from ferric_ipc.index_layout import (
     SLOT,
     SLOT_SEQ,
     SLOT_WORDS,
+    STATE_AT,
     STATE_LIVE,
     table_bytes,
 )
@@ -41,16 +43,13 @@ from ferric_ipc.index_layout import (
 FALLBACK = object()  # "cannot answer locally": ask the shard
 MISSING = object()  # verified absent (or expired)
 
-RECORD_HEADER = struct.Struct("<IQQBII")  # crc32, seq, expire_at_ms, flags, key_len, value_len
-_RECORD_HEADER_BYTES = RECORD_HEADER.size
+_RECORD_HEADER_BYTES = RECORD_HEADER_BYTES
 _STATE = struct.Struct("<I")
-_STATE_AT = 12  # header offset of the state field
 _SEQ_SPINS = 100  # a writer holds a slot odd for a few microseconds; past this, fall back
 _REMAP_STEP_BYTES = 1 << 20  # re-map a growing data file once it grew this much; pread until then
-
-
-def index_path(run_dir, shard_id):
-    return os.path.join(run_dir, f"shard-{shard_id}.idx")
+# A shard that was SIGKILLed never retires its table, and if the run directory is then recreated
+# nothing else will: so every this often a reader checks that its file is still the one at the path.
+_RECHECK_PATH_MS = 100
 
 
 class _DataFile:
@@ -90,9 +89,9 @@ class _DataFile:
 class LocalShardReader:
     """Reads one shard's published index and data files. Safe to share between threads.
 
-    The mapped table is one immutable ``(map, words, capacity)`` tuple, read
-    once per lookup: a thread that re-opens a replaced table swaps the tuple,
-    and never closes a map another thread may still be probing.
+    The mapped table is one immutable ``(map, words, capacity, epoch, inode)``
+    tuple, read once per lookup: a thread that re-opens a replaced table swaps
+    the tuple, and never closes a map another thread may still be probing.
     """
 
     def __init__(self, run_dir, shard_dir, shard_id):
@@ -100,7 +99,8 @@ class LocalShardReader:
         self.shard_dir = shard_dir
         self._lock = threading.Lock()
         self._table = None
-        self._files = {}  # file_id -> _DataFile
+        self._files = {}  # file_id -> _DataFile, for the epoch of the current table
+        self._path_checked_ms = 0
 
     # -- opening ---------------------------------------------------------------
 
@@ -110,14 +110,28 @@ class LocalShardReader:
             if self._table is not stale:  # another thread re-opened meanwhile
                 table = self._table
                 return table if table is not None and _is_live(table[0]) else None
-            self._table = table = _map_table(self.path)
+            table = _map_table(self.path)
+            if table is not None and (stale is None or table[3] != stale[3]):
+                # Another run of the shard: file ids may have been reused for other files.
+                self._files = {}
+            self._table = table
             return table if table is not None and _is_live(table[0]) else None
+
+    def _same_file(self, table, now_ms):
+        """Whether ``table`` is still the file at the index path (checked every _RECHECK_PATH_MS)."""
+        if now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
+            return True
+        self._path_checked_ms = now_ms
+        try:
+            return os.stat(self.path).st_ino == table[4]
+        except OSError:
+            return False
 
     def _data_file(self, file_id):
         with self._lock:
             data_file = self._files.get(file_id)
             if data_file is None:
-                data_file = self._files[file_id] = _DataFile(os.path.join(self.shard_dir, f"{file_id:09d}.data"))
+                data_file = self._files[file_id] = _DataFile(os.path.join(self.shard_dir, data_file_name(file_id)))
             return data_file
 
     # -- reading ---------------------------------------------------------------
@@ -126,11 +140,11 @@ class LocalShardReader:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
         for _attempt in range(2):
             table = self._table
-            if table is None or not _is_live(table[0]):
+            if table is None or not _is_live(table[0]) or not self._same_file(table, now_ms):
                 table = self._open(table)
                 if table is None:
                     return FALLBACK
-            mapped, words, capacity = table
+            mapped, words, capacity = table[:3]
             found = FALLBACK  # if the probe visits every slot: a full table should not exist
             slot = key_hash % capacity
             for _ in range(capacity):
@@ -153,7 +167,7 @@ class LocalShardReader:
         return FALLBACK
 
     def _read_slot(self, mapped, slot, key, key_hash, now_ms):
-        """The answer if ``slot`` holds ``key``; None if it holds another key; FALLBACK if unsure."""
+        """The answer if ``slot`` holds ``key``; None if the slot no longer holds ``key_hash``; else FALLBACK."""
         at = table_bytes(slot)
         for _ in range(_SEQ_SPINS):
             seq, file_id, stored_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(mapped, at)
@@ -172,7 +186,9 @@ class LocalShardReader:
                 return FALLBACK
             crc, _seq, _exp, _flags, key_len, value_len = RECORD_HEADER.unpack_from(record, 0)
             if key_len != len(key) or record[_RECORD_HEADER_BYTES:_RECORD_HEADER_BYTES + key_len] != key:
-                return None  # a different key with the same 64-bit hash
+                # Another key with the same 64-bit hash (about never), or a file that is not what
+                # the table thinks: either way the shard, not a guess, must answer.
+                return FALLBACK
             if zlib.crc32(record[4:]) != crc:
                 return FALLBACK  # damaged: the shard decides what to do about it
             if expire_at_ms and expire_at_ms <= now_ms:
@@ -189,21 +205,22 @@ class LocalShardReader:
 
 
 def _is_live(mapped):
-    return _STATE.unpack_from(mapped, _STATE_AT)[0] == STATE_LIVE
+    return _STATE.unpack_from(mapped, STATE_AT)[0] == STATE_LIVE
 
 
 def _map_table(path):
     """``(map, words, capacity)`` of the index file at ``path``, or None if it is not a usable table."""
     try:
         with open(path, "rb") as f:
+            inode = os.fstat(f.fileno()).st_ino
             mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
     except (OSError, ValueError):  # missing, unreadable, a directory, or empty
         return None
     if len(mapped) < HEADER.size:
         mapped.close()
         return None
-    magic, version, _state, _epoch, capacity, _count, _deleted = HEADER.unpack_from(mapped, 0)
+    magic, version, _state, epoch, capacity, _count, _deleted = HEADER.unpack_from(mapped, 0)
     if magic != INDEX_MAGIC or version != INDEX_VERSION or capacity <= 0 or len(mapped) < table_bytes(capacity):
         mapped.close()
         return None
-    return mapped, memoryview(mapped).cast("Q"), capacity
+    return mapped, memoryview(mapped).cast("Q"), capacity, epoch, inode

@@ -12,14 +12,12 @@ import itertools
 import mmap
 import os
 
-from ferric_ipc.index_layout import STATE_RETIRED
-from ferric_ipc.local_reads import index_path
-
-_STATE_AT = 12
+from ferric_ipc.file_layout import index_path
+from ferric_ipc.index_layout import STATE_AT, STATE_RETIRED
 
 
 def _mark_retired(buf):
-    buf[_STATE_AT:_STATE_AT + 4] = STATE_RETIRED.to_bytes(4, "little")
+    buf[STATE_AT:STATE_AT + 4] = STATE_RETIRED.to_bytes(4, "little")
 
 
 class IndexFiles:
@@ -37,7 +35,12 @@ class IndexFiles:
         self.published = None
 
     def retire_previous(self):
-        """Retire a table left by an earlier run of this shard, before this one changes any data."""
+        """Retire a table left by an earlier run of this shard, before this one changes any data,
+        and remove tables a killed run was still building (they live in tmpfs: memory)."""
+        directory, name = os.path.split(self.path)
+        for leftover in os.listdir(directory):
+            if leftover.startswith(name + ".") and leftover.endswith(".new"):
+                os.unlink(os.path.join(directory, leftover))
         try:
             with open(self.path, "r+b") as f:
                 with mmap.mmap(f.fileno(), 0) as old:

@@ -19,6 +19,7 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.errors import DirectoryLockedError, FerricError, ProtocolError, StorageError
+from ferric_ipc.file_layout import shard_dir, socket_path
 from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
@@ -30,17 +31,9 @@ EXIT_BOOT_ERROR = 3
 EXIT_DATA_ERROR = 4
 
 TICK_MS = 100  # housekeeping (interval fsync, stop flag) at least this often
-MAX_BATCH = 1024  # requests applied per group commit, so replies are never held back for long
+MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long
 
 log = logging.getLogger("ferricd.shard")
-
-
-def socket_path(run_dir, shard_id):
-    return os.path.join(run_dir, f"shard-{shard_id}.sock")
-
-
-def shard_data_dir(data_dir, shard_id):
-    return os.path.join(data_dir, f"shard-{shard_id}")
 
 
 class ShardServer:
@@ -67,7 +60,7 @@ class ShardServer:
         self.tables.retire_previous()
         epoch = time.time_ns()
         self.store = BitcaskStore(
-            shard_data_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch, tables=self.tables
+            shard_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch, tables=self.tables
         )
         self.tables.publish(self.store.index_buffer)
         log.info("recovered: %s", " ".join(f"{k}={v}" for k, v in vars(self.store.recovery).items()))
@@ -80,6 +73,8 @@ class ShardServer:
         log.info("serving %s", self.endpoint)
 
     def serve(self, should_stop):
+        """Serve until ``should_stop()``. Raises StorageError when the disk failed under an fsync:
+        the shard must then exit so that a fresh one recovers from what reached the disk."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         while not should_stop():
@@ -90,41 +85,47 @@ class ShardServer:
 
     def handle_ready(self):
         """Apply every ready request under one group commit, then send all replies."""
-        replies = []
+        replies = []  # (identity, request_id, reply frame)
+        failure = None
         try:
             with self.store.group_commit():
-                for _ in range(MAX_BATCH):
+                for _ in range(MAX_REQUESTS_PER_COMMIT):
                     try:
                         frames = self._socket.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    replies.append((frames[0], self.handle(frames[1:])))
+                    replies.append((frames[0], *self.handle(frames[1:])))
         except StorageError as exc:  # the shared fsync failed: nothing in the batch may be acknowledged
             log.error("group commit failed: %s", exc)
-            replies = [(identity, protocol.error_reply(None, "STORAGE", str(exc))) for identity, _ in replies]
-        for identity, reply in replies:
+            failure = exc
+            message = f"{exc}; the shard restarts and recovers from what reached the disk"
+            replies = [(identity, request_id, protocol.error_reply(request_id, "STORAGE", message))
+                       for identity, request_id, _ in replies]
+        for identity, _request_id, reply in replies:
             try:
                 self._socket.send_multipart([identity, reply], zmq.NOBLOCK)
             except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
                 pass
+        if failure is not None:
+            raise failure
 
     def handle(self, frames):
-        """The reply frame for one request; never raises."""
+        """``(request_id, reply frame)`` for one request; never raises."""
         self.commands.requests += 1
-        request_id = None
         try:
             if len(frames) != 1:
                 raise ProtocolError(f"a request is one message part, got {len(frames)}")
             request_id, op, args = protocol.parse_request(frames[0])
         except ProtocolError as exc:
             self.commands.errors += 1
-            return protocol.error_reply(getattr(exc, "request_id", None), getattr(exc, "code", "BAD_FRAME"), str(exc))
+            request_id = getattr(exc, "request_id", None)
+            return request_id, protocol.error_reply(request_id, getattr(exc, "code", "BAD_FRAME"), str(exc))
         if op == "batch":
-            return protocol.ok_reply(request_id, self.run_batch(args[0]))
+            return request_id, protocol.ok_reply(request_id, self.run_batch(args[0]))
         status, result = self.run(op, args)
         if status == protocol.STATUS_OK:
-            return protocol.ok_reply(request_id, result)
-        return protocol.error_reply(request_id, *result)
+            return request_id, protocol.ok_reply(request_id, result)
+        return request_id, protocol.error_reply(request_id, *result)
 
     def run_batch(self, items):
         """``[[status, result], ...]`` for a batch's requests, run in order."""
@@ -172,19 +173,22 @@ class ShardServer:
             return protocol.STATUS_ERROR, ["INTERNAL", f"{type(exc).__name__}: {exc}"]
 
     def close(self):
-        if self._socket is not None:
-            self._socket.close()
-            self._context.term()
-            try:  # libzmq leaves the file behind; a stale socket only makes clients wait
-                os.unlink(socket_path(self.config.run_dir, self.shard_id))
-            except FileNotFoundError:
-                pass
-        if self.store is not None:
-            self.store.close()
-        if self.tables is not None:
-            self.tables.close()
-        if self._socket_lock is not None:
-            self._socket_lock.release()
+        try:
+            if self._socket is not None:
+                self._socket.close()
+                self._context.term()
+                try:  # libzmq leaves the file behind; a stale socket only makes clients wait
+                    os.unlink(socket_path(self.config.run_dir, self.shard_id))
+                except FileNotFoundError:
+                    pass
+            if self.store is not None:
+                self.store.close()
+        finally:
+            # Whatever happened above, clients must stop trusting this shard's table.
+            if self.tables is not None:
+                self.tables.close()
+            if self._socket_lock is not None:
+                self._socket_lock.release()
 
 
 def _die_with_parent():
@@ -225,13 +229,19 @@ def main(argv=None):
         server.close()
         return EXIT_BOOT_ERROR
     except (StorageError, OSError) as exc:
-        log.error("cannot open the data directory: %s", exc)
+        log.error("cannot open %s or its index in %s: %s", server.config.data_dir, server.config.run_dir, exc)
         server.close()
         return EXIT_DATA_ERROR
     try:
         server.serve(lambda: bool(stopping))
-    finally:
+    except StorageError as exc:
+        log.error("stopping after a storage failure: %s", exc)
         server.close()
+        return EXIT_DATA_ERROR
+    except BaseException:
+        server.close()
+        raise
+    server.close()
     log.info("stopped cleanly")
     return 0
 

@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 
-from ferric_ipc.client import DAEMON_FILE, Client
+from ferric_ipc.client import Client
+from ferric_ipc.file_layout import DAEMON_FILE, socket_path
 from ferric_ipc.errors import DirectoryLockedError, FerricError
 from ferric_ipc.protocol import PROTOCOL_VERSION
 from ferricd import systemd
 from ferricd.config import ConfigError, load_config
-from ferricd.shard import EXIT_BOOT_ERROR, EXIT_DATA_ERROR, socket_path
+from ferricd.shard import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
 from ferricd.storage.datafiles import write_atomically
 from ferricd.storage.lock import DirectoryLock
 
@@ -29,19 +30,22 @@ log = logging.getLogger("ferricd")
 META_FILE = "ferricd.meta"  # in data_dir: {"format": 1, "shards": N}, written when the directory is created
 LOCK_NAME = "ferricd.lock"  # in data_dir and run_dir: one daemon per directory
 EXIT_CONFIG_ERROR = 2
+HUNG_PINGS = 5  # consecutive missed health pings before a shard that was up is stopped
 EXIT_IN_USE = 1
 
 
-class ShardSlot:
-    """What the supervisor knows about shard ``shard_id``: its process and its restart history."""
+class ShardProcess:
+    """What the supervisor knows about shard ``shard_id``: its process, health and restart history."""
 
     def __init__(self, shard_id):
         self.shard_id = shard_id
         self.process = None
-        self.started_at = 0.0
+        self.started_at_s = 0.0  # monotonic
         self.failures = 0
-        self.next_start_at = 0.0  # monotonic seconds
+        self.next_start_at_s = 0.0  # monotonic
         self.healthy = False
+        self.answered = False  # answered a ping since it started (booting shards are not hung)
+        self.missed_pings = 0
 
     @property
     def running(self):
@@ -101,7 +105,7 @@ class Supervisor:
             self._release_locks()
             log.error("%s", exc)
             return EXIT_CONFIG_ERROR
-        self.slots = [ShardSlot(shard_id) for shard_id in range(self.shard_count)]
+        self.slots = [ShardProcess(shard_id) for shard_id in range(self.shard_count)]
         self._install_signals()
         write_atomically(
             os.path.join(config.run_dir, DAEMON_FILE),
@@ -111,8 +115,8 @@ class Supervisor:
             }).encode()],
             file_mode=0o644,
         )
-        # Pings are retried once on a fresh socket, so each try gets half the allowed time.
-        self._client = Client(config.run_dir, timeout_ms=max(1, config.ping_timeout_ms // 2))
+        # A ping gets ping_timeout_ms in all, re-sent on a fresh socket within that time if lost.
+        self._client = Client(config.run_dir, timeout_ms=config.ping_timeout_ms, local_reads=False)
         log.info(
             "ferricd %d: %d shards; data in %s; sockets in %s",
             os.getpid(), self.shard_count, os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
@@ -162,13 +166,13 @@ class Supervisor:
                 continue
             returncode = slot.process.returncode
             status = describe_exit(returncode)
-            if now - slot.started_at >= self.config.healthy_after_ms / 1000:
+            if now - slot.started_at_s >= self.config.healthy_after_ms / 1000:
                 slot.failures = 0  # it ran well for a while: start the backoff over
             slot.failures += 1
             delay_ms = min(
                 self.config.restart_backoff_initial_ms * 2 ** (slot.failures - 1), self.config.restart_backoff_max_ms
             )
-            slot.next_start_at = now + delay_ms / 1000
+            slot.next_start_at_s = now + delay_ms / 1000
             slot.process, slot.healthy = None, False
             self._remove_stale_socket(slot.shard_id)
             if returncode in (EXIT_BOOT_ERROR, EXIT_DATA_ERROR):
@@ -189,7 +193,7 @@ class Supervisor:
         """Start every shard that is not running and whose backoff has passed."""
         now = time.monotonic()
         for slot in self.slots:
-            if not slot.running and now >= slot.next_start_at:
+            if not slot.running and now >= slot.next_start_at_s:
                 self.spawn_shard(slot)
 
     def spawn_shard(self, slot):
@@ -201,7 +205,8 @@ class Supervisor:
              "--settings", json.dumps(settings), "--parent-pid", str(os.getpid())],
             stdin=subprocess.DEVNULL, close_fds=True,
         )
-        slot.started_at = time.monotonic()
+        slot.started_at_s = time.monotonic()
+        slot.answered, slot.missed_pings = False, 0
         log.info("shard %d started as pid %d", slot.shard_id, slot.process.pid)
 
     def kill_shard(self, slot, signum):
@@ -224,6 +229,7 @@ class Supervisor:
         self._next_health_at = now + interval_s
         for slot in self.slots:
             slot.healthy = slot.running and self._answers(slot.shard_id)
+            self._escalate_if_hung(slot)
         healthy = sum(slot.healthy for slot in self.slots)
         if healthy == len(self.slots):
             if not self.ready:
@@ -236,6 +242,23 @@ class Supervisor:
         elif self.ready:
             systemd.notify(f"STATUS={healthy}/{len(self.slots)} shards up")
 
+    def _escalate_if_hung(self, slot):
+        """A shard that answered once and then missed HUNG_PINGS pings in a row gets SIGTERM,
+        and SIGKILL after twice as many; reap_shards then restarts it. (A booting shard that
+        has not answered yet is recovering its data, not hung.)"""
+        if slot.healthy:
+            slot.answered, slot.missed_pings = True, 0
+            return
+        if not (slot.running and slot.answered):
+            return
+        slot.missed_pings += 1
+        if slot.missed_pings == HUNG_PINGS:
+            log.error("shard %d stopped answering pings; sending SIGTERM", slot.shard_id)
+            self.kill_shard(slot, signal.SIGTERM)
+        elif slot.missed_pings == 2 * HUNG_PINGS:
+            log.error("shard %d ignored SIGTERM; sending SIGKILL", slot.shard_id)
+            self.kill_shard(slot, signal.SIGKILL)
+
     def _answers(self, shard_id):
         if not os.path.exists(socket_path(self.config.run_dir, shard_id)):
             return False
@@ -247,7 +270,7 @@ class Supervisor:
     def sleep(self):
         """Wait for a signal, the next due restart, or the next health check, whichever is first."""
         now = time.monotonic()
-        wake_at = [self._next_health_at] + [s.next_start_at for s in self.slots if not s.running]
+        wake_at = [self._next_health_at] + [s.next_start_at_s for s in self.slots if not s.running]
         timeout = max(0.0, min(min(wake_at) - now, 1.0))
         if select.select([self._wakeup], [], [], timeout)[0]:
             try:
@@ -305,7 +328,10 @@ def resolve_shard_count(data_dir, configured):
         write_atomically(path, [json.dumps({"format": 1, "shards": count}).encode()])
         return count
     except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise ConfigError(f"{path} is unreadable ({exc}); it records the shard count and must be restored") from None
+        raise ConfigError(
+            f"{path} is unreadable ({exc}); it records the shard count: restore it, or write "
+            '{"format": 1, "shards": N} with N the number of shard-K directories in ' + data_dir
+        ) from None
     if configured and configured != recorded:
         raise ConfigError(
             f"{data_dir} was created with {recorded} shards, and keys are placed by shard count: "
@@ -317,7 +343,10 @@ def resolve_shard_count(data_dir, configured):
 
 def describe_exit(returncode):
     if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name}"
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
 
 

@@ -12,6 +12,7 @@ import os
 import re
 
 from ferric_ipc.errors import StorageError, StorageFullError
+from ferric_ipc.file_layout import data_file_name
 
 DATA_SUFFIX = ".data"
 HINT_SUFFIX = ".hint"
@@ -20,7 +21,7 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def data_path(directory, file_id):
-    return os.path.join(directory, f"{file_id:09d}{DATA_SUFFIX}")
+    return os.path.join(directory, data_file_name(file_id))
 
 
 def hint_path(directory, file_id):

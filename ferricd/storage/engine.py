@@ -330,7 +330,10 @@ class BitcaskStore:
         # After a failed fsync the kernel may have dropped the dirty pages: what is on disk
         # is unknown, so refuse further writes instead of acknowledging them.
         self._failed = reason
-        raise StorageError(f"{reason}; this store refuses writes until it is reopened (restart the shard)")
+        raise StorageError(
+            f"{reason}; this store refuses writes until it is reopened: check the disk (dmesg), "
+            "then restart (systemctl restart ferricd)"
+        )
 
     def _check_writable(self):
         if self._closed:

@@ -21,16 +21,16 @@ import zlib
 from typing import NamedTuple
 
 from ferric_ipc.errors import CorruptDataError
+from ferric_ipc.file_layout import FLAG_TOMBSTONE, RECORD_HEADER, RECORD_HEADER_BYTES
 from ferric_ipc.keys import MAX_KEY_BYTES
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IQQBII")  # crc32, seq, expire_at_ms, flags, key_len, value_len
-HEADER_BYTES = HEADER.size  # 29
+HEADER = RECORD_HEADER  # crc32, seq, expire_at_ms, flags, key_len, value_len (shared with clients)
+HEADER_BYTES = RECORD_HEADER_BYTES  # 29
 _CHECKED = struct.Struct("<QQBII")  # the header after the crc: what the crc starts with
 _CRC = struct.Struct("<I")
 
-FLAG_TOMBSTONE = 0x01
 KNOWN_FLAGS = FLAG_TOMBSTONE
 
 assert HEADER_BYTES == 29

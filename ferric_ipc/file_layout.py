@@ -1,0 +1,31 @@
+"""Names and byte layouts of the files a shard writes and clients read: run directory, data directory, records."""
+
+import os
+import struct
+
+DAEMON_FILE = "ferricd.json"  # in run_dir: {"shards", "protocol", "pid", "data_dir"}, written by the supervisor
+
+#: A data record's header (docs/storage.md): crc32, seq, expire_at_ms, flags, key_len, value_len.
+RECORD_HEADER = struct.Struct("<IQQBII")
+RECORD_HEADER_BYTES = RECORD_HEADER.size  # 29
+FLAG_TOMBSTONE = 0x01
+
+
+def socket_path(run_dir, shard_id):
+    """Shard K's ROUTER socket: ``ipc://`` + this path."""
+    return os.path.join(run_dir, f"shard-{shard_id}.sock")
+
+
+def index_path(run_dir, shard_id):
+    """Shard K's published key directory."""
+    return os.path.join(run_dir, f"shard-{shard_id}.idx")
+
+
+def shard_dir(data_dir, shard_id):
+    """Shard K's Bitcask directory."""
+    return os.path.join(data_dir, f"shard-{shard_id}")
+
+
+def data_file_name(file_id):
+    """``NNNNNNNNN.data``: ids zero-padded to 9 digits (more past 999999999), compared as integers."""
+    return f"{file_id:09d}.data"
