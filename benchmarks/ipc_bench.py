@@ -208,17 +208,7 @@ class Ferricd:
         """SIGTERM, wait at most STOP_TIMEOUT_S, then SIGKILL; returns a description of how it ended."""
         if self.process is None:
             return "not started"
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-                self.exit_status = f"exit {self.process.returncode} after SIGTERM"
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                self.exit_status = f"did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; killed"
-        elif self.exit_status is None:
-            self.exit_status = f"had already exited with {self.process.returncode}"
+        self.exit_status = terminate(self.process, self.exit_status)
         # Shard processes die with the supervisor; make sure of it, by pid.
         for pid in self.children:
             for _ in range(100):
@@ -303,17 +293,23 @@ class RedisServer:
     def stop(self):
         if self.process is None:
             return "not started"
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-                self.exit_status = f"exit {self.process.returncode} after SIGTERM"
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                self.exit_status = "killed"
+        self.exit_status = terminate(self.process, self.exit_status)
         self._log.close()
         return self.exit_status
+
+
+def terminate(process, exit_status=None):
+    """SIGTERM, wait at most STOP_TIMEOUT_S, then SIGKILL; returns how the process ended."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+            return f"exit {process.returncode} after SIGTERM"
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return f"did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; killed"
+    return exit_status or f"had already exited with {process.returncode}"
 
 
 # -- measurements ----------------------------------------------------------------
