@@ -844,9 +844,15 @@ def main():
     print("\ndaemons")
     errors = sum(s["errors"] for s in seq.values()) + sum(e for _, e in thr.values())
     print(f"  wrong or failed replies: {errors}")
-    for name, status in exits.items():
-        print(f"  ferricd {name}: {status}; log lines at WARNING or above: {len(problems.get(name, []))}")
-        for line in problems.get(name, [])[:10]:
+    print_exits({f"ferricd {name}": (status, problems.get(name, [])) for name, status in exits.items()},
+                redis_exit, started)
+
+
+def print_exits(daemons, redis_exit, started):
+    """How each server ended, with its warnings; then the load average and the run's duration."""
+    for name, (status, problems) in daemons.items():
+        print(f"  {name}: {status}; log lines at WARNING or above: {len(problems)}")
+        for line in problems[:10]:
             print(f"    {line}")
     if redis_exit:
         print(f"  redis-server: {redis_exit}")

@@ -466,13 +466,7 @@ def main():
         same = shard_identity.get("end") == shard_identity["start"]
         print(f"  ferricd shard (pid, epoch) at start {shard_identity['start']}, at end {shard_identity.get('end')}"
               + ("" if same else "  <- CHANGED: the shard restarted during the run"))
-    print(f"  ferricd: {daemon_exit}; log lines at WARNING or above: {len(daemon_problems)}")
-    for line in daemon_problems[:10]:
-        print(f"    {line}")
-    if redis_exit:
-        print(f"  redis-server: {redis_exit}")
-    print("\nload avg %.2f %.2f %.2f (1, 5, 15 min) at the end" % os.getloadavg())
-    print(f"total time {time.time() - started:.1f} s")
+    ib.print_exits({"ferricd": (daemon_exit, daemon_problems)}, redis_exit, started)
 
 
 if __name__ == "__main__":

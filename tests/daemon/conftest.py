@@ -184,23 +184,23 @@ class DaemonFactory:
             shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def make_daemon():
-    """``make_daemon(shards=2, config=None, env=None, start=True, wait=True)`` -> Daemon; all killed at teardown."""
+def _daemon_factory():
     factory = DaemonFactory()
     try:
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture
+def make_daemon():
+    """``make_daemon(shards=2, config=None, env=None, start=True, wait=True)`` -> Daemon; all killed at teardown."""
+    yield from _daemon_factory()
 
 
 @pytest.fixture(scope="module")
 def module_daemon_factory():
-    factory = DaemonFactory()
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
+    yield from _daemon_factory()
 
 
 @pytest.fixture(scope="module")
