@@ -380,7 +380,12 @@ class Client(_Commands):
         return values
 
     def mset(self, mapping, ttl_ms=None):
-        """Set every key of ``mapping``; each shard applies its part atomically."""
+        """Set every key of ``mapping``; each shard writes its part as one batch (one write, one fsync).
+
+        Other clients never see a shard's part half applied, but if the disk
+        fails midway through a part that spans a file rotation, the records
+        already in the closed file stay (the StorageError says how many).
+        """
         pairs = [(as_key(key), as_value(value, _UNBOUNDED_VALUE)) for key, value in dict(mapping).items()]
         ttl = _ttl(ttl_ms)
         for shard_id, group in self._by_shard([key for key, _ in pairs]).items():
