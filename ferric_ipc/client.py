@@ -382,9 +382,9 @@ class Client(_Commands):
     def mset(self, mapping, ttl_ms=None):
         """Set every key of ``mapping``; each shard writes its part as one batch (one write, one fsync).
 
-        Other clients never see a shard's part half applied, but if the disk
-        fails midway through a part that spans a file rotation, the records
-        already in the closed file stay (the StorageError says how many).
+        It is not a transaction: a local reader elsewhere may see some keys of
+        a part before others, and if the disk fails midway through a part that
+        spans a file rotation, the records already in the closed file stay.
         """
         pairs = [(as_key(key), as_value(value, _UNBOUNDED_VALUE)) for key, value in dict(mapping).items()]
         ttl = _ttl(ttl_ms)
