@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ferric_ipc.client import Client
+from ferric_ipc.errors import FerricError
 from tests.daemon.conftest import keys_on_shard
 
 
@@ -284,4 +285,35 @@ def test_shard_that_cannot_boot_is_retried_while_others_serve(make_daemon):
     assert client.get(key1) == b"now served"
     assert client.get(key0) == b"served"
     client.close()
+    assert daemon.stop() == 0
+
+
+def test_a_shard_that_stops_answering_is_stopped_and_replaced(make_daemon):
+    """A shard that was up and then hangs (SIGSTOP stands in for a deadlock) misses its health
+    pings; the supervisor sends SIGTERM after 5 misses, SIGKILL after 10, and starts a new one."""
+    config = "[daemon]\nhealth_interval_ms = 100\nping_timeout_ms = 200\nrestart_backoff_max_ms = 500\n"
+    daemon = make_daemon(shards=2, config=config)
+    client = daemon.client(timeout_ms=3000)
+    assert client.set("hung:key", b"kept") is True
+    shard = keys_on_shard(0, 1, "hung:probe:")[0]
+    hung = client.hello(shard=0)
+    time.sleep(0.5)  # let the supervisor see shard 0 answer first
+    os.kill(hung["pid"], signal.SIGSTOP)
+    deadline = time.monotonic() + 20
+    replaced = None
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            replaced = client.hello(shard=0)
+        except FerricError:
+            continue
+        if replaced["pid"] != hung["pid"]:
+            break
+    assert replaced is not None and replaced["pid"] != hung["pid"], daemon.stderr()[-3000:]
+    assert not _alive(hung["pid"])
+    stderr = daemon.stderr()
+    assert "shard 0 stopped answering pings; sending SIGTERM" in stderr
+    assert "shard 0 ignored SIGTERM; sending SIGKILL" in stderr
+    assert client.set(shard, b"after") is True and client.get(shard) == b"after"
+    assert client.get("hung:key") == b"kept"
     assert daemon.stop() == 0
