@@ -315,8 +315,8 @@ class Client(_Commands):
             return FALLBACK
         shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
         key_hash = key_hash64(key)
-        tag = hash_tag(key)
-        shard_id = (key_hash if tag is key else key_hash64(tag)) % shards  # one hash when there is no tag
+        # One hash serves both routing and the index when the key has no {hash tag}.
+        shard_id = (key_hash64(hash_tag(key)) if b"{" in key else key_hash) % shards
         reader = self._readers.get(shard_id)
         if reader is None:
             if self._data_dir is None:

@@ -44,6 +44,7 @@ FALLBACK = object()  # "cannot answer locally": ask the shard
 MISSING = object()  # verified absent (or expired)
 
 _RECORD_HEADER_BYTES = RECORD_HEADER_BYTES
+_STATE_WORD = STATE_AT // 8  # the header word whose high half is the state (little-endian)
 _STATE = struct.Struct("<I")
 _SEQ_SPINS = 100  # a writer holds a slot odd for a few microseconds; past this, fall back
 _REMAP_STEP_BYTES = 1 << 20  # re-map a growing data file once it grew this much; pread until then
@@ -118,9 +119,7 @@ class LocalShardReader:
             return table if table is not None and _is_live(table[0]) else None
 
     def _same_file(self, table, now_ms):
-        """Whether ``table`` is still the file at the index path (checked every _RECHECK_PATH_MS)."""
-        if now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
-            return True
+        """Whether ``table`` is still the file at the index path (the caller checks every _RECHECK_PATH_MS)."""
         self._path_checked_ms = now_ms
         try:
             return os.stat(self.path).st_ino == table[4]
@@ -140,11 +139,15 @@ class LocalShardReader:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
         for _attempt in range(2):
             table = self._table
-            if table is None or not _is_live(table[0]) or not self._same_file(table, now_ms):
+            if (
+                table is None
+                or table[1][_STATE_WORD] >> 32 != STATE_LIVE
+                or (now_ms - self._path_checked_ms >= _RECHECK_PATH_MS and not self._same_file(table, now_ms))
+            ):
                 table = self._open(table)
                 if table is None:
                     return FALLBACK
-            mapped, words, capacity = table[:3]
+            mapped, words, capacity = table[0], table[1], table[2]
             found = FALLBACK  # if the probe visits every slot: a full table should not exist
             slot = key_hash % capacity
             for _ in range(capacity):
@@ -162,7 +165,7 @@ class LocalShardReader:
                     slot = 0
             # A miss or hit is only as good as the table it came from: if the table was
             # retired while probing, the key may have moved to its replacement.
-            if found is not FALLBACK and _is_live(mapped):
+            if found is not FALLBACK and words[_STATE_WORD] >> 32 == STATE_LIVE:
                 return found
         return FALLBACK
 
@@ -177,7 +180,10 @@ class LocalShardReader:
                 return None  # deleted or given to another key since the probe saw it
             try:
                 data_file = self._files.get(file_id) or self._data_file(file_id)
-                record = data_file.read(offset, record_len)
+                view, mapped_bytes = data_file.mapping
+                end = offset + record_len
+                # One copy of the record, then cheap bytes slices (fewer objects than views).
+                record = bytes(view[offset:end]) if end <= mapped_bytes else data_file.read(offset, record_len)
             except (OSError, ValueError):
                 return FALLBACK
             if SLOT_SEQ.unpack_from(mapped, at)[0] != seq:
@@ -185,15 +191,16 @@ class LocalShardReader:
             if len(record) != record_len or record_len < _RECORD_HEADER_BYTES:
                 return FALLBACK
             crc, _seq, _exp, _flags, key_len, value_len = RECORD_HEADER.unpack_from(record, 0)
-            if key_len != len(key) or record[_RECORD_HEADER_BYTES:_RECORD_HEADER_BYTES + key_len] != key:
+            value_at = _RECORD_HEADER_BYTES + key_len
+            if key_len != len(key) or record[_RECORD_HEADER_BYTES:value_at] != key:
                 # Another key with the same 64-bit hash (about never), or a file that is not what
                 # the table thinks: either way the shard, not a guess, must answer.
                 return FALLBACK
-            if zlib.crc32(record[4:]) != crc:
+            if zlib.crc32(memoryview(record)[4:]) != crc:
                 return FALLBACK  # damaged: the shard decides what to do about it
             if expire_at_ms and expire_at_ms <= now_ms:
                 return MISSING
-            return bytes(record[_RECORD_HEADER_BYTES + key_len:]), expire_at_ms
+            return record[value_at:], expire_at_ms
         return FALLBACK  # seq stuck odd: a writer died mid-update, or is very slow
 
     def close(self):
