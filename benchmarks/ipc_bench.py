@@ -673,7 +673,7 @@ def main():
     exits = {}
     problems = {}
     try:
-        print(f"\n[1/5] transport floor: echo servers with no ferricd or redis code, 100 B replies", flush=True)
+        print("\n[1/5] transport floor: echo servers with no ferricd or redis code, 100 B replies", flush=True)
         floor = transport_floor(base, settings["ops"])
         for name, summary in floor.items():
             print(f"  {name:42} {fmt_lat(summary)}")
@@ -693,7 +693,7 @@ def main():
             problems[daemon.name] = daemon.log_problems()
 
         # 1. one shard, fsync = "never": sequential get/set against redis, alternating rounds; pipelined.
-        print(f"\n[2/5] ferricd 1 shard, fsync=never  vs  redis-server (no persistence)", flush=True)
+        print("\n[2/5] ferricd 1 shard, fsync=never  vs  redis-server (no persistence)", flush=True)
         daemon = run_daemon("never1", 1, "never")
         fclient = Client(daemon.run_dir, timeout_ms=10_000)
         for size in VALUE_SIZES:
@@ -734,7 +734,7 @@ def main():
         stop_daemon(daemon)
 
         # 2. one shard, fsync = "always" (the default): sequential sets, pipelined sets.
-        print(f"\n[3/5] ferricd 1 shard, fsync=always (default)", flush=True)
+        print("\n[3/5] ferricd 1 shard, fsync=always (default)", flush=True)
         daemon = run_daemon("always1", 1, "always")
         fclient = Client(daemon.run_dir, timeout_ms=10_000)
         for size in VALUE_SIZES:
@@ -754,8 +754,8 @@ def main():
 
         # 3. two shards, one client process per shard (optional).
         if not args.no_two_shards:
-            print(f"\n[4/5] ferricd 2 shards, fsync=never, one client process per shard "
-                  f"(redis: 2 client processes on the one server)", flush=True)
+            print("\n[4/5] ferricd 2 shards, fsync=never, one client process per shard "
+                  "(redis: 2 client processes on the one server)", flush=True)
             daemon = run_daemon("never2", 2, "never")
             value = value_for(100)
             pool = [KEY_FORMAT % i + b":2s" for i in range(4 * KEYSPACE)]

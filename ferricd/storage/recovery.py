@@ -20,7 +20,7 @@ from ferricd.index import ShardIndex, capacity_for
 from ferricd.storage.datafiles import data_path, fsync_directory, hint_path, list_data_file_ids
 from ferricd.storage.hints import HintBuilder, read_hint
 from ferricd.storage.keydir import KeyDirectory
-from ferricd.storage.records import FLAG_TOMBSTONE, RecordScanner
+from ferricd.storage.records import RecordScanner
 from ferricd.storage.snapshot import discard_snapshot, read_snapshot
 
 log = logging.getLogger(__name__)
