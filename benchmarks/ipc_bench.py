@@ -61,7 +61,7 @@ import msgpack  # noqa: E402
 import psutil  # noqa: E402
 import zmq  # noqa: E402
 
-from ferric_ipc import Client  # noqa: E402
+from ferric_ipc import Client, native  # noqa: E402
 from ferric_ipc.routing import shard_for  # noqa: E402
 
 try:
@@ -592,7 +592,9 @@ def machine_report():
     lines.append("load avg  : %.2f %.2f %.2f (1, 5, 15 min) at start" % os.getloadavg())
     lines.append(f"python    : {platform.python_implementation()} {platform.python_version()} ({sys.executable})")
     lines.append(f"pyzmq     : {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}; msgpack {version_of('msgpack')}")
-    lines.append(f"ferricstore: {version_of('ferricstore')}")
+    extension = "C extension ferric_ipc._localread" if native.extension is not None else (
+        f"pure Python (no ferric_ipc._localread, or {native.DISABLE_VARIABLE} set)")
+    lines.append(f"ferricstore: {version_of('ferricstore')}; key hash and local reads in {extension}")
     server = shutil.which("redis-server")
     server_version = None
     if server:

@@ -9,6 +9,7 @@ DAEMON_FILE = "ferricd.json"  # in run_dir: {"shards", "protocol", "pid", "data_
 RECORD_HEADER = struct.Struct("<IQQBII")
 RECORD_HEADER_BYTES = RECORD_HEADER.size  # 29
 FLAG_TOMBSTONE = 0x01
+RECORD_KEY_LEN_AT = 21  # offset of key_len in the header (value_len follows it)
 
 
 def socket_path(run_dir, shard_id):

@@ -37,6 +37,7 @@ STATE_RETIRED = 1
 HEADER = struct.Struct("<8sIIQQQQ16x")  # magic, version, state, epoch, capacity, count, deleted
 HEADER_BYTES = HEADER.size  # 64
 STATE_AT = 12  # offset of the state field: RETIRED is written here alone
+CAPACITY_AT = 24
 COUNTS = struct.Struct("<QQ")  # count, deleted: the header fields a live table updates
 COUNTS_AT = 32
 HEADER_WORDS = HEADER_BYTES // 8
@@ -49,6 +50,11 @@ HASH_WORD = 1  # key_hash is word 1 of a slot
 
 EMPTY = 0
 DELETED = 1
+RESERVED_HASHES = 2  # key hashes below this are moved above it (keys.key_hash64)
+
+# A writer holds a slot odd for a few microseconds; a reader that sees it odd this many
+# times in a row falls back to asking the shard.
+SEQ_SPINS = 100
 
 # Linear probing stays short below this load; above it the table grows.
 MAX_LOAD = 0.75

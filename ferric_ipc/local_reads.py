@@ -16,6 +16,11 @@ never a guess: it is either verified or not given.
 
 Correct on x86-64 (TSO), where plain loads are not reordered with each other;
 the seq re-checks are what makes a torn copy impossible to accept.
+
+When the C extension is built (``ferric_ipc.native``), steps 1-5 run in C for
+tables and data files already mapped; it answers SLOW for anything else (a
+retired table, a file not yet mapped or grown past its mapping) and this
+module's Python path takes over, re-opens or re-maps, and answers.
 """
 
 import mmap
@@ -24,6 +29,7 @@ import struct
 import threading
 import zlib
 
+from ferric_ipc import native
 from ferric_ipc.file_layout import RECORD_HEADER, RECORD_HEADER_BYTES, data_file_name, index_path
 from ferric_ipc.index_layout import (
     EMPTY,
@@ -35,6 +41,7 @@ from ferric_ipc.index_layout import (
     SLOT,
     SLOT_SEQ,
     SLOT_WORDS,
+    SEQ_SPINS,
     STATE_AT,
     STATE_LIVE,
     table_bytes,
@@ -42,12 +49,15 @@ from ferric_ipc.index_layout import (
 
 FALLBACK = object()  # "cannot answer locally": ask the shard
 MISSING = object()  # verified absent (or expired)
+_SLOW = object()  # from the C lookup: "take the Python path" (it re-opens and re-maps)
+
+if native.extension is not None:
+    native.extension.configure(MISSING, FALLBACK, _SLOW)
 
 _RECORD_HEADER_BYTES = RECORD_HEADER_BYTES
 _STATE_WORD = STATE_AT // 8  # the header word whose high half is the state (little-endian)
 _STATE = struct.Struct("<I")
-_SEQ_SPINS = 100  # a writer holds a slot odd for a few microseconds; past this, fall back
-_REMAP_STEP_BYTES = 1 << 20  # re-map a growing data file once it grew this much; pread until then
+_REMAP_STEP_BYTES = 64 << 10  # re-map a growing data file once it grew this much; pread until then
 # A shard that was SIGKILLed never retires its table, and if the run directory is then recreated
 # nothing else will: so every this often a reader checks that its file is still the one at the path.
 _RECHECK_PATH_MS = 100
@@ -101,7 +111,9 @@ class LocalShardReader:
         self._lock = threading.Lock()
         self._table = None
         self._files = {}  # file_id -> _DataFile, for the epoch of the current table
+        self._views = {}  # file_id -> the mapped view of self._files[file_id], for the C lookup
         self._path_checked_ms = 0
+        self._native_lookup = native.extension.lookup if native.extension is not None else None
 
     # -- opening ---------------------------------------------------------------
 
@@ -114,7 +126,7 @@ class LocalShardReader:
             table = _map_table(self.path)
             if table is not None and (stale is None or table[3] != stale[3]):
                 # Another run of the shard: file ids may have been reused for other files.
-                self._files = {}
+                self._files, self._views = {}, {}
             self._table = table
             return table if table is not None and _is_live(table[0]) else None
 
@@ -131,12 +143,27 @@ class LocalShardReader:
             data_file = self._files.get(file_id)
             if data_file is None:
                 data_file = self._files[file_id] = _DataFile(os.path.join(self.shard_dir, data_file_name(file_id)))
+                self._views[file_id] = data_file.mapping[0]
             return data_file
+
+    def _share_mapping(self, file_id, data_file):
+        """Let the C lookup see ``data_file``'s current mapping, unless the epoch moved on meanwhile."""
+        with self._lock:
+            if self._files.get(file_id) is data_file:
+                self._views[file_id] = data_file.mapping[0]
 
     # -- reading ---------------------------------------------------------------
 
     def lookup(self, key, key_hash, now_ms):
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
+        table = self._table
+        if self._native_lookup is not None and table is not None and now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
+            found = self._native_lookup(table[0], key, key_hash, now_ms, self._views)
+            if found is not _SLOW:
+                return found
+        return self._lookup_python(key, key_hash, now_ms)
+
+    def _lookup_python(self, key, key_hash, now_ms):
         for _attempt in range(2):
             table = self._table
             if (
@@ -172,7 +199,7 @@ class LocalShardReader:
     def _read_slot(self, mapped, slot, key, key_hash, now_ms):
         """The answer if ``slot`` holds ``key``; None if the slot no longer holds ``key_hash``; else FALLBACK."""
         at = table_bytes(slot)
-        for _ in range(_SEQ_SPINS):
+        for _ in range(SEQ_SPINS):
             seq, file_id, stored_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(mapped, at)
             if seq & 1:
                 continue  # the shard is writing this slot
@@ -183,7 +210,12 @@ class LocalShardReader:
                 view, mapped_bytes = data_file.mapping
                 end = offset + record_len
                 # One copy of the record, then cheap bytes slices (fewer objects than views).
-                record = bytes(view[offset:end]) if end <= mapped_bytes else data_file.read(offset, record_len)
+                if end <= mapped_bytes:
+                    record = bytes(view[offset:end])
+                else:
+                    record = data_file.read(offset, record_len)  # may re-map a grown file
+                    if self._native_lookup is not None:
+                        self._share_mapping(file_id, data_file)
             except (OSError, ValueError):
                 return FALLBACK
             if SLOT_SEQ.unpack_from(mapped, at)[0] != seq:
@@ -208,7 +240,7 @@ class LocalShardReader:
             self._table = None
             for data_file in self._files.values():
                 data_file.close()
-            self._files = {}
+            self._files, self._views = {}, {}
 
 
 def _is_live(mapped):

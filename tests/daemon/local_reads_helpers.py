@@ -18,6 +18,7 @@ import struct
 import time
 import traceback
 
+from ferric_ipc import native
 from ferric_ipc.client import Client
 from ferric_ipc.errors import FerricError
 
@@ -156,8 +157,11 @@ def writer_main(run_dir, writer_id, keys, acked, ready_q, start_evt, stop_evt, r
     result_q.put(result)
 
 
-def reader_main(run_dir, reader_id, keys, acked, ready_q, start_evt, stop_evt, verify_evt, result_q, seed, timeout_ms):
+def reader_main(run_dir, reader_id, keys, acked, ready_q, start_evt, stop_evt, verify_evt, result_q, seed, timeout_ms,
+                pure_python=False):
     """Reads ``keys`` with local reads until ``stop_evt``, checking every value it gets.
+
+    ``pure_python`` keeps this process off the C extension, so one run checks both read paths.
 
     Then, once ``verify_evt`` is set (every writer has finished), reads every key once more
     with the same client and reports what it got in ``final``.
@@ -167,6 +171,9 @@ def reader_main(run_dir, reader_id, keys, acked, ready_q, start_evt, stop_evt, v
         "samples": [], "kinds": {}, "unexpected": [], "local": 0, "fallback": 0, "max_version": 0,
     }
     try:
+        if pure_python:
+            native.extension = None  # read before any LocalShardReader exists in this process
+        result["path"] = "python" if native.extension is None else "C"
         client = Client(run_dir, timeout_ms=timeout_ms, local_reads=True)
         rng = random.Random(seed)
         last_seen = {}

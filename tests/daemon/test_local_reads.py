@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from ferric_ipc import native
 from ferric_ipc.client import Client
 from ferric_ipc.errors import FerricError
 from ferric_ipc.index_layout import HEADER, INDEX_MAGIC, INDEX_VERSION, STATE_LIVE, STATE_RETIRED, table_bytes
@@ -198,7 +199,8 @@ def test_stress_local_reads_never_return_a_wrong_value(make_daemon, clients):
         for r in range(READERS):
             procs.append(SPAWN.Process(
                 target=reader_main, name=f"reader-{r}", daemon=True,
-                args=(run_dir, r, keys, acked, ready_q, start_evt, stop_evt, verify_evt, result_q, 2000 + r, 1000),
+                args=(run_dir, r, keys, acked, ready_q, start_evt, stop_evt, verify_evt, result_q, 2000 + r, 1000,
+                      r % 2 == 1),
             ))
         for proc in procs:
             proc.start()
@@ -256,7 +258,8 @@ def test_stress_local_reads_never_return_a_wrong_value(make_daemon, clients):
     readers = sorted((r for r in results if r["role"] == "reader"), key=lambda r: r["id"])
     summary = {
         "duration_s": duration,
-        "readers": [{k: r[k] for k in ("id", "calls", "reads", "local", "fallback", "errors", "violations", "kinds")}
+        "readers": [{k: r.get(k) for k in ("id", "path", "calls", "reads", "local", "fallback", "errors", "violations",
+                                           "kinds")}
                     for r in readers],
         "writers": [{k: r[k] for k in ("id", "writes", "errors")} for r in writers],
         "burst": {k: burst_out.get(k) for k in ("inserted", "errors", "exception")},
@@ -279,6 +282,9 @@ def test_stress_local_reads_never_return_a_wrong_value(make_daemon, clients):
     local = sum(r["local"] for r in readers)
     fallback = sum(r["fallback"] for r in readers)
     assert local / (local + fallback) >= 0.8, summary["readers"]
+    # Odd readers stay in pure Python; the others use the C lookup where it is built.
+    expected_paths = {"python"} if native.extension is None else {"C", "python"}
+    assert {r["path"] for r in readers} == expected_paths, summary["readers"]
 
     # The burst grew both tables while the readers ran.
     assert burst_out.get("exception") is None, burst_out

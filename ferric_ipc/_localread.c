@@ -1,0 +1,403 @@
+/* Local-read hot path in C: the stable key hash and a verified lookup in a shard's mapped index.
+ *
+ * Optional: ferric_ipc.local_reads and ferric_ipc.keys use it when it was built and fall back to
+ * their pure-Python equivalents otherwise. It must answer exactly as they do (tests compare the
+ * two), so the byte layouts below mirror ferric_ipc/index_layout.py and ferric_ipc/file_layout.py;
+ * LAYOUT exports them and local_reads refuses this module if they disagree.
+ *
+ * lookup() holds the GIL throughout and takes buffer exports on the maps it reads, so no thread
+ * can close a map under it. Slots are read seqlock-style with acquire loads, which is what x86-64
+ * and ARM64 both need; the data records a slot points at are append-only and never change.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- byte layouts (see index_layout.py, file_layout.py) ---------------------------------- */
+
+#define HEADER_BYTES 64
+#define STATE_AT 12
+#define CAPACITY_AT 24
+#define STATE_LIVE 0
+#define SLOT_BYTES 32
+#define SLOT_SEQ_AT 0
+#define SLOT_FILE_AT 4
+#define SLOT_HASH_AT 8
+#define SLOT_OFFSET_AT 16
+#define SLOT_LEN_AT 20
+#define SLOT_EXPIRE_AT 24
+#define HASH_EMPTY 0
+#define RESERVED_HASHES 2
+#define RECORD_HEADER_BYTES 29 /* crc u32, seq u64, expire u64, flags u8, key_len u32, value_len u32 */
+#define RECORD_FLAGS_AT 20
+#define RECORD_KEY_LEN_AT 21
+#define RECORD_VALUE_LEN_AT 25
+#define FLAG_TOMBSTONE 0x01
+#define SEQ_SPINS 100 /* as local_reads._SEQ_SPINS: a writer holds a slot odd for microseconds */
+
+/* Unaligned little-endian loads from mapped bytes. The slot words are 8-byte aligned (the map is
+ * page-aligned and every field sits inside its own aligned word), so the seqlock loads are atomic. */
+static inline uint32_t le32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t le64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t load_acquire32(const unsigned char *p) {
+    return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t load_relaxed64(const unsigned char *p) {
+    return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
+}
+
+/* ---- BLAKE2b with an 8-byte digest, unkeyed (RFC 7693) ----------------------------------- */
+
+static const uint64_t blake2b_iv[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t blake2b_sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+#define G(a, b, c, d, x, y)           \
+    do {                              \
+        v[a] = v[a] + v[b] + (x);     \
+        v[d] = rotr64(v[d] ^ v[a], 32); \
+        v[c] = v[c] + v[d];           \
+        v[b] = rotr64(v[b] ^ v[c], 24); \
+        v[a] = v[a] + v[b] + (y);     \
+        v[d] = rotr64(v[d] ^ v[a], 16); \
+        v[c] = v[c] + v[d];           \
+        v[b] = rotr64(v[b] ^ v[c], 63); \
+    } while (0)
+
+static void blake2b_compress(uint64_t h[8], const unsigned char block[128], uint64_t counter, int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 16; i++) m[i] = le64(block + 8 * i);
+    for (int i = 0; i < 8; i++) { v[i] = h[i]; v[i + 8] = blake2b_iv[i]; }
+    v[12] ^= counter; /* keys are at most 64 KiB: the counter's high word stays 0 */
+    if (last) v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = blake2b_sigma[r];
+        G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* keys.key_hash64: the first 8 digest bytes as a little-endian integer, moved above 0 and 1. */
+static uint64_t key_hash64(const unsigned char *key, size_t len) {
+    uint64_t h[8];
+    unsigned char block[128];
+    memcpy(h, blake2b_iv, sizeof h);
+    h[0] ^= 0x01010000ULL ^ 8; /* depth 1, fanout 1, no key, digest length 8 */
+    uint64_t counter = 0;
+    while (len > 128) {
+        counter += 128;
+        blake2b_compress(h, key, counter, 0);
+        key += 128;
+        len -= 128;
+    }
+    memset(block, 0, sizeof block);
+    memcpy(block, key, len);
+    blake2b_compress(h, block, counter + len, 1);
+    return h[0] < RESERVED_HASHES ? h[0] + RESERVED_HASHES : h[0];
+}
+
+/* ---- CRC-32 (IEEE, as zlib.crc32), slicing by 8 ------------------------------------------ */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320U ^ (c >> 1) : c >> 1;
+        crc_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^ crc_table[0][crc_table[t - 1][n] & 0xFF];
+}
+
+static uint32_t crc32_ieee(const unsigned char *p, size_t len) {
+    uint32_t c = 0xFFFFFFFFU;
+    while (len >= 8) {
+        uint32_t lo = le32(p) ^ c, hi = le32(p + 4);
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^ crc_table[5][(lo >> 16) & 0xFF] ^
+            crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xFF] ^ crc_table[2][(hi >> 8) & 0xFF] ^
+            crc_table[1][(hi >> 16) & 0xFF] ^ crc_table[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFU;
+}
+
+/* zlib.crc32 (braided, about 2.5x the tables above on long records), found at import; NULL if
+ * the zlib module is missing. Worth its call overhead only past a few hundred bytes. */
+static PyObject *zlib_crc32;
+#define ZLIB_CRC_MIN_BYTES 512
+
+static uint32_t record_crc32(const unsigned char *p, size_t len) {
+    if (zlib_crc32 != NULL && len >= ZLIB_CRC_MIN_BYTES && len <= (size_t)PY_SSIZE_T_MAX) {
+        PyObject *view = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)len, PyBUF_READ);
+        PyObject *crc = view == NULL ? NULL : PyObject_CallOneArg(zlib_crc32, view);
+        Py_XDECREF(view);
+        if (crc != NULL) {
+            unsigned long value = PyLong_AsUnsignedLong(crc);
+            Py_DECREF(crc);
+            if (!PyErr_Occurred()) return (uint32_t)value;
+        }
+        PyErr_Clear(); /* whatever went wrong there, the tables still give the answer */
+    }
+    return crc32_ieee(p, len);
+}
+
+/* ---- lookup ------------------------------------------------------------------------------- */
+
+static PyObject *MISSING, *FALLBACK, *SLOW; /* answers other than a hit; set by configure() */
+
+typedef enum { SLOT_GONE, SLOT_ANSWERED } slot_outcome;
+
+/* (value, expire_at_ms); steals the reference to value. */
+static PyObject *hit(PyObject *value, uint64_t expire_at_ms) {
+    PyObject *expire = PyLong_FromUnsignedLongLong(expire_at_ms);
+    PyObject *pair = expire == NULL ? NULL : PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(value);
+        Py_XDECREF(expire);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, value);
+    PyTuple_SET_ITEM(pair, 1, expire);
+    return pair;
+}
+
+/* Reads one slot whose hash matched. SLOT_GONE: the slot no longer holds key_hash (keep probing);
+ * SLOT_ANSWERED: *answer is a new reference (a hit tuple, MISSING, FALLBACK or SLOW), or NULL
+ * with a Python error set. */
+static slot_outcome read_slot(const unsigned char *slot, const unsigned char *key, Py_ssize_t key_len,
+                              uint64_t key_hash, long long now_ms, PyObject *views, PyObject **answer) {
+    for (int spin = 0; spin < SEQ_SPINS; spin++) {
+        uint32_t seq = load_acquire32(slot + SLOT_SEQ_AT);
+        if (seq & 1) continue; /* the shard is writing this slot */
+        uint64_t seq_and_file = load_relaxed64(slot); /* seq | file_id */
+        uint64_t stored_hash = load_relaxed64(slot + SLOT_HASH_AT);
+        uint64_t position = load_relaxed64(slot + SLOT_OFFSET_AT); /* offset | record_len */
+        uint64_t expire_at_ms = load_relaxed64(slot + SLOT_EXPIRE_AT);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (load_acquire32(slot + SLOT_SEQ_AT) != seq) continue; /* torn copy: read it again */
+        if (stored_hash != key_hash) return SLOT_GONE;
+        uint32_t file_id = (uint32_t)(seq_and_file >> 32);
+        uint64_t offset = position & 0xFFFFFFFFU, record_len = position >> 32;
+
+        PyObject *file_key = PyLong_FromUnsignedLong(file_id);
+        if (file_key == NULL) { *answer = NULL; return SLOT_ANSWERED; }
+        PyObject *view = PyDict_GetItemWithError(views, file_key); /* borrowed */
+        Py_DECREF(file_key);
+        if (view == NULL) {
+            if (PyErr_Occurred()) { *answer = NULL; return SLOT_ANSWERED; }
+            *answer = Py_NewRef(SLOW); /* file not mapped yet: Python maps it */
+            return SLOT_ANSWERED;
+        }
+        Py_buffer data;
+        if (PyObject_GetBuffer(view, &data, PyBUF_SIMPLE) < 0) { *answer = NULL; return SLOT_ANSWERED; }
+        if (offset + record_len > (uint64_t)data.len) {
+            PyBuffer_Release(&data);
+            *answer = Py_NewRef(SLOW); /* past the mapped length: the file grew, Python re-maps */
+            return SLOT_ANSWERED;
+        }
+        const unsigned char *record = (const unsigned char *)data.buf + offset;
+        PyObject *result;
+        if (record_len < RECORD_HEADER_BYTES) {
+            result = Py_NewRef(FALLBACK);
+        } else {
+            uint32_t stored_key_len = le32(record + RECORD_KEY_LEN_AT);
+            uint32_t value_len = le32(record + RECORD_VALUE_LEN_AT);
+            if (stored_key_len != (uint64_t)key_len ||
+                (uint64_t)RECORD_HEADER_BYTES + stored_key_len + value_len != record_len ||
+                (record[RECORD_FLAGS_AT] & FLAG_TOMBSTONE) ||
+                memcmp(record + RECORD_HEADER_BYTES, key, (size_t)key_len) != 0 ||
+                record_crc32(record + 4, record_len - 4) != le32(record)) {
+                /* another key with this hash, or a record that does not check out: ask the shard */
+                result = Py_NewRef(FALLBACK);
+            } else if (expire_at_ms && (long long)expire_at_ms <= now_ms) {
+                result = Py_NewRef(MISSING);
+            } else {
+                PyObject *value = PyBytes_FromStringAndSize(
+                    (const char *)record + RECORD_HEADER_BYTES + key_len, (Py_ssize_t)value_len);
+                result = value == NULL ? NULL : hit(value, expire_at_ms);
+            }
+        }
+        PyBuffer_Release(&data);
+        if (result != NULL && load_acquire32(slot + SLOT_SEQ_AT) != seq) {
+            Py_DECREF(result); /* the slot moved on while we read: start over */
+            continue;
+        }
+        *answer = result;
+        return SLOT_ANSWERED;
+    }
+    *answer = Py_NewRef(FALLBACK); /* seq stuck odd: a writer died mid-update, or is very slow */
+    return SLOT_ANSWERED;
+}
+
+PyDoc_STRVAR(lookup_doc,
+"lookup(index_map, key, key_hash, now_ms, views) -> (value, expire_at_ms) | MISSING | FALLBACK | SLOW\n\n"
+"Probe a mapped shard index for the encoded ``key`` whose key_hash64 is ``key_hash``.\n"
+"``views`` maps file ids to buffers of the shard's data files. SLOW means the table is not\n"
+"live, or the record lies in a file (or part of one) not in ``views``: the caller takes the\n"
+"pure-Python path, which re-opens and re-maps. ``now_ms`` is wall-clock milliseconds.");
+
+static PyObject *lookup(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "lookup() takes index_map, key, key_hash, now_ms, views");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1]) || !PyDict_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "lookup() needs key as bytes and views as a dict");
+        return NULL;
+    }
+    uint64_t key_hash = PyLong_AsUnsignedLongLong(args[2]);
+    if (key_hash == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    long long now_ms = PyLong_AsLongLong(args[3]);
+    if (now_ms == -1 && PyErr_Occurred()) return NULL;
+    const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t key_len = PyBytes_GET_SIZE(args[1]);
+
+    Py_buffer table;
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *base = (const unsigned char *)table.buf;
+    PyObject *answer = NULL;
+    if (table.len < HEADER_BYTES || ((uintptr_t)base & 7)) {
+        answer = Py_NewRef(SLOW);
+        goto done;
+    }
+    uint64_t capacity = le64(base + CAPACITY_AT);
+    if (capacity == 0 || capacity > (uint64_t)(table.len - HEADER_BYTES) / SLOT_BYTES ||
+        load_acquire32(base + STATE_AT) != STATE_LIVE) {
+        answer = Py_NewRef(SLOW);
+        goto done;
+    }
+    uint64_t slot = key_hash % capacity;
+    for (uint64_t probes = 0; probes < capacity; probes++) {
+        const unsigned char *at = base + HEADER_BYTES + slot * SLOT_BYTES;
+        uint64_t stored = load_relaxed64(at + SLOT_HASH_AT);
+        if (stored == HASH_EMPTY) {
+            answer = Py_NewRef(MISSING);
+            break;
+        }
+        /* A slot that stopped holding key_hash while we looked was deleted or reused: probe on. */
+        if (stored == key_hash &&
+            read_slot(at, key, key_len, key_hash, now_ms, args[4], &answer) == SLOT_ANSWERED) {
+            break;
+        }
+        if (++slot == capacity) slot = 0;
+    }
+    if (answer == NULL && !PyErr_Occurred()) answer = Py_NewRef(FALLBACK); /* probed every slot */
+    /* A miss or hit is only as good as the table it came from: if the table was retired while
+     * probing, the key may have moved to its replacement. */
+    if (answer != NULL && answer != FALLBACK && answer != SLOW &&
+        load_acquire32(base + STATE_AT) != STATE_LIVE) {
+        Py_SETREF(answer, Py_NewRef(SLOW));
+    }
+done:
+    PyBuffer_Release(&table);
+    return answer;
+}
+
+PyDoc_STRVAR(hash_doc, "key_hash64(key: bytes-like) -> int: as ferric_ipc.keys.key_hash64_python, in C.");
+
+static PyObject *py_key_hash64(PyObject *module, PyObject *key) {
+    if (PyBytes_CheckExact(key)) {
+        return PyLong_FromUnsignedLongLong(
+            key_hash64((const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key)));
+    }
+    Py_buffer buffer; /* bytearray, memoryview: as hashlib accepts them */
+    if (PyObject_GetBuffer(key, &buffer, PyBUF_SIMPLE) < 0) return NULL;
+    uint64_t hash = key_hash64((const unsigned char *)buffer.buf, (size_t)buffer.len);
+    PyBuffer_Release(&buffer);
+    return PyLong_FromUnsignedLongLong(hash);
+}
+
+PyDoc_STRVAR(crc_doc, "crc32(data: bytes) -> int: as zlib.crc32, exposed for tests.");
+
+static PyObject *py_crc32(PyObject *module, PyObject *data) {
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(data, &buffer, PyBUF_SIMPLE) < 0) return NULL;
+    uint32_t crc = record_crc32((const unsigned char *)buffer.buf, (size_t)buffer.len);
+    PyBuffer_Release(&buffer);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+PyDoc_STRVAR(configure_doc, "configure(missing, fallback, slow): the objects lookup() returns besides a hit.");
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *missing, *fallback, *slow;
+    if (!PyArg_ParseTuple(args, "OOO:configure", &missing, &fallback, &slow)) return NULL;
+    Py_XSETREF(MISSING, Py_NewRef(missing));
+    Py_XSETREF(FALLBACK, Py_NewRef(fallback));
+    Py_XSETREF(SLOW, Py_NewRef(slow));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL, lookup_doc},
+    {"key_hash64", py_key_hash64, METH_O, hash_doc},
+    {"crc32", py_crc32, METH_O, crc_doc},
+    {"configure", configure, METH_VARARGS, configure_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "ferric_ipc._localread",
+    "Local-read hot path in C: the stable key hash and a verified lookup in a shard's mapped index.",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__localread(void) {
+    crc_init();
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) return NULL;
+    PyObject *zlib = PyImport_ImportModule("zlib");
+    if (zlib != NULL) {
+        zlib_crc32 = PyObject_GetAttrString(zlib, "crc32");
+        Py_DECREF(zlib);
+    }
+    PyErr_Clear(); /* no zlib: the tables serve every length */
+    MISSING = Py_NewRef(Py_None);
+    FALLBACK = Py_NewRef(Py_None);
+    SLOW = Py_NewRef(Py_None);
+    /* Compared with index_layout/file_layout at import: a mismatch disables this module. */
+    PyObject *layout = Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "HEADER_BYTES", HEADER_BYTES, "STATE_AT", STATE_AT, "CAPACITY_AT", CAPACITY_AT,
+        "STATE_LIVE", STATE_LIVE, "SLOT_BYTES", SLOT_BYTES, "HASH_WORD_AT", SLOT_HASH_AT,
+        "EMPTY", HASH_EMPTY, "RESERVED_HASHES", RESERVED_HASHES,
+        "RECORD_HEADER_BYTES", RECORD_HEADER_BYTES, "FLAG_TOMBSTONE", FLAG_TOMBSTONE,
+        "RECORD_KEY_LEN_AT", RECORD_KEY_LEN_AT, "SEQ_SPINS", SEQ_SPINS);
+    if (layout == NULL || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
+        Py_XDECREF(layout);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

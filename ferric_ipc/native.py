@@ -1,0 +1,55 @@
+"""The optional C extension ``ferric_ipc._localread``, or None when it is absent, disabled or out of step.
+
+It is built by ``pip install`` where a C compiler is available. Setting
+``FERRIC_PURE_PYTHON=1`` in the environment turns it off (for comparison, or
+to rule it out when chasing a problem); the pure-Python paths answer the same.
+"""
+
+import os
+
+from ferric_ipc.file_layout import FLAG_TOMBSTONE, RECORD_HEADER_BYTES, RECORD_KEY_LEN_AT
+from ferric_ipc.index_layout import (
+    CAPACITY_AT,
+    EMPTY,
+    HASH_WORD,
+    HEADER_BYTES,
+    RESERVED_HASHES,
+    SEQ_SPINS,
+    SLOT_BYTES,
+    STATE_AT,
+    STATE_LIVE,
+)
+
+DISABLE_VARIABLE = "FERRIC_PURE_PYTHON"
+
+#: The layout facts the C code hard-codes; it is used only if it agrees with every one.
+EXPECTED_LAYOUT = {
+    "HEADER_BYTES": HEADER_BYTES,
+    "STATE_AT": STATE_AT,
+    "CAPACITY_AT": CAPACITY_AT,
+    "STATE_LIVE": STATE_LIVE,
+    "SLOT_BYTES": SLOT_BYTES,
+    "HASH_WORD_AT": HASH_WORD * 8,
+    "EMPTY": EMPTY,
+    "RESERVED_HASHES": RESERVED_HASHES,
+    "RECORD_HEADER_BYTES": RECORD_HEADER_BYTES,
+    "FLAG_TOMBSTONE": FLAG_TOMBSTONE,
+    "RECORD_KEY_LEN_AT": RECORD_KEY_LEN_AT,
+    "SEQ_SPINS": SEQ_SPINS,
+}
+
+
+def load():
+    """The extension module, or None."""
+    if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+        return None
+    try:
+        from ferric_ipc import _localread
+    except ImportError:
+        return None
+    if _localread.LAYOUT != EXPECTED_LAYOUT:
+        return None  # built from another version of the layouts: never read with it
+    return _localread
+
+
+extension = load()

@@ -1,0 +1,193 @@
+"""The C local-read path against the pure-Python one and the store itself, in one process.
+
+A BitcaskStore publishes its key directory through IndexFiles, exactly as a shard
+does; two LocalShardReaders read it, one through ``ferric_ipc._localread`` and one
+in pure Python. Every answer must be the same, and the store's own answer: hits with
+their expiry, misses, expired keys, deleted keys, keys in rotated files, tables that
+grew, damaged records (which both must refuse rather than answer).
+"""
+
+import os
+import shutil
+import sysconfig
+import tempfile
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from ferric_ipc import local_reads, native
+from ferric_ipc.file_layout import data_file_name
+from ferric_ipc.keys import key_hash64, key_hash64_python
+from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
+from ferricd.index_file import IndexFiles
+from ferricd.storage import BitcaskStore, Put, StoreSettings
+from tests.fake_clock import FakeClock
+
+needs_extension = pytest.mark.skipif(
+    native.extension is None,
+    reason="ferric_ipc._localread is not built (no C compiler at install time, or FERRIC_PURE_PYTHON is set)",
+)
+
+
+def python_reader(run_dir, shard_dir):
+    reader = LocalShardReader(run_dir, shard_dir, 0)
+    reader._native_lookup = None  # this instance takes the pure-Python path only
+    return reader
+
+
+@needs_extension
+@given(st.binary(max_size=600))
+def test_c_key_hash_matches_blake2b(key):
+    assert native.extension.key_hash64(key) == key_hash64_python(key)
+    assert native.extension.key_hash64(bytearray(key)) == key_hash64_python(key)
+
+
+@needs_extension
+@given(st.binary(max_size=5000))
+def test_c_crc32_matches_zlib(data):
+    assert native.extension.crc32(data) == zlib.crc32(data)
+
+
+@needs_extension
+def test_c_key_hash_at_block_boundaries_and_the_pinned_value():
+    for size in (0, 1, 127, 128, 129, 255, 256, 257, 65536):
+        key = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        assert native.extension.key_hash64(key) == key_hash64_python(key), size
+    assert key_hash64(b"sess:42") == 0x96F636BDE2D1D795
+
+
+@needs_extension
+def test_c_lookup_rejects_wrong_argument_types(tmp_path):
+    lookup = native.extension.lookup
+    with pytest.raises(TypeError):
+        lookup(b"", "not bytes", 2, 0, {})
+    with pytest.raises(TypeError):
+        lookup(b"", b"k", 2, 0, [])
+    with pytest.raises(TypeError):
+        lookup(b"", b"k", 2)
+    with pytest.raises(OverflowError):
+        lookup(b"", b"k", -1, 0, {})
+    assert lookup(b"", b"k", 2, 0, {}) is local_reads._SLOW  # too short to be a table
+
+
+def test_a_layout_mismatch_disables_the_extension(monkeypatch):
+    if native.extension is not None:
+        monkeypatch.setattr(native.extension, "LAYOUT", {**native.extension.LAYOUT, "SLOT_BYTES": 64})
+        assert native.load() is None
+    monkeypatch.setenv(native.DISABLE_VARIABLE, "1")
+    assert native.load() is None
+
+
+KEYS = [f"k{i}".encode() for i in range(40)] + [b"", b"{tag}x", b"x" * 300]
+VALUES = st.one_of(st.binary(max_size=40), st.binary(min_size=3000, max_size=5000))
+
+
+@needs_extension
+@settings(max_examples=30, stateful_step_count=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+class NativeAgreesWithPython(RuleBasedStateMachine):
+    """Random writes, deletes, expiries, rotations and growth; after every step all three agree."""
+
+    @initialize()
+    def open(self):
+        self.tmp = tempfile.mkdtemp(prefix="flrn-")
+        self.run_dir = os.path.join(self.tmp, "run")
+        os.mkdir(self.run_dir)
+        self.shard_dir = os.path.join(self.tmp, "shard-0")
+        self.clock = FakeClock()
+        tables = IndexFiles(self.run_dir, 0)
+        # Small files, so keys end up spread over rotated files too.
+        self.store = BitcaskStore(
+            self.shard_dir, StoreSettings(max_file_bytes=8192, fsync="never"), clock=self.clock, tables=tables
+        )
+        tables.publish(self.store.index_buffer)  # as ShardServer.open does after recovery
+        self.model = {}  # key -> (value, expire_at_ms)
+        self.c_reader = LocalShardReader(self.run_dir, self.shard_dir, 0)
+        self.py_reader = python_reader(self.run_dir, self.shard_dir)
+
+    @rule(key=st.sampled_from(KEYS), value=VALUES, ttl_ms=st.sampled_from([0, 0, 60, 6000]))
+    def put(self, key, value, ttl_ms):
+        expire_at_ms = self.clock() + ttl_ms if ttl_ms else 0
+        self.store.put(key, value, expire_at_ms)
+        self.model[key] = (value, expire_at_ms)
+
+    @rule(key=st.sampled_from(KEYS))
+    def delete(self, key):
+        self.store.delete(key)
+        self.model.pop(key, None)
+
+    @rule(many=st.integers(50, 400))
+    def grow(self, many):
+        self.store.write_batch([Put(f"bulk{i}".encode(), b"v" * (i % 7)) for i in range(many)])
+        self.model.update((f"bulk{i}".encode(), (b"v" * (i % 7), 0)) for i in range(many))
+
+    @rule(ms=st.sampled_from([10, 60, 6000]))
+    def advance_clock(self, ms):
+        self.clock.advance(ms)
+
+    @invariant()
+    def readers_agree_with_the_store(self):
+        if not hasattr(self, "store"):
+            return
+        now_ms = self.clock()
+        for key in KEYS + [b"bulk3", b"never-written"]:
+            expected = self.model.get(key)
+            if expected is not None and expected[1] and expected[1] <= now_ms:
+                expected = None
+            # Readers first: the store's own get drops an expired key from the table.
+            for reader in (self.c_reader, self.py_reader):
+                found = reader.lookup(key, key_hash64(key), now_ms)
+                got = None if found is MISSING else found
+                assert found is not FALLBACK, (key, reader._native_lookup)
+                assert got == expected, (key, got, expected, reader._native_lookup)
+            assert self.store.get_with_expiry(key) == expected
+
+    def teardown(self):
+        if hasattr(self, "store"):
+            self.c_reader.close()
+            self.py_reader.close()
+            self.store.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+TestNativeAgreesWithPython = NativeAgreesWithPython.TestCase
+
+
+@needs_extension
+def test_damaged_record_is_refused_by_both_paths(tmp_path):
+    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
+    os.mkdir(run_dir)
+    tables = IndexFiles(run_dir, 0)
+    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
+    tables.publish(store.index_buffer)
+    try:
+        store.put(b"good", b"value-1")
+        store.put(b"bad", b"value-2")
+        path = os.path.join(shard, data_file_name(1))
+        with open(path, "r+b") as f:
+            data = f.read()
+            at = data.index(b"value-2")
+            f.seek(at)
+            f.write(b"VALUE-2")  # the record's CRC no longer matches
+        for reader in (LocalShardReader(run_dir, shard, 0), python_reader(run_dir, shard)):
+            now_ms = 1
+            assert reader.lookup(b"good", key_hash64(b"good"), now_ms) == (b"value-1", 0)
+            assert reader.lookup(b"bad", key_hash64(b"bad"), now_ms) is FALLBACK
+            reader.close()
+    finally:
+        store.close()
+
+
+def test_the_extension_is_built_where_it_can_be():
+    """``pip install`` builds the extension optionally; a silent build failure would go unnoticed."""
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if not (shutil.which("cc") or shutil.which("gcc")) or not os.path.exists(headers):
+        pytest.skip("no C compiler or no Python headers here: the pure-Python path serves")
+    if os.environ.get(native.DISABLE_VARIABLE, "") not in ("", "0"):
+        pytest.skip(f"{native.DISABLE_VARIABLE} is set")
+    assert native.extension is not None, (
+        "ferric_ipc._localread did not build although a compiler and headers exist: "
+        "run `pip install -e . -v` and read the build_ext output"
+    )
