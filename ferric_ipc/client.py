@@ -1,4 +1,4 @@
-"""Client: a process's connection to ferricd (routing, one DEALER per shard, timeouts, fork and thread safety)."""
+"""Client: a process's connection to ferricd (routing, one connection per shard, timeouts, fork and thread safety)."""
 
 import json
 import os
@@ -9,8 +9,9 @@ import time
 import zmq
 
 from ferric_ipc import protocol
-from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, FerricTimeoutError, ProtocolError
-from ferric_ipc.file_layout import DAEMON_FILE, shard_dir, socket_path
+from ferric_ipc.connections import StreamShardConnection, ZmqShardConnection
+from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, ProtocolError
+from ferric_ipc.file_layout import DAEMON_FILE, shard_dir
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
 from ferric_ipc.routing import hash_tag, shard_for
@@ -35,99 +36,6 @@ def _after_fork_in_child():
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-_FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
-
-
-class _NoReply(Exception):
-    """A wait for replies ran out (internal: call() decides between resending and timing out)."""
-
-
-class _ShardConnection:
-    """One DEALER socket to one shard. A lock serialises threads; a lost request replaces the socket."""
-
-    def __init__(self, context, run_dir, shard_id):
-        self._context = context
-        self.shard_id = shard_id
-        self.path = socket_path(run_dir, shard_id)
-        self.endpoint = f"ipc://{self.path}"
-        self.lock = threading.Lock()
-        self._socket = None
-        self._next_id = 1
-
-    def call(self, requests, timeout_ms, retry):
-        """Send ``[(op, args), ...]`` pipelined; return their results in order.
-
-        Error replies become exceptions only after every reply arrived, so
-        the socket stays in step; the first error is raised. When a wait runs
-        out the socket is replaced (a late reply must never meet a new
-        request). With ``retry`` (only for ops that change nothing) the
-        requests are sent again on the fresh socket after timeout/8, then
-        after doubling waits, all within ``timeout_ms``: a request lost in
-        the socket of a shard that died is asked again of its successor.
-        """
-        deadline = time.monotonic() + timeout_ms / 1000
-        wait_ms = max(_FIRST_RETRY_MS, timeout_ms // 8) if retry else timeout_ms
-        with self.lock:
-            while True:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                try:
-                    return self._exchange(requests, min(wait_ms, remaining_ms))
-                except _NoReply:
-                    self._close_socket()
-                    if not retry or remaining_ms <= wait_ms:
-                        raise FerricTimeoutError(
-                            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
-                            "check that ferricd is running (systemctl status ferricd)"
-                        ) from None
-                    wait_ms *= 2
-
-    def _exchange(self, requests, timeout_ms):
-        if self._socket is None:
-            # No check that the socket file exists: while the daemon runs (ferricd.json is there), a
-            # missing socket is a shard restarting, and ZeroMQ connects as soon as it binds again.
-            self._socket = self._context.socket(zmq.DEALER)
-            self._socket.linger = 0
-            self._socket.connect(self.endpoint)
-        ids = []
-        for op, args in requests:
-            request_id, self._next_id = self._next_id, (self._next_id + 1) % 2**64
-            self._socket.send(protocol.request(request_id, op, args))
-            ids.append(request_id)
-        pending = {request_id: position for position, request_id in enumerate(ids)}
-        results = [None] * len(ids)
-        deadline = time.monotonic() + timeout_ms / 1000
-        while pending:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            try:
-                if remaining_ms <= 0:
-                    raise zmq.Again
-                # A blocking recv bounded by RCVTIMEO: one call, where poll() then recv() costs a
-                # second wake-up per reply (about 25 us per round trip measured here).
-                self._socket.rcvtimeo = remaining_ms
-                frame = self._socket.recv()
-            except zmq.Again:
-                raise _NoReply from None
-            try:
-                request_id, result = protocol.parse_reply(frame)
-            except FerricError as error:
-                request_id, result = getattr(error, "request_id", None), error
-            if request_id in pending:  # anything else is a late reply to an abandoned request
-                results[pending.pop(request_id)] = result
-        for result in results:
-            if isinstance(result, FerricError):
-                raise result
-        return results
-
-    def _close_socket(self):
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-
-    def close(self):
-        with self.lock:
-            self._close_socket()
 
 
 class _Commands:
@@ -198,7 +106,12 @@ class Client(_Commands):
     re-sent on a fresh socket if their answer does not come (docs/protocol.md).
 
     Safe to share between threads, and across ``os.fork()``: a forked child
-    builds its own ZeroMQ context and sockets on first use.
+    builds its own sockets on first use.
+
+    ``transport`` picks how requests reach a shard: "unix" (a Unix stream
+    socket per shard, the fastest on one host) or "zmq" (a ZeroMQ DEALER per
+    shard). The default is "unix" when the daemon offers it. Both carry the
+    same frames (docs/protocol.md).
 
     With ``local_reads`` (the default on x86-64), ``get``, ``mget``, ``exists`` and
     ``ttl`` read the shard's published index and data files directly (about a
@@ -207,18 +120,25 @@ class Client(_Commands):
     where this process may not read the daemon's files.
     """
 
-    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS, local_reads=None):
+    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS, local_reads=None, transport=None):
         self.run_dir = os.path.abspath(run_dir or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
         if type(timeout_ms) is not int or timeout_ms <= 0:
             raise TypeError("timeout_ms must be a positive int")
+        if transport not in (None, protocol.TRANSPORT_UNIX, protocol.TRANSPORT_ZMQ):
+            raise ValueError(
+                f"transport must be {protocol.TRANSPORT_UNIX!r}, {protocol.TRANSPORT_ZMQ!r} or None (the daemon's "
+                f"fastest), not {transport!r}"
+            )
         self.timeout_ms = timeout_ms
+        self._transport_asked = transport
+        #: The transport in use, once the daemon's ferricd.json was read.
+        self.transport = None
         # The seqlock read relies on x86-64's ordering of plain loads: elsewhere, ask the shard.
         self.local_reads = LOCAL_READS_SAFE if local_reads is None else bool(local_reads)
         #: Reads answered from the mapped index ("local") and sent to a shard instead ("fallback").
         self.read_counts = {"local": 0, "fallback": 0}
         self._lock = threading.Lock()
         self._forks = -1  # _ForkCount.value when this process's sockets were made; -1: not yet
-        self._context = None
         self._connections = {}
         self._readers = {}
         self._shard_count = None
@@ -231,10 +151,15 @@ class Client(_Commands):
             self._reset_after_fork()
         connection = self._connections.get(shard_id)
         if connection is None:
+            self.shard_count  # noqa: B018 - reads ferricd.json, which decides the transport
             with self._lock:
-                connection = self._connections.setdefault(
-                    shard_id, _ShardConnection(self._context, self.run_dir, shard_id)
-                )
+                connection = self._connections.get(shard_id)
+                if connection is None:
+                    if self.transport == protocol.TRANSPORT_UNIX:
+                        connection = StreamShardConnection(self.run_dir, shard_id)
+                    else:
+                        connection = ZmqShardConnection(zmq.Context.instance(), self.run_dir, shard_id)
+                    self._connections[shard_id] = connection
         return connection
 
     def _reset_after_fork(self):
@@ -244,10 +169,9 @@ class Client(_Commands):
             if self._forks == _ForkCount.value:
                 return
             self._forks = _ForkCount.value
-            # The process-wide context: a Client's own would be garbage-collected with it, and
-            # Context.__del__ blocks in term() while a socket in the same reference cycle is open.
-            # instance() is fork-aware: a child gets a fresh one.
-            self._context = zmq.Context.instance()
+            # ZeroMQ connections use the process-wide context: a Client's own would be garbage-collected
+            # with it, and Context.__del__ blocks in term() while a socket in the same reference cycle is
+            # open. instance() is fork-aware: a child gets a fresh one.
             self._connections = {}
             self._readers = {}  # their locks may be held by a thread that did not survive the fork
             self._shard_count = None
@@ -281,9 +205,20 @@ class Client(_Commands):
                     f"ferricd speaks protocol {daemon.get('protocol')}, this client {protocol.PROTOCOL_VERSION}: "
                     "upgrade the client and the daemon together"
                 )
+            self.transport = self._pick_transport(daemon.get("transports") or [protocol.TRANSPORT_ZMQ])
             self._shard_count = int(daemon["shards"])
             self._data_dir = daemon.get("data_dir")
         return self._shard_count
+
+    def _pick_transport(self, offered):
+        if self._transport_asked is None:
+            return protocol.TRANSPORT_UNIX if protocol.TRANSPORT_UNIX in offered else protocol.TRANSPORT_ZMQ
+        if self._transport_asked not in offered:
+            raise FerricConnectionError(
+                f"this ferricd offers the transports {offered}, not {self._transport_asked!r}: "
+                "leave transport=None to use the best one it has, or upgrade ferricd"
+            )
+        return self._transport_asked
 
     def _shard_of(self, key):
         return shard_for(key, self.shard_count)

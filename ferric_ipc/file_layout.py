@@ -17,6 +17,11 @@ def socket_path(run_dir, shard_id):
     return os.path.join(run_dir, f"shard-{shard_id}.sock")
 
 
+def stream_path(run_dir, shard_id):
+    """Shard K's Unix stream socket (length-prefixed frames, see protocol.STREAM_HEADER)."""
+    return os.path.join(run_dir, f"shard-{shard_id}.stream")
+
+
 def index_path(run_dir, shard_id):
     """Shard K's published key directory."""
     return os.path.join(run_dir, f"shard-{shard_id}.idx")

@@ -1,7 +1,15 @@
 """Wire protocol between clients and shards: msgpack frames, request ids, typed error replies.
 
-Request frame (one ZeroMQ message part from a DEALER):  ``[request_id, op, args]``
-Reply frame:                                            ``[request_id, status, result]``
+Request frame:  ``[request_id, op, args]``
+Reply frame:    ``[request_id, status, result]``
+
+Two transports carry the same frames to a shard:
+
+- ZeroMQ: one message part per frame, DEALER to the shard's ROUTER on
+  ``ipc://run_dir/shard-K.sock``;
+- a Unix stream socket ``run_dir/shard-K.stream`` (what ferric_ipc.Client uses on
+  the same host: no I/O threads between the two processes), where every frame is
+  preceded by its length as STREAM_HEADER.
 
 - ``request_id`` is an unsigned integer chosen by the client; the reply echoes
   it, so a late reply is never taken for the answer to a newer request.
@@ -13,6 +21,8 @@ Reply frame:                                            ``[request_id, status, r
 ``pack`` and ``unpack`` are the one place msgpack enters and leaves.
 See docs/protocol.md for every op's arguments and result.
 """
+
+import struct
 
 import msgpack
 
@@ -26,6 +36,16 @@ from ferric_ipc.errors import (
 )
 
 PROTOCOL_VERSION = 1
+
+#: Transports a daemon lists in ferricd.json under "transports".
+TRANSPORT_ZMQ = "zmq"
+TRANSPORT_UNIX = "unix"
+
+#: The length prefix of a frame on the Unix stream transport (little-endian u32).
+STREAM_HEADER = struct.Struct("<I")
+#: Longest frame either side accepts on the stream transport; a client splits nothing, so a
+#: pipeline whose share of one shard is larger gets LimitError before anything is sent.
+MAX_STREAM_FRAME_BYTES = 2**31 - 1
 
 STATUS_OK = 0
 STATUS_ERROR = 1

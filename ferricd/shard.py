@@ -1,4 +1,4 @@
-"""One shard process: the only writer of data_dir/shard-K, serving requests on ipc://run_dir/shard-K.sock.
+"""One shard process: the only writer of data_dir/shard-K, serving ipc://run_dir/shard-K.sock and run_dir/shard-K.stream.
 
 Started by the supervisor as ``python -m ferricd.shard --shard K --settings JSON``.
 Exit codes: 0 after a clean stop, EXIT_BOOT_ERROR when it cannot start
@@ -19,13 +19,14 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.errors import DirectoryLockedError, FerricError, ProtocolError, StorageError
-from ferric_ipc.file_layout import shard_dir, socket_path
+from ferric_ipc.file_layout import shard_dir, socket_path, stream_path
 from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
 from ferricd.index_file import IndexFiles
 from ferricd.storage import BitcaskStore
 from ferricd.storage.lock import DirectoryLock
+from ferricd.stream_server import FrameTooLarge, StreamListener
 
 EXIT_BOOT_ERROR = 3
 EXIT_DATA_ERROR = 4
@@ -37,18 +38,22 @@ log = logging.getLogger("ferricd.shard")
 
 
 class ShardServer:
-    """A shard's store behind a ZeroMQ ROUTER socket.
+    """A shard's store behind a ZeroMQ ROUTER socket and a Unix stream listener.
 
     ``__init__`` touches nothing process-wide; ``open`` takes the locks, recovers
     the store and binds; ``serve`` runs until ``should_stop()``; ``close`` syncs,
-    writes hints and the snapshot, and unbinds.
+    writes hints and the snapshot, and unbinds. Requests from both endpoints
+    that are ready together share one group commit.
     """
 
     def __init__(self, config, shard_id):
         self.config = config
         self.shard_id = shard_id
         self.endpoint = f"ipc://{socket_path(config.run_dir, shard_id)}"
-        self.store = self.tables = self._socket_lock = self._context = self._socket = None
+        self.stream_endpoint = stream_path(config.run_dir, shard_id)
+        self.store = self.tables = self._socket_lock = self._context = self._socket = self._listener = None
+        self._poller = self._listener_fd = None
+        self._streams = {}  # fd -> StreamConnection
 
     def open(self):
         # The lock comes before the bind: a second shard binding the same ipc path
@@ -70,44 +75,91 @@ class ShardServer:
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.linger = 0
         self._socket.bind(self.endpoint)
-        log.info("serving %s", self.endpoint)
+        self._listener = StreamListener(self.stream_endpoint)
+        log.info("serving %s and %s", self.endpoint, self.stream_endpoint)
 
     def serve(self, should_stop):
         """Serve until ``should_stop()``. Raises StorageError when the disk failed under an fsync:
         the shard must then exit so that a fresh one recovers from what reached the disk."""
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._listener_fd = self._listener.fileno()
+        self._poller.register(self._listener_fd, zmq.POLLIN)
         while not should_stop():
-            if poller.poll(TICK_MS):
-                self.handle_ready()
+            ready = self._poller.poll(TICK_MS)
+            if ready:
+                self.handle_ready(ready)
             self.store.sync_if_due()
-        self.handle_ready()  # answer what was already queued when the stop came
+        self.handle_ready(self._poller.poll(0))  # answer what was already queued when the stop came
 
-    def handle_ready(self):
-        """Apply every ready request under one group commit, then send all replies."""
-        replies = []  # (identity, request_id, reply frame)
-        failure = None
-        try:
-            with self.store.group_commit():
+    def handle_ready(self, ready):
+        """Apply every ready request (``ready``: what the poller returned) under one group commit, then reply."""
+        requests = []  # (reply_to, frames): reply_to is a ROUTER identity (bytes) or a StreamConnection
+        for source, events in ready:  # the ROUTER socket itself, or the file descriptor of a plain socket
+            if source is self._socket:
                 for _ in range(MAX_REQUESTS_PER_COMMIT):
                     try:
                         frames = self._socket.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    replies.append((frames[0], *self.handle(frames[1:])))
+                    requests.append((frames[0], frames[1:]))
+            elif source == self._listener_fd:
+                for connection in self._listener.accept():
+                    self._streams[connection.fileno()] = connection
+                    self._poller.register(connection.fileno(), zmq.POLLIN)
+            elif source in self._streams:
+                self._stream_ready(self._streams[source], events, requests)
+        replies = []  # (reply_to, request_id, reply frame)
+        failure = None
+        try:
+            with self.store.group_commit():
+                for reply_to, frames in requests:
+                    replies.append((reply_to, *self.handle(frames)))
         except StorageError as exc:  # the shared fsync failed: nothing in the batch may be acknowledged
             log.error("group commit failed: %s", exc)
             failure = exc
             message = f"{exc}; the shard restarts and recovers from what reached the disk"
-            replies = [(identity, request_id, protocol.error_reply(request_id, "STORAGE", message))
-                       for identity, request_id, _ in replies]
-        for identity, _request_id, reply in replies:
-            try:
-                self._socket.send_multipart([identity, reply], zmq.NOBLOCK)
-            except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
-                pass
+            replies = [(reply_to, request_id, protocol.error_reply(request_id, "STORAGE", message))
+                       for reply_to, request_id, _ in replies]
+        for reply_to, _request_id, reply in replies:
+            if type(reply_to) is bytes:
+                try:
+                    self._socket.send_multipart([reply_to, reply], zmq.NOBLOCK)
+                except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
+                    pass
+            elif reply_to.fileno() in self._streams:
+                reply_to.send(reply)
+                if reply_to.wants_write:
+                    self._poller.modify(reply_to.fileno(), zmq.POLLIN | zmq.POLLOUT)
         if failure is not None:
             raise failure
+
+    def _stream_ready(self, connection, events, requests):
+        """Read (or finish writing to) one stream connection; close it when its peer left or misbehaved."""
+        if events & zmq.POLLOUT:
+            if not connection.flush():
+                self._drop_stream(connection)
+                return
+            if not connection.wants_write:
+                self._poller.modify(connection.fileno(), zmq.POLLIN)
+        if events & (zmq.POLLIN | zmq.POLLERR):
+            try:
+                frames = connection.read_frames()
+            except FrameTooLarge as exc:
+                self.commands.errors += 1
+                connection.send(protocol.error_reply(None, "BAD_FRAME", f"{exc}; the connection is closed"))
+                frames = None
+            if frames is None:
+                self._drop_stream(connection)
+                return
+            for frame in frames:
+                requests.append((connection, [frame]))
+
+    def _drop_stream(self, connection):
+        fd = connection.fileno()
+        self._poller.unregister(fd)
+        del self._streams[fd]
+        connection.close()
 
     def handle(self, frames):
         """``(request_id, reply frame)`` for one request; never raises."""
@@ -174,6 +226,12 @@ class ShardServer:
 
     def close(self):
         try:
+            for connection in list(self._streams.values()):
+                connection.flush()  # replies to the last requests, if the socket takes them now
+                connection.close()
+            self._streams = {}
+            if self._listener is not None:
+                self._listener.close()
             if self._socket is not None:
                 self._socket.close()
                 self._context.term()

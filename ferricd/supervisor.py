@@ -18,7 +18,7 @@ import time
 from ferric_ipc.client import Client
 from ferric_ipc.file_layout import DAEMON_FILE, socket_path
 from ferric_ipc.errors import DirectoryLockedError, FerricError
-from ferric_ipc.protocol import PROTOCOL_VERSION
+from ferric_ipc.protocol import PROTOCOL_VERSION, TRANSPORT_UNIX, TRANSPORT_ZMQ
 from ferricd import systemd
 from ferricd.config import ConfigError, load_config
 from ferricd.shard import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
@@ -111,6 +111,7 @@ class Supervisor:
             os.path.join(config.run_dir, DAEMON_FILE),
             [json.dumps({
                 "shards": self.shard_count, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+                "transports": [TRANSPORT_UNIX, TRANSPORT_ZMQ],
                 "data_dir": os.path.abspath(config.data_dir),  # clients map the shards' data files from here
             }).encode()],
             file_mode=0o644,

@@ -1,5 +1,5 @@
 """Fixtures for real-process tests: a real ``ferricd`` (supervisor + shard processes) in a short temporary
-directory, talking real ZeroMQ over ipc:// sockets.
+directory, talking over its real Unix stream sockets and real ZeroMQ ipc:// sockets.
 
 Every daemon is started in its own session (process group) and the whole group is
 SIGKILLed at teardown, whatever the test did, so no supervisor or shard outlives a test.
@@ -22,6 +22,8 @@ from ferric_ipc.errors import FerricError
 from ferric_ipc.routing import shard_for
 
 READY_TIMEOUT_S = 20
+#: Both ways a Client reaches a shard; tests of client behaviour run over each.
+TRANSPORTS = ["unix", "zmq"]
 STOP_TIMEOUT_S = 10
 
 
@@ -209,9 +211,12 @@ def daemon(module_daemon_factory):
     return module_daemon_factory(shards=2)
 
 
-@pytest.fixture(scope="module")
-def client(daemon):
-    return daemon.client(timeout_ms=2000)
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def client(daemon, request):
+    """A Client of the module's daemon, once over each transport, each time on an empty store."""
+    c = daemon.client(timeout_ms=2000, transport=request.param)
+    c.flush(b"")
+    return c
 
 
 def keys_on_shard(shard, count, prefix, shards=2):

@@ -1,13 +1,15 @@
-"""Hostile and malformed frames sent over a raw ZeroMQ DEALER straight to a shard's ROUTER.
+"""Hostile and malformed frames sent straight to a shard, over a raw ZeroMQ DEALER and a raw Unix stream socket.
 
 Every bad frame must get exactly one error reply ``[request_id or None, 1, [code, message]]``
 and the shard must keep serving correct answers. "Exactly one" is checked with a sentinel:
 after each batch a ping with a fresh id is sent, and the very next reply must be its pong
-(the DEALER-ROUTER pipe is FIFO, so an extra reply would arrive before it, a missing one
-would leave the count short).
+(both transports are FIFO, so an extra reply would arrive before it, a missing one would
+leave the count short). Damage to the stream's own framing is in test_stream_transport.py.
 """
 
 import os
+import socket
+import struct
 
 import msgpack
 import pytest
@@ -54,12 +56,14 @@ class RawShard:
         self.next_id = 1_000_000
         self.errors_seen = 0
 
-    def recv(self):
+    def recv_frame(self):
         try:
-            frame = self.socket.recv()
+            return self.socket.recv()
         except zmq.Again:
             pytest.fail("the shard sent no reply within 3 s")
-        reply = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+
+    def recv(self):
+        reply = msgpack.unpackb(self.recv_frame(), raw=False, strict_map_key=False)
         assert isinstance(reply, list) and len(reply) == 3, f"malformed reply {reply!r}"
         assert reply[1] in (STATUS_OK, STATUS_ERROR), reply
         if reply[1] == STATUS_ERROR:
@@ -71,7 +75,7 @@ class RawShard:
 
     def exchange(self, frame):
         """Send one frame (one message part) and return the one reply."""
-        self.socket.send(frame)
+        self.send(frame)
         reply = self.recv()
         if reply[1] == STATUS_OK and _op_of(frame) == "batch":
             # A batch is answered with one entry per request inside it; its errors count too.
@@ -86,12 +90,47 @@ class RawShard:
     def sync(self):
         """The next reply must answer a fresh ping: no reply is missing or extra before it."""
         self.next_id += 1
-        self.socket.send(pack([self.next_id, "ping", []]))
+        self.send(pack([self.next_id, "ping", []]))
         assert self.recv() == [self.next_id, STATUS_OK, "pong"], "a reply was missing or extra"
+
+    def send(self, frame):
+        self.socket.send(frame)
 
     def close(self):
         self.socket.close(linger=0)
         self.context.term()
+
+
+class RawStreamShard(RawShard):
+    """A bare Unix stream socket on ``run_dir/shard-0.stream``: each frame preceded by its u32 length."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(3)
+        self.sock.connect(path)
+        self.inbox = b""
+        self.next_id = 2_000_000
+        self.errors_seen = 0
+
+    def send(self, frame):
+        self.sock.sendall(struct.pack("<I", len(frame)) + frame)
+
+    def recv_frame(self):
+        while True:
+            if len(self.inbox) >= 4:
+                (length,) = struct.unpack_from("<I", self.inbox)
+                if len(self.inbox) >= 4 + length:
+                    frame, self.inbox = self.inbox[4:4 + length], self.inbox[4 + length:]
+                    return frame
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                pytest.fail("the shard sent no reply within 3 s")
+            assert chunk, "the shard closed the connection"
+            self.inbox += chunk
+
+    def close(self):
+        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +139,24 @@ def bad_daemon(module_daemon_factory):
 
 
 @pytest.fixture(scope="module")
-def raw(bad_daemon):
-    shard = RawShard(f"ipc://{bad_daemon.run_dir}/shard-0.sock")
-    yield shard
-    shard.close()
-
-
-@pytest.fixture(scope="module")
 def normal(bad_daemon):
     return bad_daemon.client(timeout_ms=3000)
 
 
-@pytest.fixture(scope="module")
-def errors_before(normal):
-    """The shard's error counter before this module sent anything."""
-    return normal.info()[0]["errors"]
+@pytest.fixture(scope="module", params=["unix", "zmq"])
+def raw(bad_daemon, normal, request):
+    """A raw connection to shard 0 over each transport, on an empty store; ``errors_before`` is the shard's
+    error count then."""
+    normal.flush(b"")
+    errors_before = normal.info()[0]["errors"]
+    if request.param == "zmq":
+        shard = RawShard(f"ipc://{bad_daemon.run_dir}/shard-0.sock")
+    else:
+        shard = RawStreamShard(f"{bad_daemon.run_dir}/shard-0.stream")
+    shard.transport = request.param
+    shard.errors_before = errors_before
+    yield shard
+    shard.close()
 
 
 class Serving:
@@ -135,8 +177,8 @@ class Serving:
 
 
 @pytest.fixture(scope="module")
-def serving(normal, errors_before):
-    return Serving(normal)
+def serving(normal, raw):
+    return Serving(normal)  # one per transport: the store was emptied for it
 
 
 def assert_error(reply, request_id, code):
@@ -321,6 +363,8 @@ def test_oversized_keys_and_values(raw, serving):
 
 
 def test_multipart_messages(raw, serving):
+    if raw.transport != "zmq":
+        pytest.skip("message parts are a ZeroMQ notion; the stream's framing is tested in test_stream_transport.py")
     valid = pack([95, "ping", []])
     for parts in ([valid, valid], [b"", valid], [valid, b""], [valid] * 5, [b"x", b"y", b"z"]):
         raw.socket.send_multipart(parts)
@@ -354,7 +398,8 @@ def _looks_valid(frame):
         return False
     return (
         isinstance(message, list) and len(message) == 3 and type(message[0]) is int
-        and 0 <= message[0] < 2**64 and message[1] in OPS and isinstance(message[2], list)
+        and 0 <= message[0] < 2**64 and isinstance(message[1], str) and message[1] in OPS
+        and isinstance(message[2], list)
         and len(message[2]) == OPS[message[1]]
     )
 
@@ -438,8 +483,8 @@ def test_generated_batches(raw, serving, items):
     serving.check()
 
 
-def test_error_counter_matches_error_replies(raw, normal, errors_before):
-    """Runs last in this module: the shard counted exactly the error replies this module received."""
+def test_error_counter_matches_error_replies(raw, normal):
+    """Runs last for each transport: the shard counted exactly the error replies this connection received."""
     raw.sync()
-    assert normal.info()[0]["errors"] - errors_before == raw.errors_seen
+    assert normal.info()[0]["errors"] - raw.errors_before == raw.errors_seen
     assert raw.errors_seen > 1000

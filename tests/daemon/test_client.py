@@ -15,7 +15,7 @@ from ferric_ipc.client import Client
 from ferric_ipc.errors import FerricConnectionError, FerricTimeoutError, LimitError
 from ferric_ipc.keys import MAX_KEY_BYTES
 from ferric_ipc.routing import shard_for
-from tests.daemon.conftest import keys_on_shard
+from tests.daemon.conftest import TRANSPORTS, keys_on_shard
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -223,10 +223,11 @@ def _assert_fails_fast(call, bound_s, allow_value=None):
     assert elapsed < bound_s, f"took {elapsed:.2f} s (bound {bound_s} s)"
 
 
-def test_killed_daemon_times_out_within_timeout(make_daemon):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_killed_daemon_times_out_within_timeout(make_daemon, transport):
     daemon = make_daemon(shards=2)
     timeout_ms = 300
-    c = daemon.client(timeout_ms=timeout_ms)
+    c = daemon.client(timeout_ms=timeout_ms, transport=transport)
     k0 = keys_on_shard(0, 1, "cl:dead:")[0]
     k1 = keys_on_shard(1, 1, "cl:dead:")[0]
     c.set(k0, b"last")
@@ -238,7 +239,7 @@ def test_killed_daemon_times_out_within_timeout(make_daemon):
     assert os.path.exists(os.path.join(daemon.run_dir, "shard-0.sock")), "stale socket left behind"
 
     once, twice = timeout_ms / 1000 + 0.3, 2 * timeout_ms / 1000 + 0.3  # idempotent ops are retried once
-    fresh = daemon.client(timeout_ms=timeout_ms)
+    fresh = daemon.client(timeout_ms=timeout_ms, transport=transport)
     for c_ in (c, fresh):  # a client with open sockets, and one that connects now
         _assert_fails_fast(lambda: c_.set(k0, b"x"), once)
         _assert_fails_fast(lambda: c_.incr(b"cl:dead:n"), once)
@@ -259,9 +260,10 @@ def test_killed_daemon_times_out_within_timeout(make_daemon):
     assert daemon.stop() == 0
 
 
-def test_cleanly_stopped_daemon_is_reported(make_daemon):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cleanly_stopped_daemon_is_reported(make_daemon, transport):
     daemon = make_daemon(shards=2)
-    c = daemon.client(timeout_ms=300)
+    c = daemon.client(timeout_ms=300, transport=transport)
     c.set(b"cl:stopped", b"v")
     assert daemon.stop() == 0
     _assert_fails_fast(lambda: c.set(b"cl:stopped", b"x"), 0.6)  # sockets already open

@@ -13,7 +13,7 @@ import pytest
 
 from ferric_ipc.client import Client
 from ferric_ipc.errors import FerricError
-from tests.daemon.conftest import keys_on_shard
+from tests.daemon.conftest import TRANSPORTS, keys_on_shard
 
 
 def _alive(pid):
@@ -29,10 +29,11 @@ def _alive(pid):
     return True
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("victim", [0, 1])
-def test_sigkill_shard_is_restarted_and_loses_no_acknowledged_write(make_daemon, victim):
+def test_sigkill_shard_is_restarted_and_loses_no_acknowledged_write(make_daemon, victim, transport):
     daemon = make_daemon(shards=2)
-    client = daemon.client(timeout_ms=2000)
+    client = daemon.client(timeout_ms=2000, transport=transport)
     keys = [f"sup:kill:{i}".encode() for i in range(200)]
     for key in keys:
         assert client.set(key, b"v-" + key) is True  # fsync=always: acknowledged means durable
@@ -61,12 +62,13 @@ def test_sigkill_shard_is_restarted_and_loses_no_acknowledged_write(make_daemon,
     assert daemon.stop() == 0
 
 
-def test_request_in_flight_when_shard_dies_is_answered_after_restart(make_daemon):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_request_in_flight_when_shard_dies_is_answered_after_restart(make_daemon, transport):
     """Deterministic form of the race above: the request is certainly in the dying shard's socket
     buffer (the shard is stopped when it arrives). The shard is back within a few hundred ms;
     an idempotent call must not wait out its whole timeout before asking the new shard."""
     daemon = make_daemon(shards=2)
-    client = daemon.client(timeout_ms=2000)
+    client = daemon.client(timeout_ms=2000, transport=transport)
     pid = client.hello(shard=0)["pid"]
     os.kill(pid, signal.SIGSTOP)
     outcome = {}

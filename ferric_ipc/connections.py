@@ -1,0 +1,261 @@
+"""One shard's request channel for a Client: a Unix stream socket or a ZeroMQ DEALER, with one retry policy.
+
+Both carry the frames of ``ferric_ipc.protocol`` and answer ``call(requests,
+timeout_ms, retry)`` the same way:
+
+- a lock serialises the threads of a process on the channel;
+- a wait that runs out closes the socket, so a late reply never meets a new request;
+- with ``retry`` (ops that change nothing) requests are sent again on a fresh
+  socket after timeout/8, then after doubling waits, all within ``timeout_ms``;
+- a request that provably never reached a shard (no socket to connect to, or
+  the connection already closed when it was sent) is sent again whatever it is,
+  which is how a client rides over a shard restart.
+"""
+
+import errno
+import socket
+import struct
+import threading
+import time
+
+import zmq
+
+from ferric_ipc import protocol
+from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError, LimitError
+from ferric_ipc.file_layout import socket_path, stream_path
+
+_FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
+_CONNECT_RETRY_S = 0.01  # while a shard restarts, how often to try its socket again
+_READ_CHUNK_BYTES = 64 * 1024
+_HEADER_BYTES = protocol.STREAM_HEADER.size
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+
+# connect() errors meaning "no shard listens there right now": it is starting or restarting.
+_NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN)
+
+
+class _NoReply(Exception):
+    """A wait for replies ran out (call() decides between resending and timing out)."""
+
+
+class _Lost(Exception):
+    """The connection broke after requests were sent: they may or may not have been applied."""
+
+
+class ShardConnection:
+    """Request ids, the retry policy and the lock; subclasses move frames."""
+
+    def __init__(self, shard_id, endpoint):
+        self.shard_id = shard_id
+        self.endpoint = endpoint
+        self.lock = threading.Lock()
+        self._next_id = 1
+
+    def call(self, requests, timeout_ms, retry):
+        """Send ``[(op, args), ...]`` pipelined; return their results in order.
+
+        Error replies become exceptions only after every reply arrived, so
+        the channel stays in step; the first error is raised.
+        """
+        deadline = time.monotonic() + timeout_ms / 1000
+        wait_ms = max(_FIRST_RETRY_MS, timeout_ms // 8) if retry else timeout_ms
+        with self.lock:
+            while True:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                try:
+                    return self._exchange(requests, min(wait_ms, remaining_ms), deadline)
+                except _NoReply:
+                    self._close_socket()
+                    if not retry or remaining_ms <= wait_ms:
+                        raise FerricTimeoutError(
+                            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
+                            "check that ferricd is running (systemctl status ferricd)"
+                        ) from None
+                    wait_ms *= 2
+                except _Lost:
+                    self._close_socket()
+                    if not retry:
+                        raise FerricConnectionError(
+                            f"shard {self.shard_id} ({self.endpoint}) closed the connection before answering: "
+                            "the request may or may not have been applied (the shard stopped or restarted); "
+                            "check its state before repeating a write that must not happen twice"
+                        ) from None
+                    if time.monotonic() >= deadline:
+                        raise FerricTimeoutError(
+                            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
+                            "check that ferricd is running (systemctl status ferricd)"
+                        ) from None
+
+    def _frames(self, requests):
+        """``(request ids, request frames)``, taking fresh ids."""
+        ids, frames = [], []
+        for op, args in requests:
+            request_id, self._next_id = self._next_id, (self._next_id + 1) % 2**64
+            ids.append(request_id)
+            frames.append(protocol.request(request_id, op, args))
+        return ids, frames
+
+    def close(self):
+        with self.lock:
+            self._close_socket()
+
+
+class _Replies:
+    """Replies gathered for a set of request ids, in request order."""
+
+    def __init__(self, ids):
+        self.pending = {request_id: position for position, request_id in enumerate(ids)}
+        self.results = [None] * len(ids)
+
+    def add(self, frame):
+        try:
+            request_id, result = protocol.parse_reply(frame)
+        except FerricError as error:
+            request_id, result = getattr(error, "request_id", None), error
+        if request_id in self.pending:  # anything else is a late reply to an abandoned request
+            self.results[self.pending.pop(request_id)] = result
+
+    def value(self):
+        for result in self.results:
+            if isinstance(result, FerricError):
+                raise result
+        return self.results
+
+
+class StreamShardConnection(ShardConnection):
+    """A Unix stream socket to ``run_dir/shard-K.stream``: two threads woken per round trip, no more."""
+
+    def __init__(self, run_dir, shard_id):
+        self.path = stream_path(run_dir, shard_id)
+        super().__init__(shard_id, self.path)
+        self._sock = None
+        self._recv_timeout_ms = None  # what SO_RCVTIMEO holds now
+
+    def _exchange(self, requests, timeout_ms, deadline):
+        ids, frames = self._frames(requests)
+        data = b"".join(protocol.STREAM_HEADER.pack(_frame_length(frame)) + frame for frame in frames)
+        while True:
+            sock = self._sock or self._connect(deadline)
+            try:
+                sock.sendall(data, socket.MSG_NOSIGNAL)
+                break
+            except OSError:
+                self._close_socket()
+                if len(frames) > 1:
+                    raise _Lost from None  # the first frames may have gone through
+                # A frame is applied only once it arrived whole, and a dead shard takes none:
+                # so it was not applied, and goes out again to whoever listens now.
+        replies = _Replies(ids)
+        wait_until = time.monotonic() + timeout_ms / 1000
+        inbox = b""
+        while replies.pending:
+            remaining_ms = int((wait_until - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise _NoReply
+            if remaining_ms != self._recv_timeout_ms:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(remaining_ms * 1000, 1_000_000)))
+                self._recv_timeout_ms = remaining_ms
+            try:
+                chunk = sock.recv(_READ_CHUNK_BYTES)
+            except (BlockingIOError, TimeoutError):
+                raise _NoReply from None
+            except OSError:
+                raise _Lost from None
+            if not chunk:
+                raise _Lost
+            inbox = inbox + chunk if inbox else chunk
+            inbox = _split_frames(inbox, replies.add)
+        return replies.value()
+
+    def _connect(self, deadline):
+        """A connected socket, trying again while the shard (re)starts; _NoReply once ``deadline`` passed."""
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))  # a full backlog would block
+                sock.connect(self.path)
+                sock.settimeout(None)
+            except OSError as exc:
+                sock.close()
+                if isinstance(exc, PermissionError):
+                    raise FerricConnectionError(
+                        f"cannot connect to {self.path}: permission denied; run as a member of the daemon's "
+                        "group (ferricd under systemd, see docs/deploy.md)"
+                    ) from None
+                if exc.errno not in _NOT_LISTENING and not isinstance(exc, TimeoutError):
+                    raise FerricConnectionError(f"cannot connect to {self.path}: {exc}") from None
+                if time.monotonic() + _CONNECT_RETRY_S >= deadline:
+                    raise _NoReply from None
+                time.sleep(_CONNECT_RETRY_S)
+                continue
+            self._sock = sock
+            self._recv_timeout_ms = None
+            return sock
+
+    def _close_socket(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _frame_length(frame):
+    if len(frame) > protocol.MAX_STREAM_FRAME_BYTES:
+        raise LimitError(
+            f"a request of {len(frame)} bytes is over the {protocol.MAX_STREAM_FRAME_BYTES}-byte frame limit; "
+            "send it in smaller pipelines"
+        )
+    return len(frame)
+
+
+def _split_frames(inbox, emit):
+    """Call ``emit`` with each whole frame in ``inbox``; return the bytes of an unfinished one."""
+    start = 0
+    while len(inbox) - start >= _HEADER_BYTES:
+        (length,) = protocol.STREAM_HEADER.unpack_from(inbox, start)
+        end = start + _HEADER_BYTES + length
+        if end > len(inbox):
+            break
+        emit(inbox[start + _HEADER_BYTES:end])
+        start = end
+    return inbox[start:] if start else inbox
+
+
+class ZmqShardConnection(ShardConnection):
+    """One DEALER socket to the shard's ROUTER at ``ipc://run_dir/shard-K.sock``."""
+
+    def __init__(self, context, run_dir, shard_id):
+        self.path = socket_path(run_dir, shard_id)
+        super().__init__(shard_id, f"ipc://{self.path}")
+        self._context = context
+        self._socket = None
+
+    def _exchange(self, requests, timeout_ms, deadline):
+        if self._socket is None:
+            # No check that the socket file exists: while the daemon runs (ferricd.json is there), a
+            # missing socket is a shard restarting, and ZeroMQ connects as soon as it binds again.
+            self._socket = self._context.socket(zmq.DEALER)
+            self._socket.linger = 0
+            self._socket.connect(self.endpoint)
+        ids, frames = self._frames(requests)
+        for frame in frames:
+            self._socket.send(frame)
+        replies = _Replies(ids)
+        wait_until = time.monotonic() + timeout_ms / 1000
+        while replies.pending:
+            remaining_ms = int((wait_until - time.monotonic()) * 1000)
+            try:
+                if remaining_ms <= 0:
+                    raise zmq.Again
+                # A blocking recv bounded by RCVTIMEO: one call, where poll() then recv() costs a
+                # second wake-up per reply (about 25 us per round trip measured here).
+                self._socket.rcvtimeo = remaining_ms
+                frame = self._socket.recv()
+            except zmq.Again:
+                raise _NoReply from None
+            replies.add(frame)
+        return replies.value()
+
+    def _close_socket(self):
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None

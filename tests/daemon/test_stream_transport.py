@@ -1,0 +1,230 @@
+"""The Unix stream transport's own framing and failure cases, against a real ferricd.
+
+Frames on ``run_dir/shard-K.stream`` are a u32 length then the msgpack frame. The shard must
+cope with frames cut anywhere, many frames per read, a length it will not accept, peers
+that vanish mid-frame or never read their replies, and many peers at once; the client must
+tell "not sent" (send again) from "sent, answer lost" (a write may have happened).
+"""
+
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import msgpack
+import pytest
+
+from ferric_ipc.errors import FerricConnectionError
+from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
+from tests.daemon.conftest import keys_on_shard
+
+
+def pack(obj):
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def framed(obj):
+    body = pack(obj)
+    return struct.pack("<I", len(body)) + body
+
+
+def connect(daemon, shard=0):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(os.path.join(daemon.run_dir, f"shard-{shard}.stream"))
+    return sock
+
+
+def read_replies(sock, count):
+    """``count`` decoded reply frames; fails if the connection closes first."""
+    inbox, replies = b"", []
+    while len(replies) < count:
+        while len(inbox) >= 4 and len(inbox) >= 4 + struct.unpack_from("<I", inbox)[0]:
+            length = struct.unpack_from("<I", inbox)[0]
+            replies.append(msgpack.unpackb(inbox[4:4 + length], raw=False))
+            inbox = inbox[4 + length:]
+        if len(replies) >= count:
+            break
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"connection closed after {len(replies)} of {count} replies"
+        inbox += chunk
+    return replies
+
+
+def closed_by_peer(sock):
+    try:
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stream_daemon(module_daemon_factory):
+    return module_daemon_factory(shards=2)
+
+
+@pytest.fixture(scope="module")
+def normal(stream_daemon):
+    return stream_daemon.client(timeout_ms=3000, transport="unix")
+
+
+def still_serving(client, tag):
+    key = f"st:alive:{tag}".encode()
+    assert client.set(key, tag.encode()) is True
+    assert client.get(key) == tag.encode()
+    assert client.ping() is True
+
+
+def test_a_frame_arriving_one_byte_at_a_time_is_answered_once(stream_daemon, normal):
+    sock = connect(stream_daemon)
+    data = framed([1, "set", [b"st:slow", b"v" * 300, None, False, False]]) + framed([2, "get", [b"st:slow"]])
+    for i in range(len(data)):
+        sock.send(data[i:i + 1])
+        if i % 50 == 0:
+            time.sleep(0.001)  # let the shard see the partial frame
+    assert read_replies(sock, 2) == [[1, 0, True], [2, 0, b"v" * 300]]
+    sock.close()
+    still_serving(normal, "one-byte")
+
+
+def test_many_frames_in_one_write_are_answered_in_order(stream_daemon, normal):
+    sock = connect(stream_daemon)
+    frames = [framed([i, "set", [b"st:many:%d" % i, b"%d" % i, None, False, False]]) for i in range(500)]
+    frames += [framed([1000 + i, "get", [b"st:many:%d" % i]]) for i in range(500)]
+    sock.sendall(b"".join(frames))
+    replies = read_replies(sock, 1000)
+    assert replies[:500] == [[i, 0, True] for i in range(500)]
+    assert replies[500:] == [[1000 + i, 0, b"%d" % i] for i in range(500)]
+    sock.close()
+
+
+def test_a_length_over_the_limit_is_refused_and_the_connection_closed(stream_daemon, normal):
+    sock = connect(stream_daemon)
+    sock.sendall(struct.pack("<I", MAX_STREAM_FRAME_BYTES + 1) + b"\x93")
+    (reply,) = read_replies(sock, 1)
+    assert reply[0] is None and reply[1] == 1 and reply[2][0] == "BAD_FRAME", reply
+    assert "connection is closed" in reply[2][1]
+    assert closed_by_peer(sock), "the shard kept a connection whose framing it cannot follow"
+    sock.close()
+    still_serving(normal, "over-limit")
+
+
+def test_a_peer_that_leaves_mid_frame_changes_nothing(stream_daemon, normal):
+    key = keys_on_shard(0, 1, "st:half:")[0]
+    sock = connect(stream_daemon)
+    whole = framed([1, "set", [key, b"never", None, False, False]])
+    sock.sendall(whole[:-3])  # all but the last bytes of the value
+    time.sleep(0.05)
+    sock.close()
+    time.sleep(0.05)
+    assert normal.get(key) is None, "a frame that never arrived whole was applied"
+    still_serving(normal, "half")
+
+
+def test_garbage_in_a_well_framed_frame_gets_an_error_reply(stream_daemon, normal):
+    sock = connect(stream_daemon)
+    junk = os.urandom(1000)
+    sock.sendall(struct.pack("<I", len(junk)) + junk + struct.pack("<I", 0) + framed([9, "ping", []]))
+    first, empty, pong = read_replies(sock, 3)
+    assert first[1] == 1 and first[2][0] in ("BAD_FRAME", "UNKNOWN_OP", "BAD_ARGS"), first
+    assert empty[1] == 1 and empty[2][0] == "BAD_FRAME", empty
+    assert pong == [9, 0, "pong"]
+    sock.close()
+
+
+def test_values_larger_than_socket_buffers_round_trip(stream_daemon, normal):
+    big = os.urandom(8 * 1024 * 1024)
+    assert normal.set(b"st:big", big) is True
+    assert normal.get(b"st:big") == big
+    remote_reader = stream_daemon.client(transport="unix", local_reads=False)
+    assert remote_reader.get(b"st:big") == big, "the 8 MiB reply crossed the stream whole"
+    pipe = normal.pipeline()
+    for i in range(4):
+        pipe.set(b"st:big:%d" % i, big[i:] + big[:i])
+    assert pipe.execute() == [True] * 4
+    assert remote_reader.mget([b"st:big:%d" % i for i in range(4)]) == [big[i:] + big[:i] for i in range(4)]
+
+
+def test_a_peer_that_never_reads_does_not_hold_up_others(stream_daemon, normal):
+    """Replies to a peer that does not read pile up in the shard, not in front of other clients."""
+    key = keys_on_shard(0, 1, "st:hog:")[0]
+    assert normal.set(key, b"h" * (512 * 1024)) is True
+    hog = connect(stream_daemon)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.sendall(b"".join(framed([i, "get", [key]]) for i in range(100)))  # 50 MiB of replies, never read
+    time.sleep(0.2)
+    reader = stream_daemon.client(transport="unix", local_reads=False, timeout_ms=2000)
+    for i in range(20):
+        started = time.monotonic()
+        assert reader.get(key) == b"h" * (512 * 1024)
+        assert time.monotonic() - started < 1.0
+    hog.close()
+    still_serving(normal, "hog")
+
+
+def test_hundreds_of_connections_at_once(stream_daemon, normal):
+    socks = [connect(stream_daemon, shard=i % 2) for i in range(300)]
+    for i, sock in enumerate(socks):
+        sock.sendall(framed([i, "ping", []]))
+    for i, sock in enumerate(socks):
+        assert read_replies(sock, 1) == [[i, 0, "pong"]]
+        sock.close()
+    still_serving(normal, "many")
+
+
+def test_a_write_whose_answer_is_lost_is_reported_as_maybe_applied(make_daemon):
+    """The shard takes the request, then dies before answering: the client cannot know whether it was
+    applied, and says so instead of sending a non-idempotent write again."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=3000, transport="unix")
+    assert client.incr(b"st:lost") == 1
+    pid = client.hello()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = client.incr(b"st:lost")
+        except Exception as exc:  # checked below
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.2)  # the request now sits in the stopped shard's socket
+    os.kill(pid, signal.SIGKILL)
+    caller.join(10)
+    assert isinstance(outcome.get("error"), FerricConnectionError), outcome
+    assert "may or may not have been applied" in str(outcome["error"])
+    # The next call reconnects to the restarted shard; the lost incr was never applied.
+    assert client.incr(b"st:lost") == 2
+    assert daemon.stop() == 0
+
+
+def test_a_write_to_a_restarted_shard_is_sent_again_on_a_new_connection(make_daemon):
+    """A connection whose shard died refuses the send outright: nothing was delivered, so the write
+    goes to the new shard, once."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=3000, transport="unix")
+    assert client.incr(b"st:resend") == 1
+    old_pid = client.hello()["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    time.sleep(0.1)
+    assert client.incr(b"st:resend") == 2
+    assert client.hello()["pid"] != old_pid
+    assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root connects whatever the socket's mode")
+def test_no_permission_on_the_socket_names_the_group(make_daemon):
+    daemon = make_daemon(shards=1)
+    os.chmod(os.path.join(daemon.run_dir, "shard-0.stream"), 0o000)
+    client = daemon.client(timeout_ms=500, transport="unix", local_reads=False)
+    with pytest.raises(FerricConnectionError, match="permission denied"):
+        client.ping()
