@@ -1,4 +1,4 @@
-"""Benchmark of ferricd over ZeroMQ ipc:// against redis-server over a Unix socket, from Python.
+"""Benchmark of ferricd (Unix stream and ZeroMQ ipc:// transports) against redis-server over a Unix socket, from Python.
 
 Starts its own daemons in a short temporary directory under /tmp and stops
 them at the end (SIGTERM, bounded wait, SIGKILL past it):
@@ -14,18 +14,20 @@ Measures, in one run on one machine:
 
 1. sequential GET and SET latency, p50 / p99 / mean in microseconds, one
    operation at a time (``time.perf_counter_ns`` around each call), 100 B and
-   4 KiB values: ``ferric_ipc.Client`` versus redis-py
+   4 KiB values: ``ferric_ipc.Client`` over its default Unix stream transport
+   and over ZeroMQ (``transport="zmq"``) versus redis-py
    (``redis.Redis(unix_socket_path=...)``; the parser in use is printed).
-   ferricd and redis samples are taken in alternating rounds so that drift in
-   the machine hits both alike;
+   The three are sampled in rotating rounds so that drift in the machine hits
+   all alike. GETs are answered from the mapped index by both ferric clients;
+   SETs make the round trip;
 2. ferricd SET latency under each fsync policy (always, never);
 3. pipelined throughput, ops/s: ``Client.pipeline()`` with --batch sets (and
    gets) per ``execute()`` against redis-py ``pipeline(transaction=False)``
-   with the same batch; one shard, and optionally two shards driven by one
-   client process per shard;
+   with the same batch, over both ferric transports; one shard, and optionally
+   two shards driven by one client process per shard (stream transport);
 4. ratios ferric/redis and the targets with PASS/MISS:
-   sequential SET p50 <= 1.5x redis-py SET p50, and pipelined >= 50k ops/s
-   per shard.
+   sequential SET p50 <= 1.5x redis-py SET p50 (default transport), and
+   pipelined >= 50k ops/s per shard.
 
 By default nothing is pinned: processes run where the scheduler puts them.
 ``--pin CPU`` puts the benchmark, redis-server and ferricd (supervisor, shards
@@ -254,10 +256,16 @@ def _alive(pid):
 
 
 class RedisServer:
-    def __init__(self, base):
-        self.socket_path = os.path.join(base, "redis.sock")
-        self.log_path = os.path.join(base, "redis.log")
-        self.dir = base
+    """redis-server on a Unix socket in ``base``: no persistence, or with ``durable`` an append-only file
+    fsynced before every reply (``appendfsync always``), the like of ferricd's ``fsync = "always"``."""
+
+    def __init__(self, base, durable=False):
+        name = "redis-aof" if durable else "redis"
+        self.socket_path = os.path.join(base, f"{name}.sock")
+        self.log_path = os.path.join(base, f"{name}.log")
+        self.dir = os.path.join(base, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
         self.process = None
         self.exit_status = None
 
@@ -265,7 +273,7 @@ class RedisServer:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             ["redis-server", "--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.dir],
+             "--save", "", *self.persistence, "--daemonize", "no", "--dir", self.dir],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pin_child,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -669,7 +677,7 @@ def main():
     base = tempfile.mkdtemp(prefix="fib-", dir="/tmp")
     print(f"temp dir  : {base}")
     daemons = []
-    redis_server = None
+    redis_server = redis_aof = aof_exit = None
     seq = {}  # (system, op, size) -> Latency summary; system in ferric-never, ferric-always, redis
     thr = {}  # (system, op, shards) -> (ops/s, errors)
     exits = {}
@@ -697,54 +705,73 @@ def main():
         # 1. one shard, fsync = "never": sequential get/set against redis, alternating rounds; pipelined.
         print("\n[2/5] ferricd 1 shard, fsync=never  vs  redis-server (no persistence)", flush=True)
         daemon = run_daemon("never1", 1, "never")
-        fclient = Client(daemon.run_dir, timeout_ms=10_000)
+        # label -> (kind, client): ferric over each transport, and redis.
+        systems = {
+            "ferric-never": ("ferric", Client(daemon.run_dir, timeout_ms=10_000, transport="unix")),
+            "ferric-never-zmq": ("ferric", Client(daemon.run_dir, timeout_ms=10_000, transport="zmq")),
+        }
+        if rclient is not None:
+            systems["redis"] = ("redis", rclient)
+        names = {"ferric-never": "ferric unix (never)", "ferric-never-zmq": "ferric zmq (never) ",
+                 "redis": "redis-py           "}
         for size in VALUE_SIZES:
             keys, value = keys_for(size), value_for(size)
-            preload("ferric", fclient, keys, value)
+            preload("ferric", systems["ferric-never"][1], keys, value)
             if rclient is not None:
                 preload("redis", rclient, keys, value)
             for op in ("get", "set"):
-                pooled = {"ferric": Latency(), "redis": Latency()}
+                pooled = {label: Latency() for label in systems}
                 per_round = max(1, settings["ops"] // rounds)
+                labels = list(systems)
                 for r in range(rounds):
-                    order = ("ferric", "redis") if r % 2 == 0 else ("redis", "ferric")
-                    for system in order:
-                        if system == "redis" and rclient is None:
-                            continue
-                        client = fclient if system == "ferric" else rclient
-                        pooled[system].extend(sequential(op, client, keys, value, per_round, SEED + r))
-                seq[("ferric-never", op, size)] = pooled["ferric"].summary()
-                print(f"  {op.upper():3} {size_label(size):>6}  ferric (never) {fmt_lat(seq[('ferric-never', op, size)])}")
-                if rclient is not None:
-                    seq[("redis", op, size)] = pooled["redis"].summary()
-                    print(f"  {op.upper():3} {size_label(size):>6}  redis-py       {fmt_lat(seq[('redis', op, size)])}")
+                    for label in labels[r % len(labels):] + labels[:r % len(labels)]:  # rotate who goes first
+                        pooled[label].extend(sequential(op, systems[label][1], keys, value, per_round, SEED + r))
+                for label in systems:
+                    seq[(label, op, size)] = pooled[label].summary()
+                    print(f"  {op.upper():3} {size_label(size):>6}  {names[label]} {fmt_lat(seq[(label, op, size)])}")
         keys, value = keys_for(100), value_for(100)
         for op in ("set", "get"):
-            for system in ("ferric", "redis"):
-                if system == "redis" and rclient is None:
-                    continue
-                client = fclient if system == "ferric" else rclient
-                server_pids = daemon.children if system == "ferric" else [redis_server.process.pid]
-                runs = [pipelined(system, op, client, keys, value, settings["pipe_ops"], batch, server_pids)
+            for label, (kind, client) in systems.items():
+                server_pids = daemon.children if kind == "ferric" else [redis_server.process.pid]
+                runs = [pipelined(kind, op, client, keys, value, settings["pipe_ops"], batch, server_pids)
                         for _ in range(settings["repeats"])]
-                label = "ferric-never" if system == "ferric" else "redis"
                 thr[(label, op, 1)] = (statistics.median(r[0] for r in runs), sum(r[1] for r in runs))
-                print(f"  pipelined {op.upper()} 100 B x{batch}  {label:13} {thr[(label, op, 1)][0]:10,.0f} ops/s"
+                print(f"  pipelined {op.upper()} 100 B x{batch}  {label:16} {thr[(label, op, 1)][0]:10,.0f} ops/s"
                       + cpu_note(runs) + (f"  ERRORS={thr[(label, op, 1)][1]}" if thr[(label, op, 1)][1] else ""),
                       flush=True)
-        fclient.close()
+        for kind, client in systems.values():
+            if kind == "ferric":
+                client.close()
         stop_daemon(daemon)
 
         # 2. one shard, fsync = "always" (the default): sequential sets, pipelined sets.
-        print("\n[3/5] ferricd 1 shard, fsync=always (default)", flush=True)
+        print("\n[3/5] ferricd 1 shard, fsync=always (default)  vs  redis-server with appendfsync always", flush=True)
         daemon = run_daemon("always1", 1, "always")
         fclient = Client(daemon.run_dir, timeout_ms=10_000)
+        aof_client = None
+        if not skip_reason:
+            redis_aof = RedisServer(base, durable=True).start()
+            aof_client = redis_aof.client()
         for size in VALUE_SIZES:
             keys, value = keys_for(size), value_for(size)
             preload("ferric", fclient, keys, value)
-            s = sequential("set", fclient, keys, value, settings["always_ops"], SEED).summary()
-            seq[("ferric-always", "set", size)] = s
-            print(f"  SET {size_label(size):>6}  ferric (always) {fmt_lat(s)}", flush=True)
+            pooled = {"ferric-always": Latency(), "redis-aof": Latency()}
+            for r in range(rounds):
+                for label in (("ferric-always", "redis-aof") if r % 2 == 0 else ("redis-aof", "ferric-always")):
+                    client = fclient if label == "ferric-always" else aof_client
+                    if client is not None:
+                        per_round = max(1, settings["always_ops"] // rounds)
+                        pooled[label].extend(sequential("set", client, keys, value, per_round, SEED + r))
+            seq[("ferric-always", "set", size)] = pooled["ferric-always"].summary()
+            print(f"  SET {size_label(size):>6}  ferric (always)          {fmt_lat(seq[('ferric-always', 'set', size)])}",
+                  flush=True)
+            if aof_client is not None:
+                seq[("redis-aof", "set", size)] = pooled["redis-aof"].summary()
+                print(f"  SET {size_label(size):>6}  redis-py (fsync always)  {fmt_lat(seq[('redis-aof', 'set', size)])}",
+                      flush=True)
+        if aof_client is not None:
+            aof_client.close()
+            aof_exit = redis_aof.stop()
         keys, value = keys_for(100), value_for(100)
         runs = [pipelined("ferric", "set", fclient, keys, value, settings["pipe_ops"], batch, daemon.children)
                 for _ in range(settings["repeats"])]
@@ -780,6 +807,8 @@ def main():
                 exits[daemon.name] = daemon.stop()
                 problems[daemon.name] = daemon.log_problems()
         redis_exit = redis_server.stop() if redis_server else None
+        if redis_aof is not None and aof_exit is None:
+            aof_exit = redis_aof.stop()
         shutil.rmtree(base, ignore_errors=True)
 
     # 4. summary
@@ -789,16 +818,18 @@ def main():
     for size in VALUE_SIZES:
         for op in ("get", "set"):
             r = seq.get(("redis", op, size))
-            rows = [("ferric-never", "fsync=never ")]
+            rows = [("ferric-never", "unix fsync=never "), ("ferric-never-zmq", "zmq  fsync=never ")]
             if op == "set":
-                rows.append(("ferric-always", "fsync=always"))
+                rows.append(("ferric-always", "unix fsync=always"))
             for label, text in rows:
                 f = seq.get((label, op, size))
                 if f is None:
                     continue
+                r = seq.get(("redis-aof" if label == "ferric-always" else "redis", op, size))
                 line = f"  {op.upper()} {size_label(size):>6} {text}: p50 {f['p50']:7.1f}  p99 {f['p99']:8.1f}"
                 if r:
-                    line += (f"   redis p50 {r['p50']:6.1f}  p99 {r['p99']:7.1f}   ratio p50 {ratio(f['p50'], r['p50']):5.2f}x"
+                    peer = "redis+aof" if label == "ferric-always" else "redis    "
+                    line += (f"   {peer} p50 {r['p50']:6.1f}  p99 {r['p99']:7.1f}   ratio p50 {ratio(f['p50'], r['p50']):5.2f}x"
                              f"  p99 {ratio(f['p99'], r['p99']):5.2f}x")
                 print(line)
     for key, (rate, _) in thr.items():  # in the order measured
@@ -806,15 +837,19 @@ def main():
         if label == "redis":
             continue
         r = thr.get(("redis", op, shards))
-        line = f"  pipelined {op.upper()} {shards} shard{'s' if shards > 1 else ' '} {label:13} {rate:10,.0f} ops/s"
+        line = f"  pipelined {op.upper()} {shards} shard{'s' if shards > 1 else ' '} {label:16} {rate:10,.0f} ops/s"
         if r:
             line += f"   redis {r[0]:10,.0f} ops/s   ratio {ratio(rate, r[0]):5.2f}x"
         print(line)
 
     print("\ntargets")
-    redis_set = seq.get(("redis", "set", 100))
-    for label, text in (("ferric-never", "fsync=never (like redis here)"), ("ferric-always", "fsync=always (default)")):
-        f = seq.get((label, "set", 100))
+    for label, peer, text in (
+        ("ferric-never", "redis", "unix, fsync=never vs redis without persistence"),
+        ("ferric-always", "redis-aof", "unix, fsync=always (default) vs redis appendfsync always"),
+        ("ferric-always", "redis", "unix, fsync=always (default) vs redis without persistence"),
+        ("ferric-never-zmq", "redis", "zmq, fsync=never vs redis without persistence"),
+    ):
+        f, redis_set = seq.get((label, "set", 100)), seq.get((peer, "set", 100))
         if f is None:
             continue
         if redis_set is None:
@@ -831,6 +866,11 @@ def main():
         verdict = "PASS" if entry[0] >= TARGET_PIPELINE_OPS_PER_SHARD else "MISS"
         print(f"  {verdict}  pipelined SET >= {TARGET_PIPELINE_OPS_PER_SHARD:,} ops/s per shard, 1 shard, batch {batch}, "
               f"{text}: {entry[0]:,.0f} ops/s ({entry[0] / TARGET_PIPELINE_OPS_PER_SHARD:.2f}x the target)")
+    entry = thr.get(("ferric-never-zmq", "set", 1))
+    if entry is not None:
+        verdict = "PASS" if entry[0] >= TARGET_PIPELINE_OPS_PER_SHARD else "MISS"
+        print(f"  {verdict}  pipelined SET >= {TARGET_PIPELINE_OPS_PER_SHARD:,} ops/s per shard, 1 shard, batch {batch}, "
+              f"zmq, fsync=never: {entry[0]:,.0f} ops/s ({entry[0] / TARGET_PIPELINE_OPS_PER_SHARD:.2f}x the target)")
     entry = thr.get(("ferric-never", "get", 1))
     if entry is not None:
         verdict = "PASS" if entry[0] >= TARGET_PIPELINE_OPS_PER_SHARD else "MISS"
@@ -846,6 +886,8 @@ def main():
     print("\ndaemons")
     errors = sum(s["errors"] for s in seq.values()) + sum(e for _, e in thr.values())
     print(f"  wrong or failed replies: {errors}")
+    if aof_exit:
+        print(f"  redis-server (appendfsync always): {aof_exit}")
     print_exits({f"ferricd {name}": (status, problems.get(name, [])) for name, status in exits.items()},
                 redis_exit, started)
 
