@@ -5,15 +5,21 @@
  * two), so the byte layouts below mirror ferric_ipc/index_layout.py and ferric_ipc/file_layout.py;
  * LAYOUT exports them and local_reads refuses this module if they disagree.
  *
- * lookup() holds the GIL throughout and takes buffer exports on the maps it reads, so no thread
- * can close a map under it. Slots are read seqlock-style with acquire loads, which is what x86-64
- * and ARM64 both need; the data records a slot points at are append-only and never change.
+ * lookup() takes buffer exports on the maps it reads, so no thread can close a map under it (it
+ * keeps the GIL except inside zlib.crc32 of a long record, where the exports still hold). Slots
+ * are read seqlock-style with acquire loads and fences; the data records a slot points at are
+ * append-only and never change. Little-endian hosts only, like the layouts.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the index and record layouts are little-endian; this build falls back to pure Python"
+#endif
 
 /* ---- byte layouts (see index_layout.py, file_layout.py) ---------------------------------- */
 
@@ -35,7 +41,10 @@
 #define RECORD_KEY_LEN_AT 21
 #define RECORD_VALUE_LEN_AT 25
 #define FLAG_TOMBSTONE 0x01
-#define SEQ_SPINS 100 /* as local_reads._SEQ_SPINS: a writer holds a slot odd for microseconds */
+/* A writer holds a slot odd for microseconds (more if it is descheduled): wait up to about as long
+ * as a round trip to the shard would take, then let the shard answer. The Python path's SEQ_SPINS
+ * iterations take about as long. */
+#define SEQ_WAIT_NS 50000
 
 /* Unaligned little-endian loads from mapped bytes. The slot words are 8-byte aligned (the map is
  * page-aligned and every field sits inside its own aligned word), so the seqlock loads are atomic. */
@@ -195,17 +204,46 @@ static PyObject *hit(PyObject *value, uint64_t expire_at_ms) {
 /* Reads one slot whose hash matched. SLOT_GONE: the slot no longer holds key_hash (keep probing);
  * SLOT_ANSWERED: *answer is a new reference (a hit tuple, MISSING, FALLBACK or SLOW), or NULL
  * with a Python error set. */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Called once a slot was seen odd (or torn): false once SEQ_WAIT_NS have passed since *since_ns. */
+static int keep_waiting(uint64_t *since_ns) {
+    cpu_relax();
+    uint64_t now = monotonic_ns();
+    if (*since_ns == 0) *since_ns = now;
+    return now - *since_ns < SEQ_WAIT_NS;
+}
+
 static slot_outcome read_slot(const unsigned char *slot, const unsigned char *key, Py_ssize_t key_len,
                               uint64_t key_hash, long long now_ms, PyObject *views, PyObject **answer) {
-    for (int spin = 0; spin < SEQ_SPINS; spin++) {
+    uint64_t waiting_since_ns = 0;
+    for (;;) {
         uint32_t seq = load_acquire32(slot + SLOT_SEQ_AT);
-        if (seq & 1) continue; /* the shard is writing this slot */
+        if (seq & 1) { /* the shard is writing this slot */
+            if (keep_waiting(&waiting_since_ns)) continue;
+            break;
+        }
         uint64_t seq_and_file = load_relaxed64(slot); /* seq | file_id */
         uint64_t stored_hash = load_relaxed64(slot + SLOT_HASH_AT);
         uint64_t position = load_relaxed64(slot + SLOT_OFFSET_AT); /* offset | record_len */
         uint64_t expire_at_ms = load_relaxed64(slot + SLOT_EXPIRE_AT);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (load_acquire32(slot + SLOT_SEQ_AT) != seq) continue; /* torn copy: read it again */
+        if (load_acquire32(slot + SLOT_SEQ_AT) != seq) { /* torn copy: read it again */
+            if (keep_waiting(&waiting_since_ns)) continue;
+            break;
+        }
         if (stored_hash != key_hash) return SLOT_GONE;
         uint32_t file_id = (uint32_t)(seq_and_file >> 32);
         uint64_t offset = position & 0xFFFFFFFFU, record_len = position >> 32;
@@ -249,9 +287,11 @@ static slot_outcome read_slot(const unsigned char *slot, const unsigned char *ke
             }
         }
         PyBuffer_Release(&data);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (result != NULL && load_acquire32(slot + SLOT_SEQ_AT) != seq) {
             Py_DECREF(result); /* the slot moved on while we read: start over */
-            continue;
+            if (keep_waiting(&waiting_since_ns)) continue;
+            break;
         }
         *answer = result;
         return SLOT_ANSWERED;
@@ -315,6 +355,7 @@ static PyObject *lookup(PyObject *module, PyObject *const *args, Py_ssize_t narg
     if (answer == NULL && !PyErr_Occurred()) answer = Py_NewRef(FALLBACK); /* probed every slot */
     /* A miss or hit is only as good as the table it came from: if the table was retired while
      * probing, the key may have moved to its replacement. */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (answer != NULL && answer != FALLBACK && answer != SLOW &&
         load_acquire32(base + STATE_AT) != STATE_LIVE) {
         Py_SETREF(answer, Py_NewRef(SLOW));
@@ -388,12 +429,12 @@ PyMODINIT_FUNC PyInit__localread(void) {
     SLOW = Py_NewRef(Py_None);
     /* Compared with index_layout/file_layout at import: a mismatch disables this module. */
     PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "HEADER_BYTES", HEADER_BYTES, "STATE_AT", STATE_AT, "CAPACITY_AT", CAPACITY_AT,
         "STATE_LIVE", STATE_LIVE, "SLOT_BYTES", SLOT_BYTES, "HASH_WORD_AT", SLOT_HASH_AT,
         "EMPTY", HASH_EMPTY, "RESERVED_HASHES", RESERVED_HASHES,
         "RECORD_HEADER_BYTES", RECORD_HEADER_BYTES, "FLAG_TOMBSTONE", FLAG_TOMBSTONE,
-        "RECORD_KEY_LEN_AT", RECORD_KEY_LEN_AT, "SEQ_SPINS", SEQ_SPINS);
+        "RECORD_KEY_LEN_AT", RECORD_KEY_LEN_AT);
     if (layout == NULL || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         Py_DECREF(module);

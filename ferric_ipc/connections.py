@@ -27,6 +27,7 @@ from ferric_ipc.file_layout import socket_path, stream_path
 _FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
 _CONNECT_RETRY_S = 0.01  # while a shard restarts, how often to try its socket again
 _READ_CHUNK_BYTES = 64 * 1024
+_MAX_READ_BYTES = 16 * 1024 * 1024  # one recv() allocates what it asks for, so big replies come in steps
 _HEADER_BYTES = protocol.STREAM_HEADER.size
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 
@@ -129,43 +130,81 @@ class StreamShardConnection(ShardConnection):
         self.path = stream_path(run_dir, shard_id)
         super().__init__(shard_id, self.path)
         self._sock = None
-        self._recv_timeout_ms = None  # what SO_RCVTIMEO holds now
+        self._timeout_ms = None  # what SO_RCVTIMEO and SO_SNDTIMEO hold now
 
     def _exchange(self, requests, timeout_ms, deadline):
+        wait_until = min(deadline, time.monotonic() + timeout_ms / 1000)
         ids, frames = self._frames(requests)
         data = b"".join(protocol.STREAM_HEADER.pack(_frame_length(frame)) + frame for frame in frames)
-        while True:
-            sock = self._sock or self._connect(deadline)
-            try:
-                sock.sendall(data, socket.MSG_NOSIGNAL)
-                break
-            except OSError:
+        # Bytes that must arrive before the shard can have applied anything: the first frame, whole.
+        first_frame_bytes = _HEADER_BYTES + len(frames[0])
+        try:
+            while True:
+                sock = self._sock or self._connect(wait_until)
+                self._set_timeouts(sock, wait_until)
+                sent = self._send(sock, data)
+                if sent == len(data):
+                    break
                 self._close_socket()
-                if len(frames) > 1:
-                    raise _Lost from None  # the first frames may have gone through
-                # A frame is applied only once it arrived whole, and a dead shard takes none:
-                # so it was not applied, and goes out again to whoever listens now.
-        replies = _Replies(ids)
-        wait_until = time.monotonic() + timeout_ms / 1000
-        inbox = b""
-        while replies.pending:
-            remaining_ms = int((wait_until - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                raise _NoReply
-            if remaining_ms != self._recv_timeout_ms:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(remaining_ms * 1000, 1_000_000)))
-                self._recv_timeout_ms = remaining_ms
+                if sent >= first_frame_bytes:
+                    raise _Lost  # a whole frame went out before the connection broke: it may have been applied
+                # A frame is applied only once it arrived whole, and a dead shard takes none: so nothing
+                # was applied, and the requests go out again to whoever listens now.
+                if time.monotonic() >= wait_until:
+                    raise _NoReply
+            return self._receive(sock, _Replies(ids), wait_until)
+        except (_NoReply, _Lost):
+            raise
+        except BaseException:
+            # Interrupted mid-frame (KeyboardInterrupt, an exception from a signal handler): the stream
+            # may hold half a request or half a reply, so it cannot be used again.
+            self._close_socket()
+            raise
+
+    def _send(self, sock, data):
+        """How many bytes of ``data`` went out before it was all sent, the connection broke, or SO_SNDTIMEO ran out."""
+        sent = 0
+        view = memoryview(data)
+        while sent < len(data):
             try:
-                chunk = sock.recv(_READ_CHUNK_BYTES)
+                sent += sock.send(view[sent:], socket.MSG_NOSIGNAL)
+            except (BlockingIOError, TimeoutError):
+                # The shard takes no more bytes (stalled, or its buffer is full): closing the connection
+                # leaves it a partial frame it will never apply.
+                raise _NoReply from None
+            except OSError:
+                return sent
+        return sent
+
+    def _receive(self, sock, replies, wait_until):
+        inbox = bytearray()
+        while replies.pending:
+            if time.monotonic() >= wait_until:
+                raise _NoReply
+            self._set_timeouts(sock, wait_until)
+            try:
+                chunk = sock.recv(min(max(_READ_CHUNK_BYTES, _bytes_missing(inbox)), _MAX_READ_BYTES))
             except (BlockingIOError, TimeoutError):
                 raise _NoReply from None
             except OSError:
                 raise _Lost from None
             if not chunk:
                 raise _Lost
-            inbox = inbox + chunk if inbox else chunk
-            inbox = _split_frames(inbox, replies.add)
+            if not inbox and _is_one_frame(chunk):
+                replies.add(chunk[_HEADER_BYTES:])  # the usual case: one reply, in one piece
+                continue
+            inbox += chunk
+            _take_frames(inbox, replies.add)
         return replies.value()
+
+    def _set_timeouts(self, sock, wait_until):
+        """Bound blocking sends and receives by ``wait_until`` (only a changed value costs a syscall)."""
+        remaining_ms = max(1, int((wait_until - time.monotonic()) * 1000))
+        if remaining_ms != self._timeout_ms:
+            timeval = _TIMEVAL.pack(*divmod(remaining_ms * 1000, 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            self._timeout_ms = remaining_ms
 
     def _connect(self, deadline):
         """A connected socket, trying again while the shard (re)starts; _NoReply once ``deadline`` passed."""
@@ -189,7 +228,7 @@ class StreamShardConnection(ShardConnection):
                 time.sleep(_CONNECT_RETRY_S)
                 continue
             self._sock = sock
-            self._recv_timeout_ms = None
+            self._timeout_ms = None
             return sock
 
     def _close_socket(self):
@@ -207,17 +246,28 @@ def _frame_length(frame):
     return len(frame)
 
 
-def _split_frames(inbox, emit):
-    """Call ``emit`` with each whole frame in ``inbox``; return the bytes of an unfinished one."""
+def _is_one_frame(chunk):
+    return len(chunk) >= _HEADER_BYTES and protocol.STREAM_HEADER.unpack_from(chunk)[0] == len(chunk) - _HEADER_BYTES
+
+
+def _bytes_missing(inbox):
+    """How many more bytes the frame at the start of ``inbox`` needs (0 if its length is not known yet)."""
+    if len(inbox) < _HEADER_BYTES:
+        return 0
+    return _HEADER_BYTES + protocol.STREAM_HEADER.unpack_from(inbox)[0] - len(inbox)
+
+
+def _take_frames(inbox, emit):
+    """Call ``emit`` with each whole frame at the start of the bytearray ``inbox`` and remove them from it."""
     start = 0
     while len(inbox) - start >= _HEADER_BYTES:
         (length,) = protocol.STREAM_HEADER.unpack_from(inbox, start)
         end = start + _HEADER_BYTES + length
         if end > len(inbox):
             break
-        emit(inbox[start + _HEADER_BYTES:end])
+        emit(bytes(inbox[start + _HEADER_BYTES:end]))
         start = end
-    return inbox[start:] if start else inbox
+    del inbox[:start]
 
 
 class ZmqShardConnection(ShardConnection):

@@ -26,13 +26,15 @@ from ferricd.config import from_dict
 from ferricd.index_file import IndexFiles
 from ferricd.storage import BitcaskStore
 from ferricd.storage.lock import DirectoryLock
-from ferricd.stream_server import FrameTooLarge, StreamListener
+from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
+from ferricd.stream_server import FrameTooLarge, OutOfDescriptors, StreamListener
 
 EXIT_BOOT_ERROR = 3
 EXIT_DATA_ERROR = 4
 
 TICK_MS = 100  # housekeeping (interval fsync, stop flag) at least this often
 MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long
+FD_WARNING_INTERVAL_S = 10  # out of descriptors: say so at most this often
 
 log = logging.getLogger("ferricd.shard")
 
@@ -53,7 +55,11 @@ class ShardServer:
         self.stream_endpoint = stream_path(config.run_dir, shard_id)
         self.store = self.tables = self._socket_lock = self._context = self._socket = self._listener = None
         self._poller = self._listener_fd = None
+        self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
+        self._fd_warned_at = float("-inf")
         self._streams = {}  # fd -> StreamConnection
+        self._masks = {}  # fd -> the poll events registered for that connection
+        self._waiting = set()  # StreamConnections holding received requests not yet taken
 
     def open(self):
         # The lock comes before the bind: a second shard binding the same ipc path
@@ -86,15 +92,21 @@ class ShardServer:
         self._listener_fd = self._listener.fileno()
         self._poller.register(self._listener_fd, zmq.POLLIN)
         while not should_stop():
-            ready = self._poller.poll(TICK_MS)
-            if ready:
+            # Requests already received (but left for lack of reply room or past the per-commit
+            # limit) are served without waiting for the poll.
+            runnable = any(connection.reply_room > 0 for connection in self._waiting)
+            ready = self._poller.poll(0 if runnable else TICK_MS)
+            if ready or runnable:
                 self.handle_ready(ready)
             self.store.sync_if_due()
+            if self._listener_paused_until is not None and time.monotonic() >= self._listener_paused_until:
+                self._listener_paused_until = None
+                self._poller.register(self._listener_fd, zmq.POLLIN)
         self.handle_ready(self._poller.poll(0))  # answer what was already queued when the stop came
 
     def handle_ready(self, ready):
         """Apply every ready request (``ready``: what the poller returned) under one group commit, then reply."""
-        requests = []  # (reply_to, frames): reply_to is a ROUTER identity (bytes) or a StreamConnection
+        requests = []  # (identity, frames) from the ROUTER
         for source, events in ready:  # the ROUTER socket itself, or the file descriptor of a plain socket
             if source is self._socket:
                 for _ in range(MAX_REQUESTS_PER_COMMIT):
@@ -104,61 +116,106 @@ class ShardServer:
                         break
                     requests.append((frames[0], frames[1:]))
             elif source == self._listener_fd:
-                for connection in self._listener.accept():
-                    self._streams[connection.fileno()] = connection
-                    self._poller.register(connection.fileno(), zmq.POLLIN)
+                self._accept()
             elif source in self._streams:
-                self._stream_ready(self._streams[source], events, requests)
-        replies = []  # (reply_to, request_id, reply frame)
+                self._stream_ready(self._streams[source], events)
+        replies = []  # (reply_to, request_id, reply frame): reply_to is an identity (bytes) or a StreamConnection
         failure = None
         try:
             with self.store.group_commit():
                 for reply_to, frames in requests:
                     replies.append((reply_to, *self.handle(frames)))
+                for connection in list(self._waiting):
+                    self._take_stream_requests(connection, replies)
         except StorageError as exc:  # the shared fsync failed: nothing in the batch may be acknowledged
             log.error("group commit failed: %s", exc)
             failure = exc
             message = f"{exc}; the shard restarts and recovers from what reached the disk"
             replies = [(reply_to, request_id, protocol.error_reply(request_id, "STORAGE", message))
                        for reply_to, request_id, _ in replies]
-        for reply_to, _request_id, reply in replies:
+        for reply_to, request_id, reply in replies:
             if type(reply_to) is bytes:
                 try:
                     self._socket.send_multipart([reply_to, reply], zmq.NOBLOCK)
                 except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
                     pass
-            elif reply_to.fileno() in self._streams:
+            elif self._streams.get(reply_to.fileno()) is reply_to:  # not dropped meanwhile
+                if len(reply) > MAX_STREAM_FRAME_BYTES:
+                    reply = protocol.error_reply(
+                        request_id, "LIMIT",
+                        f"the reply is {len(reply)} bytes, over the stream's {MAX_STREAM_FRAME_BYTES}-byte frame "
+                        "limit: ask for fewer or smaller values at once")
                 reply_to.send(reply)
-                if reply_to.wants_write:
-                    self._poller.modify(reply_to.fileno(), zmq.POLLIN | zmq.POLLOUT)
+                self._watch(reply_to)
         if failure is not None:
             raise failure
 
-    def _stream_ready(self, connection, events, requests):
+    def _stream_ready(self, connection, events):
         """Read (or finish writing to) one stream connection; close it when its peer left or misbehaved."""
         if events & zmq.POLLOUT:
             if not connection.flush():
                 self._drop_stream(connection)
                 return
-            if not connection.wants_write:
-                self._poller.modify(connection.fileno(), zmq.POLLIN)
-        if events & (zmq.POLLIN | zmq.POLLERR):
+            self._watch(connection)
+        if events & (zmq.POLLIN | zmq.POLLERR) and connection.wants_read:
             try:
-                frames = connection.read_frames()
+                open_ = connection.receive()
             except FrameTooLarge as exc:
                 self.commands.errors += 1
                 connection.send(protocol.error_reply(None, "BAD_FRAME", f"{exc}; the connection is closed"))
-                frames = None
-            if frames is None:
+                open_ = False
+            if not open_:
                 self._drop_stream(connection)
                 return
-            for frame in frames:
-                requests.append((connection, [frame]))
+            if connection.frames:
+                self._waiting.add(connection)
+            self._watch(connection)  # no more reading until those are taken
+
+    def _take_stream_requests(self, connection, replies):
+        """Run ``connection``'s received requests while its replies have room (bounded per commit)."""
+        room = connection.reply_room
+        for _ in range(MAX_REQUESTS_PER_COMMIT):
+            if not connection.frames or room <= 0:
+                break
+            request_id, reply = self.handle([connection.frames.popleft()])
+            room -= len(reply)
+            replies.append((connection, request_id, reply))
+        if not connection.frames:
+            self._waiting.discard(connection)
+
+    def _accept(self):
+        try:
+            accepted = self._listener.accept()
+        except OutOfDescriptors as exc:
+            accepted = exc.args[0]
+            now = time.monotonic()
+            if now - self._fd_warned_at >= FD_WARNING_INTERVAL_S:
+                self._fd_warned_at = now
+                log.warning("out of file descriptors (%s): new connections to %s wait in the backlog; "
+                            "raise LimitNOFILE or look for a client that leaks connections",
+                            exc.__cause__, self.stream_endpoint)
+            self._poller.unregister(self._listener_fd)
+            self._listener_paused_until = time.monotonic() + TICK_MS / 1000
+        for connection in accepted:
+            fd = connection.fileno()
+            self._streams[fd] = connection
+            self._masks[fd] = zmq.POLLIN
+            self._poller.register(fd, zmq.POLLIN)
+
+    def _watch(self, connection):
+        """Poll ``connection`` for what it can do now: read unless backlogged, write while replies wait."""
+        fd = connection.fileno()
+        mask = (zmq.POLLIN if connection.wants_read else 0) | (zmq.POLLOUT if connection.wants_write else 0)
+        if mask != self._masks.get(fd):
+            self._masks[fd] = mask
+            self._poller.modify(fd, mask)
 
     def _drop_stream(self, connection):
         fd = connection.fileno()
-        self._poller.unregister(fd)
+        if self._masks.pop(fd):  # a mask of 0 would have unregistered it already
+            self._poller.unregister(fd)
         del self._streams[fd]
+        self._waiting.discard(connection)
         connection.close()
 
     def handle(self, frames):

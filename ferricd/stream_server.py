@@ -3,8 +3,10 @@
 The same request and reply frames as the ROUTER socket (``ferric_ipc.protocol``),
 each preceded by its length (``protocol.STREAM_HEADER``). Nothing here blocks:
 the shard polls the listening socket and every connection, calls ``accept`` and
-``read_frames`` when they are readable, and ``send`` queues a reply that
-``flush`` finishes when the connection is writable again.
+``receive`` when they are readable, takes requests from ``frames`` while the
+connection has ``reply_room``, and ``send`` queues a reply that ``flush``
+finishes when the connection is writable again. A peer that does not read its
+replies is therefore not read from either: its requests wait in its socket.
 
 Without ZeroMQ's I/O threads a round trip wakes two threads instead of six,
 which is most of what a sequential request costs (docs/architecture.md).
@@ -13,11 +15,15 @@ which is most of what a sequential request costs (docs/architecture.md).
 import errno
 import os
 import socket
+from collections import deque
 
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES, STREAM_HEADER
 
 READ_CHUNK_BYTES = 256 * 1024  # one recv per readable connection; poll is level-triggered
 LISTEN_BACKLOG = 512  # every worker process of every application on the host may connect at once
+# A peer that sends requests but does not read the replies is not read from any more once this
+# much of its replies waits in the shard: its requests then wait in its own socket buffer.
+MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 _HEADER_BYTES = STREAM_HEADER.size
 
 
@@ -31,7 +37,8 @@ class StreamConnection:
     def __init__(self, sock):
         sock.setblocking(False)
         self.sock = sock
-        self._inbox = bytearray()
+        self.frames = deque()  # whole request frames received and not yet taken
+        self._inbox = bytearray()  # the start of a frame still arriving
         self._outbox = bytearray()
 
     def fileno(self):
@@ -42,27 +49,37 @@ class StreamConnection:
         """Whether replies are waiting for the socket to drain."""
         return bool(self._outbox)
 
-    def read_frames(self):
-        """The complete frames received so far; None when the peer has closed the connection.
+    @property
+    def reply_room(self):
+        """Bytes of replies this peer may still have waiting in the shard (MAX_OUTBOX_BYTES in all)."""
+        return MAX_OUTBOX_BYTES - len(self._outbox)
+
+    @property
+    def wants_read(self):
+        """Whether to read more: only once every received request was taken, and replies have room."""
+        return not self.frames and self.reply_room > 0
+
+    def receive(self):
+        """Read what arrived and split it into ``frames``; False when the peer has closed the connection.
 
         Raises FrameTooLarge for a length prefix past the limit.
         """
         try:
             chunk = self.sock.recv(READ_CHUNK_BYTES)
         except (BlockingIOError, InterruptedError):
-            return []
+            return True
         except OSError:  # reset by a peer that died
-            return None
+            return False
         if not chunk:
-            return None
+            return False
         inbox = self._inbox
         if not inbox and len(chunk) >= _HEADER_BYTES:
             # The common case: one whole frame in one chunk, nothing left over.
             (length,) = STREAM_HEADER.unpack_from(chunk)
             if len(chunk) == _HEADER_BYTES + length:
-                return [chunk[_HEADER_BYTES:]]
+                self.frames.append(chunk[_HEADER_BYTES:])
+                return True
         inbox += chunk
-        frames = []
         start = 0
         while len(inbox) - start >= _HEADER_BYTES:
             (length,) = STREAM_HEADER.unpack_from(inbox, start)
@@ -71,10 +88,10 @@ class StreamConnection:
             end = start + _HEADER_BYTES + length
             if end > len(inbox):
                 break
-            frames.append(bytes(inbox[start + _HEADER_BYTES:end]))
+            self.frames.append(bytes(inbox[start + _HEADER_BYTES:end]))
             start = end
         del inbox[:start]
-        return frames
+        return True
 
     def send(self, frame):
         """Queue one reply frame and send as much as the socket takes now."""
@@ -110,6 +127,10 @@ class StreamConnection:
         self.sock.close()
 
 
+class OutOfDescriptors(Exception):
+    """accept() failed for want of file descriptors; the waiting connections stay in the backlog."""
+
+
 class StreamListener:
     """The listening socket at ``path``; the caller must hold the shard's lock (binding replaces a stale file)."""
 
@@ -133,7 +154,12 @@ class StreamListener:
         return self.sock.fileno()
 
     def accept(self):
-        """Connections waiting to be accepted (possibly none)."""
+        """Connections waiting to be accepted (possibly none).
+
+        Raises OutOfDescriptors, carrying what was accepted before, when the process or system
+        has no descriptor left: the caller should stop polling the listener for a while, since it
+        stays readable and poll would return at once, forever.
+        """
         accepted = []
         while True:
             try:
@@ -142,8 +168,8 @@ class StreamListener:
                 return accepted
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return accepted  # out of descriptors: the client waits in the backlog and times out
-                raise
+                    raise OutOfDescriptors(accepted) from exc
+                continue  # ECONNABORTED and the like: that peer gave up; the others are still there
             accepted.append(StreamConnection(sock))
 
     def close(self):

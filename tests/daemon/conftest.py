@@ -8,6 +8,7 @@ than under pytest's (long) ``tmp_path``.
 """
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,8 @@ def short_tempdir():
 class Daemon:
     """One ``python -m ferricd`` process tree on ``data_dir`` / ``run_dir``, stderr logged to a file."""
 
-    def __init__(self, base, shards=2, config=None, env=None, data_dir=None, run_dir=None, name="ferricd"):
+    def __init__(self, base, shards=2, config=None, env=None, data_dir=None, run_dir=None, name="ferricd",
+                 max_open_files=None):
         self.base = base
         self.shards = shards
         self.data_dir = data_dir or os.path.join(base, "data")
@@ -45,6 +47,7 @@ class Daemon:
             with open(self.config_path, "w") as f:
                 f.write(config)
         self.env = env
+        self.max_open_files = max_open_files  # RLIMIT_NOFILE for the daemon and its shards
         self.name = name
         self.stderr_path = os.path.join(base, f"{name}.stderr")
         self.stdout_path = os.path.join(base, f"{name}.stdout")
@@ -71,11 +74,15 @@ class Daemon:
         with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                cwd=self.base, start_new_session=True,
+                cwd=self.base, start_new_session=True, preexec_fn=self._limit_open_files,
             )
         if wait:
             self.wait_ready()
         return self
+
+    def _limit_open_files(self):
+        if self.max_open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     @property
     def pid(self):

@@ -92,6 +92,10 @@ class NativeAgreesWithPython(RuleBasedStateMachine):
 
     @initialize()
     def open(self):
+        # Re-map a data file as soon as a record lies past its mapping, so that after the first
+        # lookup of a key the C path can answer it on its own (checked in the invariant).
+        self.remap_step = local_reads._REMAP_STEP_BYTES
+        local_reads._REMAP_STEP_BYTES = 0
         self.tmp = tempfile.mkdtemp(prefix="flrn-")
         self.run_dir = os.path.join(self.tmp, "run")
         os.mkdir(self.run_dir)
@@ -142,9 +146,15 @@ class NativeAgreesWithPython(RuleBasedStateMachine):
                 got = None if found is MISSING else found
                 assert found is not FALLBACK, (key, reader._native_lookup)
                 assert got == expected, (key, got, expected, reader._native_lookup)
+            # The C function alone, now that the reader has mapped what it needs: it must answer
+            # (not hand over to Python), and answer the same.
+            found = native.extension.lookup(self.c_reader._table[0], key, key_hash64(key), now_ms, self.c_reader._views)
+            assert found is not local_reads._SLOW and found is not FALLBACK, key
+            assert (None if found is MISSING else found) == expected, (key, found, expected)
             assert self.store.get_with_expiry(key) == expected
 
     def teardown(self):
+        local_reads._REMAP_STEP_BYTES = getattr(self, "remap_step", local_reads._REMAP_STEP_BYTES)
         if hasattr(self, "store"):
             self.c_reader.close()
             self.py_reader.close()
@@ -162,20 +172,27 @@ def test_damaged_record_is_refused_by_both_paths(tmp_path):
     tables = IndexFiles(run_dir, 0)
     store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
     tables.publish(store.index_buffer)
+    long_value = b"L" * 3000  # long enough for the zlib CRC path
     try:
         store.put(b"good", b"value-1")
         store.put(b"bad", b"value-2")
+        store.put(b"good-long", long_value)
+        store.put(b"bad-long", long_value[:-7] + b"value-3")
         path = os.path.join(shard, data_file_name(1))
         with open(path, "r+b") as f:
             data = f.read()
-            at = data.index(b"value-2")
-            f.seek(at)
-            f.write(b"VALUE-2")  # the record's CRC no longer matches
-        for reader in (LocalShardReader(run_dir, shard, 0), python_reader(run_dir, shard)):
-            now_ms = 1
-            assert reader.lookup(b"good", key_hash64(b"good"), now_ms) == (b"value-1", 0)
-            assert reader.lookup(b"bad", key_hash64(b"bad"), now_ms) is FALLBACK
-            reader.close()
+            for damaged in (b"value-2", b"value-3"):
+                f.seek(data.index(damaged))
+                f.write(damaged.upper())  # the record's CRC no longer matches
+        expected = {b"good": (b"value-1", 0), b"good-long": (long_value, 0), b"bad": FALLBACK, b"bad-long": FALLBACK}
+        c_reader, py_reader = LocalShardReader(run_dir, shard, 0), python_reader(run_dir, shard)
+        for reader in (c_reader, py_reader):
+            for key, answer in expected.items():
+                assert reader.lookup(key, key_hash64(key), 1) == answer, key
+        for key, answer in expected.items():  # the C function alone, with everything mapped
+            assert native.extension.lookup(c_reader._table[0], key, key_hash64(key), 1, c_reader._views) == answer, key
+        c_reader.close()
+        py_reader.close()
     finally:
         store.close()
 

@@ -14,10 +14,12 @@ import threading
 import time
 
 import msgpack
+import psutil
 import pytest
 
-from ferric_ipc.errors import FerricConnectionError
+from ferric_ipc.errors import FerricConnectionError, FerricTimeoutError
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
+from ferricd.stream_server import MAX_OUTBOX_BYTES
 from tests.daemon.conftest import keys_on_shard
 
 
@@ -152,21 +154,112 @@ def test_values_larger_than_socket_buffers_round_trip(stream_daemon, normal):
     assert remote_reader.mget([b"st:big:%d" % i for i in range(4)]) == [big[i:] + big[:i] for i in range(4)]
 
 
-def test_a_peer_that_never_reads_does_not_hold_up_others(stream_daemon, normal):
-    """Replies to a peer that does not read pile up in the shard, not in front of other clients."""
+def test_a_peer_that_never_reads_does_not_hold_up_others_or_fill_memory(stream_daemon, normal):
+    """Replies to a peer that does not read wait in the shard, not in front of other clients; past
+    MAX_OUTBOX_BYTES the shard stops taking that peer's requests, so its memory stays bounded."""
     key = keys_on_shard(0, 1, "st:hog:")[0]
     assert normal.set(key, b"h" * (512 * 1024)) is True
+    rss_before = normal.info()[0]["rss_bytes"]
     hog = connect(stream_daemon)
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    hog.sendall(b"".join(framed([i, "get", [key]]) for i in range(100)))  # 50 MiB of replies, never read
-    time.sleep(0.2)
+    requests = b"".join(framed([i, "get", [key]]) for i in range(400))  # 200 MiB of replies, never read
+    sender = threading.Thread(target=hog.sendall, args=(requests,), daemon=True)
+    sender.start()  # blocks once the shard stops reading this peer
+    time.sleep(1.0)
     reader = stream_daemon.client(transport="unix", local_reads=False, timeout_ms=2000)
-    for i in range(20):
-        started = time.monotonic()
-        assert reader.get(key) == b"h" * (512 * 1024)
-        assert time.monotonic() - started < 1.0
+    for _ in range(20):
+        assert reader.get(key) == b"h" * (512 * 1024)  # within the 2 s timeout
+    grown = normal.info()[0]["rss_bytes"] - rss_before
+    assert grown < MAX_OUTBOX_BYTES + 48 * 1024 * 1024, f"the shard grew by {grown / 2**20:.0f} MiB for one peer"
     hog.close()
+    sender.join(5)
     still_serving(normal, "hog")
+
+
+def test_replies_larger_than_socket_buffers_arrive_within_the_timeout(stream_daemon, normal):
+    """A reply of tens of MiB is read in large steps, not re-copied per chunk (which once took seconds)."""
+    big = [os.urandom(15 * 1024 * 1024) for _ in range(4)]
+    keys = keys_on_shard(1, 4, "st:huge:")
+    assert normal.mset(dict(zip(keys, big))) is True
+    remote = stream_daemon.client(transport="unix", local_reads=False, timeout_ms=2000)
+    assert remote.mget(keys) == big
+    normal.delete(*keys)
+
+
+def test_a_call_waits_no_longer_than_its_timeout_even_while_connecting(make_daemon):
+    """A shard whose socket appears late (it is starting) and that then never answers: the call still
+    gives up after timeout_ms in all, counting the time spent connecting."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=500, transport="unix", local_reads=False)
+    pid = client.hello()["pid"]
+    client.close()  # the next call connects afresh
+    os.kill(pid, signal.SIGSTOP)  # it will accept nothing and answer nothing
+    path = os.path.join(daemon.run_dir, "shard-0.stream")
+    hidden = path + ".away"
+    os.rename(path, hidden)
+    threading.Timer(0.4, os.rename, args=(hidden, path)).start()  # the socket is back at 0.4 s
+    started = time.monotonic()
+    with pytest.raises(FerricTimeoutError):
+        client.set(b"st:late", b"v")
+    elapsed = time.monotonic() - started
+    os.kill(pid, signal.SIGCONT)
+    assert elapsed < 0.75, f"a 500 ms call took {elapsed:.2f} s"
+
+
+def test_a_send_interrupted_mid_frame_leaves_the_next_call_working(make_daemon):
+    """An exception raised by a signal handler while a large request is half sent: the connection
+    holds half a frame and must not be used again, or the next request would be read as its tail."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=5000, transport="unix", local_reads=False)
+    assert client.ping() is True
+    pid = client.hello()["pid"]
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    os.kill(pid, signal.SIGSTOP)  # the shard reads nothing: the big send blocks once buffers are full
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            client.set(b"st:interrupted", b"x" * (8 * 1024 * 1024))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.kill(pid, signal.SIGCONT)
+    assert client.set(b"st:after", b"fine") is True
+    assert client.get(b"st:after") == b"fine"
+    assert client.get(b"st:interrupted") is None, "half a frame was applied"
+    assert daemon.stop() == 0
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_without_spinning(make_daemon):
+    """With every descriptor in use the listener stays readable; the shard must stop polling it for a
+    while (not burn a CPU), say so once, and accept the waiting peers when descriptors free up."""
+    daemon = make_daemon(shards=1, max_open_files=64)
+    client = daemon.client(timeout_ms=3000, transport="unix", local_reads=False)
+    shard_pid = client.hello()["pid"]
+    socks = []
+    for _ in range(80):  # more than the shard has descriptors for; the rest wait in the backlog
+        socks.append(connect(daemon))
+    time.sleep(0.3)
+    shard = psutil.Process(shard_pid)
+    cpu_before = sum(shard.cpu_times()[:2])
+    time.sleep(1.0)
+    cpu_used = sum(shard.cpu_times()[:2]) - cpu_before
+    assert cpu_used < 0.5, f"the shard used {cpu_used:.2f} s of CPU in 1 s while out of descriptors"
+    for sock in socks[:40]:
+        sock.close()
+    for i, sock in enumerate(socks[40:]):  # accepted once descriptors freed up
+        sock.sendall(framed([i, "ping", []]))
+        assert read_replies(sock, 1) == [[i, 0, "pong"]]
+        sock.close()
+    assert daemon.stderr().count("out of file descriptors") == 1
+    still_serving(client, "fds")
+    assert daemon.stop() == 0
 
 
 def test_hundreds_of_connections_at_once(stream_daemon, normal):
