@@ -1,4 +1,4 @@
-"""Read latency: ferric local reads (mapped index) against ZeroMQ reads, redis-py and python-diskcache.
+"""Read latency: ferric local reads (mapped index) against ferric round trips, redis-py and python-diskcache.
 
 Starts its own ferricd (one shard, ``fsync = "never"`` by default; reads do
 not depend on it) and redis-server (``--port 0 --unixsocket ... --save ""
@@ -10,7 +10,8 @@ at a time (``time.perf_counter_ns`` around each call), for hits and misses,
 100 B and 4 KiB values, same keys and values everywhere:
 
 1. ferric local read: ``Client(run_dir, local_reads=True).get``;
-2. ferric ZeroMQ read: ``Client(run_dir, local_reads=False).get``;
+2. ferric round trip: ``Client(run_dir, local_reads=False).get`` (the Unix stream
+   transport, the client's default);
 3. redis-py ``GET`` over a Unix socket;
 4. python-diskcache ``Cache(dir).get`` (SQLite in the temporary directory).
 
@@ -19,7 +20,7 @@ hit/miss) and every system, the order rotating, so that drift in the machine
 hits them alike. The round-trip floor of the machine (raw AF_UNIX and pyzmq
 echo servers, from ``ipc_bench``) is printed first for context. Every reply is checked outside the
 timed part; after the timed runs an untimed sweep reads every key through the
-local client and compares it with the expected value and with the ZeroMQ
+local client and compares it with the expected value and with the shard's
 reply. ``client.read_counts`` shows whether the local client's reads were
 served from the mapped files ("local") or sent to the shard ("fallback").
 
@@ -67,8 +68,8 @@ MISS_FORMAT = b"read:miss:%08d:%d"  # never written anywhere
 INDEX_FORMAT = b"read:idx:%08d"  # extra keys for the index-memory step
 VALUE_SIZES = (100, 4096)
 CASES = ("hit", "miss")
-SYSTEMS = ("local", "zmq", "redis", "diskcache")
-LABELS = {"local": "ferric local", "zmq": "ferric zmq", "redis": "redis-py", "diskcache": "diskcache"}
+SYSTEMS = ("local", "remote", "redis", "diskcache")
+LABELS = {"local": "ferric local", "remote": "ferric remote", "redis": "redis-py", "diskcache": "diskcache"}
 WARMUP_OPS = 500
 SEED = 4321
 
@@ -231,12 +232,12 @@ def main():
     for name, s in ib.transport_floor(base, 5_000 if args.quick else 20_000).items():
         print(f"IPC floor : {name} (ipc_bench's echo servers, 100 B): p50 {s['p50']:.1f} µs, p99 {s['p99']:.1f} µs")
     daemon = redis_server = cache = None
-    local = zmq_client = rclient = None
+    local = remote_client = rclient = None
     results = {}  # (system, size, case) -> summary
     wrong = {system: Wrong() for system in SYSTEMS}
     counts_after_timed = None
     local_gets_issued = 0
-    sweep = {"checked": 0, "wrong": Wrong(), "disagree_with_zmq": 0}
+    sweep = {"checked": 0, "wrong": Wrong(), "disagree_with_shard": 0}
     index_rows = []
     index_latency = None
     counts_after_index = None
@@ -248,7 +249,7 @@ def main():
         daemon = ib.Ferricd(base, "read1", 1, args.fsync)
         daemon.start()
         local = Client(daemon.run_dir, timeout_ms=10_000, local_reads=True)
-        zmq_client = Client(daemon.run_dir, timeout_ms=10_000, local_reads=False)
+        remote_client = Client(daemon.run_dir, timeout_ms=10_000, local_reads=False)
         shard_identity["start"] = (local.hello()["pid"], local.hello()["epoch"])
         if "redis" not in skipped:
             redis_server = ib.RedisServer(base).start()
@@ -270,7 +271,7 @@ def main():
             value = value_for(size)
             data[size] = (keys, misses, value)
             t0 = time.perf_counter()
-            ib.preload("ferric", zmq_client, keys, value)
+            ib.preload("ferric", remote_client, keys, value)
             if rclient is not None:
                 ib.preload("redis", rclient, keys, value)
             if cache is not None:
@@ -280,11 +281,11 @@ def main():
             print(f"  {nkeys} keys of {ib.size_label(size)} loaded into "
                   + ", ".join(s for s in ("ferricd", "redis" if rclient else None, "diskcache" if cache else None) if s)
                   + f" in {time.perf_counter() - t0:.1f} s", flush=True)
-        keys_now, index_bytes, capacity = index_stats(zmq_client)
+        keys_now, index_bytes, capacity = index_stats(remote_client)
         print(f"  ferricd now holds {keys_now} keys; index {index_bytes:,} B, capacity {capacity:,} slots")
 
         print(f"\n[2/4] sequential GET latency, µs (p50 / p99), {per_round * rounds} per system per point", flush=True)
-        getters = {"local": local.get, "zmq": zmq_client.get}
+        getters = {"local": local.get, "remote": remote_client.get}
         if rclient is not None:
             getters["redis"] = rclient.get
         if cache is not None:
@@ -319,12 +320,12 @@ def main():
                   + "  ".join(f"{LABELS[s]} {results[(s, size, case)]['p50']:6.2f} / {results[(s, size, case)]['p99']:7.2f}"
                               for s in systems), flush=True)
         counts_after_timed = dict(local.read_counts)
-        zmq_counts = dict(zmq_client.read_counts)
+        remote_counts = dict(remote_client.read_counts)
         print(f"  local client read_counts after the timed runs: {counts_after_timed} "
               f"({local_gets_issued} local GETs issued, warm-ups included)")
-        print(f"  zmq client read_counts: {zmq_counts} (local_reads=False never consults the index)")
+        print(f"  remote client read_counts: {remote_counts} (local_reads=False never consults the index)")
 
-        print("\n[3/4] untimed correctness sweep: every key once through the local client, compared with ZeroMQ",
+        print("\n[3/4] untimed correctness sweep: every key once through the local client, compared with the shard",
               flush=True)
         before = dict(local.read_counts)
         for size in VALUE_SIZES:
@@ -335,18 +336,18 @@ def main():
                     sweep["checked"] += 1
                     if got != expected:
                         sweep["wrong"].add(key, expected, got)
-                    if got != zmq_client.get(key):
-                        sweep["disagree_with_zmq"] += 1
+                    if got != remote_client.get(key):
+                        sweep["disagree_with_shard"] += 1
         after = dict(local.read_counts)
         sweep["counts"] = {k: after[k] - before[k] for k in after}
         print(f"  {sweep['checked']} keys checked: {sweep['wrong'].count} wrong, "
-              f"{sweep['disagree_with_zmq']} disagree with the ZeroMQ reply; read_counts delta {sweep['counts']}")
+              f"{sweep['disagree_with_shard']} disagree with the shard's reply; read_counts delta {sweep['counts']}")
         for line in sweep["wrong"].examples:
             print(f"    {line}")
 
         target_keys = settings["index_keys"]
         print(f"\n[4/4] index memory: load the shard up to {target_keys:,} keys (100 B values)", flush=True)
-        keys_now, index_bytes, capacity = index_stats(zmq_client)
+        keys_now, index_bytes, capacity = index_stats(remote_client)
         index_rows.append((keys_now, index_bytes, capacity))
         small = value_for(100)
         step = max(1, target_keys // 4)
@@ -355,8 +356,8 @@ def main():
             goal = min(target_keys, (keys_now // step + 1) * step)
             extra = [INDEX_FORMAT % i for i in range(next_id, next_id + goal - keys_now)]
             next_id += len(extra)
-            ib.preload("ferric", zmq_client, extra, small)
-            keys_now, index_bytes, capacity = index_stats(zmq_client)
+            ib.preload("ferric", remote_client, extra, small)
+            keys_now, index_bytes, capacity = index_stats(remote_client)
             index_rows.append((keys_now, index_bytes, capacity))
         for keys_at, bytes_at, cap_at in index_rows:
             print(f"  {keys_at:8,} keys: index {bytes_at:11,} B, capacity {cap_at:9,} slots, "
@@ -378,7 +379,7 @@ def main():
               + (f"; WRONG={index_wrong.count}" if index_wrong.count else ""))
         shard_identity["end"] = (local.hello()["pid"], local.hello()["epoch"])
     finally:
-        for c in (local, zmq_client):
+        for c in (local, remote_client):
             if c is not None:
                 c.close()
         if rclient is not None:
@@ -405,7 +406,7 @@ def main():
                 r = results.get((s, size, case))
                 cells.append(f"{r['p50']:7.2f} / {r['p99']:6.2f}" if r else f"{'-':>16}")
             print(f"  {ib.size_label(size):>6} {case:4} | " + " | ".join(f"{c:>16}" for c in cells))
-    others = [s for s in ("redis", "zmq", "diskcache") if s in systems]
+    others = [s for s in ("redis", "remote", "diskcache") if s in systems]
     print("\nratios to ferric local (how many times slower than a local read), p50 (p99)")
     header = f"  {'value':>6} {'case':4} | " + " | ".join(f"{LABELS[s] + '/local':>18}" for s in others)
     print(header)
@@ -452,7 +453,7 @@ def main():
           + (f"; fallback share {ratio(counts_after_timed['fallback'], local_gets_issued):.2%}" if counts_after_timed else ""))
     if "counts" in sweep:
         print(f"  correctness sweep: {sweep['checked']} keys, {sweep['wrong'].count} wrong, "
-              f"{sweep['disagree_with_zmq']} disagree with ZeroMQ; read_counts delta {sweep['counts']}")
+              f"{sweep['disagree_with_shard']} disagree with the shard; read_counts delta {sweep['counts']}")
     if counts_after_index is not None:
         print(f"  at {index_rows[-1][0]:,} keys: read_counts delta {counts_after_index}")
 
