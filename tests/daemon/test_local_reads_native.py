@@ -84,7 +84,6 @@ KEYS = [f"k{i}".encode() for i in range(40)] + [b"", b"{tag}x", b"x" * 300]
 VALUES = st.one_of(st.binary(max_size=40), st.binary(min_size=3000, max_size=5000))
 
 
-@needs_extension
 @settings(max_examples=30, stateful_step_count=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 class NativeAgreesWithPython(RuleBasedStateMachine):
@@ -162,7 +161,7 @@ class NativeAgreesWithPython(RuleBasedStateMachine):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-TestNativeAgreesWithPython = NativeAgreesWithPython.TestCase
+TestNativeAgreesWithPython = needs_extension(NativeAgreesWithPython.TestCase)
 
 
 @needs_extension
