@@ -13,8 +13,8 @@ timeout_ms, retry)`` the same way:
 """
 
 import errno
+import select
 import socket
-import struct
 import threading
 import time
 
@@ -29,7 +29,6 @@ _CONNECT_RETRY_S = 0.01  # while a shard restarts, how often to try its socket a
 _READ_CHUNK_BYTES = 64 * 1024
 _MAX_READ_BYTES = 16 * 1024 * 1024  # one recv() allocates what it asks for, so big replies come in steps
 _HEADER_BYTES = protocol.STREAM_HEADER.size
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 
 # connect() errors meaning "no shard listens there right now": it is starting or restarting.
 _NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN)
@@ -130,7 +129,7 @@ class StreamShardConnection(ShardConnection):
         self.path = stream_path(run_dir, shard_id)
         super().__init__(shard_id, self.path)
         self._sock = None
-        self._timeout_ms = None  # what SO_RCVTIMEO and SO_SNDTIMEO hold now
+        self._poll = None  # select.poll on the socket: every wait is bounded by the call's deadline
 
     def _exchange(self, requests, timeout_ms, deadline):
         wait_until = min(deadline, time.monotonic() + timeout_ms / 1000)
@@ -141,8 +140,7 @@ class StreamShardConnection(ShardConnection):
         try:
             while True:
                 sock = self._sock or self._connect(wait_until)
-                self._set_timeouts(sock, wait_until)
-                sent = self._send(sock, data)
+                sent = self._send(sock, data, wait_until)
                 if sent == len(data):
                     break
                 self._close_socket()
@@ -161,39 +159,36 @@ class StreamShardConnection(ShardConnection):
             self._close_socket()
             raise
 
-    def _send(self, sock, data):
-        """How many bytes of ``data`` went out before it was all sent, the connection broke, or SO_SNDTIMEO ran out."""
+    def _send(self, sock, data, wait_until):
+        """How many bytes of ``data`` went out before it was all sent or the connection broke.
+
+        Raises _NoReply when ``wait_until`` passes first (a stalled shard, or one that drains slowly):
+        closing the connection then leaves the shard a partial frame it never applies.
+        """
         try:
-            sent = sock.send(data, socket.MSG_NOSIGNAL)  # a request usually goes out in one piece
-        except (BlockingIOError, TimeoutError):
-            raise _NoReply from None
+            sent = sock.send(data, socket.MSG_NOSIGNAL)  # a request usually goes out whole, at once
+        except BlockingIOError:
+            sent = 0
         except OSError:
             return 0
         view = memoryview(data)
         while sent < len(data):
             try:
                 sent += sock.send(view[sent:], socket.MSG_NOSIGNAL)
-            except (BlockingIOError, TimeoutError):
-                # The shard takes no more bytes (stalled, or its buffer is full): closing the connection
-                # leaves it a partial frame it will never apply.
-                raise _NoReply from None
+            except BlockingIOError:
+                self._wait(select.POLLOUT, wait_until)
             except OSError:
                 return sent
         return sent
 
     def _receive(self, sock, replies, wait_until):
         inbox = bytearray()
-        first = True  # the timeouts were just set for this exchange
         while replies.pending:
-            if not first:
-                if time.monotonic() >= wait_until:
-                    raise _NoReply
-                self._set_timeouts(sock, wait_until)
-            first = False
+            self._wait(select.POLLIN, wait_until)
             try:
                 chunk = sock.recv(min(max(_READ_CHUNK_BYTES, _bytes_missing(inbox)), _MAX_READ_BYTES))
-            except (BlockingIOError, TimeoutError):
-                raise _NoReply from None
+            except BlockingIOError:
+                continue  # woken for nothing
             except OSError:
                 raise _Lost from None
             if not chunk:
@@ -205,19 +200,16 @@ class StreamShardConnection(ShardConnection):
             _take_frames(inbox, replies.add)
         return replies.value()
 
-    def _set_timeouts(self, sock, wait_until):
-        """Bound blocking sends and receives by ``wait_until``, give or take 2 %.
+    def _wait(self, events, wait_until):
+        """Until the socket is ready for ``events`` (or hung up); _NoReply once ``wait_until`` passed.
 
-        The tolerance is what keeps this free: most calls find the value already set by the
-        last one (two syscalls per request otherwise).
+        The socket is non-blocking and every wait is a poll() bounded by the time left, which Python
+        recomputes when a signal interrupts it: no wait outlives the call's deadline.
         """
-        remaining_ms = max(1, int((wait_until - time.monotonic()) * 1000))
-        current = self._timeout_ms
-        if current is None or not remaining_ms <= current <= remaining_ms * 1.02 + 1:
-            timeval = _TIMEVAL.pack(*divmod(remaining_ms * 1000, 1_000_000))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-            self._timeout_ms = remaining_ms
+        self._poll.register(self._sock, events)
+        while not self._poll.poll(max(0, int((wait_until - time.monotonic()) * 1000) + 1)):
+            if time.monotonic() >= wait_until:
+                raise _NoReply
 
     def _connect(self, deadline):
         """A connected socket, trying again while the shard (re)starts; _NoReply once ``deadline`` passed."""
@@ -226,7 +218,7 @@ class StreamShardConnection(ShardConnection):
             try:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))  # a full backlog would block
                 sock.connect(self.path)
-                sock.settimeout(None)
+                sock.setblocking(False)
             except OSError as exc:
                 sock.close()
                 if isinstance(exc, PermissionError):
@@ -241,13 +233,13 @@ class StreamShardConnection(ShardConnection):
                 time.sleep(_CONNECT_RETRY_S)
                 continue
             self._sock = sock
-            self._timeout_ms = None
+            self._poll = select.poll()
             return sock
 
     def _close_socket(self):
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock = self._poll = None
 
 
 def _frame_length(frame):

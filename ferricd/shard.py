@@ -158,7 +158,9 @@ class ShardServer:
 
     def _stream_ready(self, connection, events):
         """Read (or finish writing to) one stream connection; close it when its peer left or misbehaved."""
-        if events & _POLLOUT:
+        # POLLERR: the peer hung up. A peer whose replies are queued is then flushed (EPIPE drops it);
+        # leaving the event unhandled would make every poll return at once.
+        if events & (_POLLOUT | _POLLERR) and connection.wants_write:
             if not connection.flush():
                 self._drop_stream(connection)
                 return

@@ -6,6 +6,7 @@ that vanish mid-frame or never read their replies, and many peers at once; the c
 tell "not sent" (send again) from "sent, answer lost" (a write may have happened).
 """
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,9 @@ import time
 import msgpack
 import psutil
 import pytest
+
+from ferric_ipc.client import Client
+from ferric_ipc.protocol import PROTOCOL_VERSION
 
 from ferric_ipc.errors import FerricConnectionError, FerricTimeoutError
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
@@ -171,6 +175,14 @@ def test_a_peer_that_never_reads_does_not_hold_up_others_or_fill_memory(stream_d
         assert reader.get(key) == b"h" * (512 * 1024)  # within the 2 s timeout
     grown = normal.info()[0]["rss_bytes"] - rss_before
     assert grown < MAX_OUTBOX_BYTES + 48 * 1024 * 1024, f"the shard grew by {grown / 2**20:.0f} MiB for one peer"
+    # The peer hangs up without closing its descriptor: the shard must notice, not spin on the event.
+    hog.shutdown(socket.SHUT_RDWR)
+    time.sleep(0.3)
+    shard = psutil.Process(normal.hello(shard=0)["pid"])
+    cpu_before = sum(shard.cpu_times()[:2])
+    time.sleep(1.0)
+    cpu_used = sum(shard.cpu_times()[:2]) - cpu_before
+    assert cpu_used < 0.5, f"the shard used {cpu_used:.2f} s of CPU in 1 s after a peer hung up"
     hog.close()
     sender.join(5)
     still_serving(normal, "hog")
@@ -220,15 +232,17 @@ def test_a_send_interrupted_mid_frame_leaves_the_next_call_working(make_daemon):
     def interrupt(signum, frame):
         raise Interrupted
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
+    # SIGUSR1 from a timer thread: SIGALRM and the real-time timer belong to pytest-timeout.
+    previous = signal.signal(signal.SIGUSR1, interrupt)
     os.kill(pid, signal.SIGSTOP)  # the shard reads nothing: the big send blocks once buffers are full
+    timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGUSR1))
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        timer.start()
         with pytest.raises(Interrupted):
             client.set(b"st:interrupted", b"x" * (8 * 1024 * 1024))
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
         os.kill(pid, signal.SIGCONT)
     assert client.set(b"st:after", b"fine") is True
     assert client.get(b"st:after") == b"fine"
@@ -321,3 +335,87 @@ def test_no_permission_on_the_socket_names_the_group(make_daemon):
     client = daemon.client(timeout_ms=500, transport="unix", local_reads=False)
     with pytest.raises(FerricConnectionError, match="permission denied"):
         client.ping()
+
+
+class SlowShard:
+    """A stand-in for a shard that misbehaves at the socket level, which a real one cannot be made to:
+    it accepts one connection on ``run_dir/shard-0.stream``, then reads ``chunk`` bytes every
+    ``every_s`` seconds after ``start_after_s``, and never answers."""
+
+    def __init__(self, run_dir, start_after_s, chunk, every_s):
+        with open(os.path.join(run_dir, "ferricd.json"), "w") as f:
+            json.dump({"shards": 1, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "transports": ["unix"]}, f)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(os.path.join(run_dir, "shard-0.stream"))
+        self.listener.listen(1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(start_after_s, chunk, every_s), daemon=True)
+        self.thread.start()
+
+    def _run(self, start_after_s, chunk, every_s):
+        conn, _ = self.listener.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.stop.wait(start_after_s)
+        while not self.stop.is_set():
+            try:
+                if not conn.recv(chunk):
+                    break
+            except OSError:
+                break
+            self.stop.wait(every_s)
+        conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("start_after_s, chunk, every_s", [
+    (0.0, 64 * 1024, 0.05),  # drains slowly, but never stops taking bytes
+    (0.45, 1 << 24, 0.01),  # takes nothing for most of the timeout, then everything, then never answers
+])
+def test_a_call_to_a_shard_that_drains_slowly_ends_at_its_timeout(make_daemon, start_after_s, chunk, every_s):
+    run_dir = os.path.join(make_daemon.tempdir(), "run")
+    os.makedirs(run_dir)
+    shard = SlowShard(run_dir, start_after_s, chunk, every_s)
+    client = Client(run_dir, timeout_ms=500, transport="unix", local_reads=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FerricTimeoutError):
+            client.set(b"st:slow", b"x" * (8 * 1024 * 1024))
+        elapsed = time.monotonic() - started
+        assert elapsed < 0.75, f"a 500 ms call took {elapsed:.2f} s"
+    finally:
+        client.close()
+        shard.close()
+
+
+def test_signals_arriving_during_a_wait_do_not_extend_it(make_daemon):
+    """A process taking a signal every 50 ms (a profiler, a heartbeat) while a shard does not answer:
+    every interrupted wait resumes with the time left, not with a fresh timeout."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=300, transport="unix", local_reads=False)
+    pid = client.hello()["pid"]
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    stop = threading.Event()
+
+    def tick():  # SIGALRM and the real-time timer belong to pytest-timeout
+        while not stop.wait(0.05):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ticker.start()
+        started = time.monotonic()
+        with pytest.raises(FerricTimeoutError):
+            client.set(b"st:signals", b"v")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        ticker.join(5)
+        signal.signal(signal.SIGUSR1, previous)
+        os.kill(pid, signal.SIGCONT)
+    assert elapsed < 0.6, f"a 300 ms call took {elapsed:.2f} s under a 50 ms timer"
+    assert daemon.stop() == 0
