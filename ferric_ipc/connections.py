@@ -67,10 +67,7 @@ class ShardConnection:
                 except _NoReply:
                     self._close_socket()
                     if not retry or remaining_ms <= wait_ms:
-                        raise FerricTimeoutError(
-                            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
-                            "check that ferricd is running (systemctl status ferricd)"
-                        ) from None
+                        raise self._timed_out(timeout_ms) from None
                     wait_ms *= 2
                 except _Lost:
                     self._close_socket()
@@ -81,10 +78,13 @@ class ShardConnection:
                             "check its state before repeating a write that must not happen twice"
                         ) from None
                     if time.monotonic() >= deadline:
-                        raise FerricTimeoutError(
-                            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
-                            "check that ferricd is running (systemctl status ferricd)"
-                        ) from None
+                        raise self._timed_out(timeout_ms) from None
+
+    def _timed_out(self, timeout_ms):
+        return FerricTimeoutError(
+            f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
+            "check that ferricd is running (systemctl status ferricd)"
+        )
 
     def _frames(self, requests):
         """``(request ids, request frames)``, taking fresh ids."""
