@@ -57,7 +57,7 @@ if native.extension is not None:
 _RECORD_HEADER_BYTES = RECORD_HEADER_BYTES
 _STATE_WORD = STATE_AT // 8  # the header word whose high half is the state (little-endian)
 _STATE = struct.Struct("<I")
-_REMAP_STEP_BYTES = 16 << 10  # re-map a growing data file once it grew this much; pread until then
+_REMAP_STEP_BYTES = 4 << 10  # re-map a growing data file once it grew this much; pread until then
 # A shard that was SIGKILLed never retires its table, and if the run directory is then recreated
 # nothing else will: so every this often a reader checks that its file is still the one at the path.
 _RECHECK_PATH_MS = 100
