@@ -7,6 +7,7 @@ Socket paths are limited to ~107 bytes, so daemons live in ``/tmp/fd-XXXXXX`` ra
 than under pytest's (long) ``tmp_path``.
 """
 
+import ctypes
 import os
 import resource
 import shutil
@@ -23,6 +24,8 @@ from ferric_ipc.errors import FerricError
 from ferric_ipc.routing import shard_for
 
 READY_TIMEOUT_S = 20
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 #: Both ways a Client reaches a shard; tests of client behaviour run over each.
 TRANSPORTS = ["unix", "zmq"]
 STOP_TIMEOUT_S = 10
@@ -74,13 +77,16 @@ class Daemon:
         with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                cwd=self.base, start_new_session=True, preexec_fn=self._limit_open_files,
+                cwd=self.base, start_new_session=True, preexec_fn=self._prepare_child,
             )
         if wait:
             self.wait_ready()
         return self
 
-    def _limit_open_files(self):
+    def _prepare_child(self):
+        # If pytest itself is killed (a hard timeout, Ctrl-C twice), no teardown runs: let the kernel
+        # SIGKILL the supervisor then, and its shards follow it (they ask for that themselves).
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if self.max_open_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
