@@ -180,6 +180,16 @@ def index_stats(client):
     return keys, index_bytes, capacity
 
 
+def print_table(titles, rows):
+    """``rows`` of ``(size, case, [cell, ...])`` under column ``titles``, every column as wide as its widest text."""
+    width = max(len(text) for text in titles + [cell for _, _, cells in rows for cell in cells])
+    header = f"  {'value':>6} {'case':4} | " + " | ".join(f"{title:>{width}}" for title in titles)
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for size, case, cells in rows:
+        print(f"  {ib.size_label(size):>6} {case:4} | " + " | ".join(f"{cell:>{width}}" for cell in cells))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (under ~30 s)")
@@ -396,21 +406,18 @@ def main():
     # -- summary ---------------------------------------------------------------------
     systems = [s for s in SYSTEMS if s not in skipped]
     print("\nsummary: GET latency in µs, p50 / p99 (one call at a time, per-op perf_counter_ns)")
-    header = f"  {'value':>6} {'case':4} | " + " | ".join(f"{LABELS[s]:>16}" for s in systems)
-    print(header)
-    print("  " + "-" * (len(header) - 2))
+    rows = []
     for size in VALUE_SIZES:
         for case in CASES:
             cells = []
             for s in systems:
                 r = results.get((s, size, case))
-                cells.append(f"{r['p50']:7.2f} / {r['p99']:6.2f}" if r else f"{'-':>16}")
-            print(f"  {ib.size_label(size):>6} {case:4} | " + " | ".join(f"{c:>16}" for c in cells))
+                cells.append(f"{r['p50']:7.2f} / {r['p99']:6.2f}" if r else "-")
+            rows.append((size, case, cells))
+    print_table([LABELS[s] for s in systems], rows)
     others = [s for s in ("redis", "remote", "diskcache") if s in systems]
     print("\nratios to ferric local (how many times slower than a local read), p50 (p99)")
-    header = f"  {'value':>6} {'case':4} | " + " | ".join(f"{LABELS[s] + '/local':>18}" for s in others)
-    print(header)
-    print("  " + "-" * (len(header) - 2))
+    rows = []
     for size in VALUE_SIZES:
         for case in CASES:
             loc = results.get(("local", size, case))
@@ -419,7 +426,8 @@ def main():
                 r = results.get((s, size, case))
                 cells.append(f"{ratio(r['p50'], loc['p50']):6.1f}x ({ratio(r['p99'], loc['p99']):5.1f}x)"
                              if r and loc else "-")
-            print(f"  {ib.size_label(size):>6} {case:4} | " + " | ".join(f"{c:>18}" for c in cells))
+            rows.append((size, case, cells))
+    print_table([LABELS[s] + "/local" for s in others], rows)
 
     print("\ntargets")
     for case in CASES:
