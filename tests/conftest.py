@@ -1,10 +1,11 @@
-"""Fixtures shared by every test package: a controllable clock and stores in temporary directories."""
+"""Fixtures shared by every test package: a controllable clock, stores in temporary directories, real daemons."""
 
 import logging
 
 import pytest
 
 from ferricd.storage import BitcaskStore, StoreSettings
+from tests.daemon_process import DaemonFactory
 from tests.fake_clock import FakeClock
 
 
@@ -36,3 +37,22 @@ def open_store(shard_dir, clock):
 @pytest.fixture(autouse=True)
 def _quiet_storage_logs(caplog):
     caplog.set_level(logging.WARNING)
+
+
+def _daemon_factory():
+    factory = DaemonFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def make_daemon():
+    """``make_daemon(shards=2, config=None, env=None, start=True, wait=True)`` -> Daemon; all killed at teardown."""
+    yield from _daemon_factory()
+
+
+@pytest.fixture(scope="module")
+def module_daemon_factory():
+    yield from _daemon_factory()

@@ -1,0 +1,1 @@
+"""Durable server-side Flask sessions on ferricd."""

@@ -1,0 +1,1 @@
+"""A second-level cache for SQLAlchemy on ferricd."""
