@@ -13,7 +13,7 @@ def main(run_dir=None):
     client.set("greeting", "hello")
     print("get:", client.get("greeting"))  # b'hello', read from the mapped index when possible
     client.set("sess:42", b'{"user": 42}', ttl_ms=30 * 60 * 1000)
-    print("ttl of sess:42 in ms:", client.ttl("sess:42"))
+    print("ttl of sess:42 in ms:", client.pttl("sess:42"))
     print("visits:", client.incr("visits"))
 
     # Keys sharing a {hash tag} live on one shard, so a conditional write can check one and set the other.
@@ -30,7 +30,7 @@ def main(run_dir=None):
         pipe.set(f"bulk:{i}", str(i))
     pipe.execute()
     print("bulk keys:", sum(1 for _ in client.scan_iter("bulk:")))
-    print("deleted:", client.flush("bulk:"))
+    print("deleted:", client.delete_prefix("bulk:"))
     print("reads served locally / by a shard:", client.read_counts)
 
 

@@ -1,6 +1,6 @@
 """Client side of FerricStore: wire contracts, key rules, errors; the parts both client and daemon share."""
 
-from ferric_ipc.client import Client, Pipeline
+from ferric_ipc.client import Client, Lease, Lock, Pipeline, Transaction
 from ferric_ipc.errors import (
     CommandError,
     CorruptDataError,
@@ -9,6 +9,7 @@ from ferric_ipc.errors import (
     FerricError,
     FerricTimeoutError,
     LimitError,
+    LockNotAcquired,
     ProtocolError,
     StorageError,
     StorageFullError,
@@ -23,12 +24,16 @@ __all__ = [
     "FerricConnectionError",
     "FerricError",
     "FerricTimeoutError",
+    "Lease",
     "LimitError",
+    "Lock",
+    "LockNotAcquired",
     "MAX_KEY_BYTES",
     "Pipeline",
     "ProtocolError",
     "StorageError",
     "StorageFullError",
+    "Transaction",
     "as_key",
     "as_value",
     "key_hash64",

@@ -3,14 +3,20 @@
 import json
 import os
 import platform
+import secrets
+import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any, NamedTuple
 
+import msgpack
 import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.connections import StreamShardConnection, ZmqShardConnection
-from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, ProtocolError
+from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, LockNotAcquired, ProtocolError
 from ferric_ipc.file_layout import DAEMON_FILE, shard_dir
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
@@ -23,6 +29,11 @@ DEFAULT_TIMEOUT_MS = 2_000
 
 # The client checks types and key sizes before sending; the value limit is the daemon's to enforce.
 _UNBOUNDED_VALUE = 2**32
+
+Key = str | bytes
+Value = str | bytes
+#: A time to live: int milliseconds or a timedelta; None means none (or "unchanged", where a method says so).
+TTL = int | timedelta | None
 
 
 class _ForkCount:
@@ -38,62 +49,149 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Commands:
-    """Operations on one key (or keys of one shard). ``Client`` runs them now, ``Pipeline`` queues them."""
+class Lease(NamedTuple):
+    """What ``Client.lease`` found: ``acquired``, the holder's ``token`` (ours if acquired) and its ``ttl_ms`` left."""
 
-    def get(self, key):
+    acquired: bool
+    token: bytes
+    ttl_ms: int
+
+
+class _Commands:
+    """Operations on one key (or keys of one shard). ``Client`` runs them now, ``Pipeline`` and ``Transaction`` queue them.
+
+    Every ``ttl_ms`` takes a positive int of milliseconds or a ``datetime.timedelta``.
+    """
+
+    def _submit(self, key: bytes, op: str, args: list[Any]) -> Any:
+        raise NotImplementedError  # each subclass sends or queues
+
+    def _shard_of(self, key: bytes) -> int:
+        raise NotImplementedError
+
+    def get(self, key: Key) -> Any:
         """The value of ``key`` as bytes, or None."""
         key = as_key(key)
         return self._submit(key, "get", [key])
 
-    def set(self, key, value, ttl_ms=None, nx=False, xx=False):
+    def set(self, key: Key, value: Value, ttl_ms: TTL = None, nx: bool = False, xx: bool = False) -> Any:
         """Set ``key``; ``ttl_ms`` expires it; ``nx`` only if missing, ``xx`` only if present. True if set."""
         key = as_key(key)
         return self._submit(key, "set", [key, as_value(value, _UNBOUNDED_VALUE), _ttl(ttl_ms), bool(nx), bool(xx)])
 
-    def expire(self, key, ttl_ms):
-        """Expire ``key`` in ``ttl_ms``; False if it is missing."""
+    def getex(self, key: Key, ttl_ms: TTL = None, persist: bool = False) -> Any:
+        """The value of ``key`` (None if missing), giving it a new TTL, or none with ``persist`` (Redis GETEX).
+
+        Always a round trip: use ``get`` to read without changing the TTL.
+        """
         key = as_key(key)
+        if persist and ttl_ms is not None:
+            raise TypeError("getex takes ttl_ms or persist=True, not both")
+        return self._submit(key, "getex", [key, _ttl(ttl_ms), bool(persist)])
+
+    def expire(self, key: Key, ttl_ms: TTL) -> Any:
+        """Expire ``key`` in ``ttl_ms``, leaving its value alone; False if it is missing."""
+        key = as_key(key)
+        if ttl_ms is None:
+            raise TypeError("expire needs ttl_ms; use persist() to remove an expiry")
         return self._submit(key, "expire", [key, _ttl(ttl_ms)])
 
-    def persist(self, key):
+    def persist(self, key: Key) -> Any:
         """Remove the expiry of ``key``; False if it is missing or had none."""
         key = as_key(key)
         return self._submit(key, "persist", [key])
 
-    def ttl(self, key):
-        """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing."""
+    def pttl(self, key: Key) -> Any:
+        """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing (Redis PTTL)."""
         key = as_key(key)
-        return self._submit(key, "ttl", [key])
+        return self._submit(key, "pttl", [key])
 
-    def incr(self, key, delta=1):
-        """Add ``delta`` to the decimal integer in ``key`` (missing counts as 0); returns the new value."""
+    def incr(self, key: Key, delta: int = 1, ttl_ms: TTL = None) -> Any:
+        """Add ``delta`` to the decimal integer in ``key`` (missing counts as 0); returns the new value.
+
+        ``ttl_ms`` applies only when this call creates the counter; an existing
+        counter keeps its expiry (so a generation counter cannot live forever).
+        """
         key = as_key(key)
         if type(delta) is not int:
             raise TypeError(f"delta must be int, not {type(delta).__name__}")
-        return self._submit(key, "incr", [key, delta])
+        return self._submit(key, "incr", [key, delta, _ttl(ttl_ms)])
 
-    def getdel(self, key):
+    def getdel(self, key: Key) -> Any:
         """Delete ``key`` and return the value it had (None if missing)."""
         key = as_key(key)
         return self._submit(key, "getdel", [key])
 
-    def set_if(self, key, value, guard_key, expected, ttl_ms=None):
+    def delete_if(self, key: Key, expected: Value) -> Any:
+        """Delete ``key`` only if it holds ``expected`` (compare-and-delete, atomic on the shard). True if deleted."""
+        key = as_key(key)
+        return self._submit(key, "delete_if", [key, as_value(expected, _UNBOUNDED_VALUE, "expected")])
+
+    def set_if(self, key: Key, value: Value, guard_key: Key, expected: Value | None, ttl_ms: TTL = None) -> Any:
         """Set ``key`` only if ``guard_key`` holds ``expected`` (None: only if ``guard_key`` is missing).
 
         Both keys must live on one shard: give them the same ``{hash tag}``.
         The check and the write are atomic on that shard. True if set.
         """
         key, guard_key = as_key(key), as_key(guard_key, "guard_key")
-        args = [key, as_value(value, _UNBOUNDED_VALUE), guard_key, expected, _ttl(ttl_ms)]
-        if expected is not None:
-            args[3] = as_value(expected, _UNBOUNDED_VALUE, "expected")
+        value_bytes, ttl = as_value(value, _UNBOUNDED_VALUE), _ttl(ttl_ms)
+        expected_bytes = None if expected is None else as_value(expected, _UNBOUNDED_VALUE, "expected")
         if self._shard_of(key) != self._shard_of(guard_key):
             raise CommandError(
                 f"set_if: {key!r} and {guard_key!r} live on different shards; give them the same {{hash tag}}",
                 "WRONG_SHARD",
             )
-        return self._submit(key, "set_if", args)
+        return self._submit(key, "set_if", [key, value_bytes, guard_key, expected_bytes, ttl])
+
+    def patch(self, key: Key, set: Mapping[str, Any] | None = None, delete: Iterable[str] = (),  # noqa: A002
+              ttl_ms: TTL = None, create: bool = True, encode: Callable[[Any], bytes] | None = None) -> Any:
+        """Change fields of the msgpack map stored at ``key``, atomically on its shard; True if written.
+
+        The value must be one msgpack map with str keys (``patch`` creates it so;
+        read it back with ``get`` and ``msgpack.unpackb``). ``set`` fields are
+        encoded one by one with ``encode`` (default: plain msgpack; pass your
+        own to use extension types) and spliced in as they are: the shard
+        never decodes them. ``delete`` removes fields. Two patches of
+        different fields both keep their change. ``ttl_ms`` None keeps the
+        key's expiry (a new key: none). With ``create=False`` a missing key
+        stays missing and the answer is False. A stored value that is not such
+        a map raises CommandError with code WRONG_TYPE.
+        """
+        key = as_key(key)
+        encoder = encode or _pack_field
+        fields: dict[str, bytes] = {}
+        for field, value in (set or {}).items():
+            if not isinstance(field, str):
+                raise TypeError(f"patch fields are str, not {type(field).__name__} ({field!r})")
+            encoded = encoder(value)
+            if not isinstance(encoded, bytes):
+                raise TypeError(f"encode must return bytes, not {type(encoded).__name__} (field {field!r})")
+            fields[field] = encoded
+        if isinstance(delete, (str, bytes)):
+            raise TypeError("delete takes a list of field names, not one string")
+        removed = list(delete)
+        for field in removed:
+            if not isinstance(field, str):
+                raise TypeError(f"patch fields are str, not {type(field).__name__} ({field!r})")
+        return self._submit(key, "patch", [key, fields, removed, _ttl(ttl_ms), bool(create)])
+
+    def lease(self, key: Key, ttl_ms: TTL, token: bytes | None = None) -> Any:
+        """Take ``key`` as a lease for ``ttl_ms`` if it is free: a Lease, ``acquired`` with a new unique token.
+
+        If another holder has it: ``acquired`` False, the holder's ``token``
+        (it names the holder's host and pid) and how long it still holds it
+        (``ttl_ms``). A holder that dies loses the lease when its TTL runs out;
+        passing the ``token`` you hold renews your lease for ``ttl_ms``.
+        """
+        key = as_key(key)
+        if ttl_ms is None:
+            raise TypeError("a lease needs ttl_ms, so that a holder that dies loses it")
+        token = _new_token() if token is None else as_value(token, _UNBOUNDED_VALUE, "token")
+        return self._submit(key, "lease", [key, token, _ttl(ttl_ms)])
+
+    def release(self, key: Key, token: bytes) -> Any:
+        """Give up a lease taken with ``token``; False if it had expired or someone else holds it now."""
+        return self.delete_if(key, token)
 
 
 class Client(_Commands):
@@ -223,10 +321,11 @@ class Client(_Commands):
     def _shard_of(self, key):
         return shard_for(key, self.shard_count)
 
-    def _call(self, shard_id, op, args):
-        return self._connection(shard_id).call(
-            [(op, args)], self.timeout_ms, op in protocol.IDEMPOTENT_OPS
-        )[0]
+    def _call(self, shard_id: int, op: str, args: list[Any]) -> Any:
+        return _typed(op, self._call_raw(shard_id, op, args, op in protocol.IDEMPOTENT_OPS))
+
+    def _call_raw(self, shard_id: int, op: str, args: list[Any], retry: bool) -> Any:
+        return self._connection(shard_id).call([(op, args)], self.timeout_ms, retry)[0]
 
     def _submit(self, key, op, args):
         return self._call(self._shard_of(key), op, args)
@@ -272,15 +371,20 @@ class Client(_Commands):
             return self._submit(key, "get", [key])
         return None if found is MISSING else found[0]
 
-    def ttl(self, key):
-        """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing."""
+    def pttl(self, key: Key) -> int:
+        """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing (Redis PTTL)."""
         key = as_key(key)
         found = self._read_locally(key)
         if found is FALLBACK:
-            return self._submit(key, "ttl", [key])
+            return int(self._submit(key, "pttl", [key]))
         if found is MISSING:
             return -2
         return -1 if not found[1] else max(0, found[1] - time.time_ns() // 1_000_000)
+
+    def ttl(self, key: Key) -> int:
+        """Seconds until ``key`` expires, rounded as Redis TTL rounds; -1 if it never does, -2 if it is missing."""
+        remaining_ms = self.pttl(key)
+        return remaining_ms if remaining_ms < 0 else (remaining_ms + 500) // 1000
 
     # -- operations over many keys or shards ------------------------------------
 
@@ -368,18 +472,30 @@ class Client(_Commands):
             if cursor == 0:
                 return
 
-    def flush(self, prefix):
-        """Delete every key starting with ``prefix`` on every shard; returns how many."""
+    def delete_prefix(self, prefix: Key) -> int:
+        """Delete every key starting with ``prefix`` on every shard; returns how many (b"" deletes everything)."""
         prefix = as_key(prefix, "prefix")
-        return sum(self._call(shard_id, "flush", [prefix]) for shard_id in range(self.shard_count))
+        return sum(self._call(shard_id, "delete_prefix", [prefix]) for shard_id in range(self.shard_count))
 
     def info(self):
         """Per-shard statistics: one dict per shard, in shard order."""
         return [self._call(shard_id, "info", []) for shard_id in range(self.shard_count)]
 
-    def pipeline(self):
+    def pipeline(self) -> "Pipeline":
         """A Pipeline: queue single-key operations, then ``execute()`` sends each shard's share at once."""
         return Pipeline(self)
+
+    def transaction(self, hash_tag: Key) -> "Transaction":
+        """A Transaction on the shard of ``{hash_tag}``: queued ops run together, all written or none."""
+        return Transaction(self, hash_tag)
+
+    def lock(self, name: Key, ttl_ms: TTL, wait_ms: int = 0) -> "Lock":
+        """A lease on ``name`` as a context manager: ``with client.lock("report", 30_000, wait_ms=500): ...``.
+
+        Entering retries the lease for up to ``wait_ms`` and raises
+        LockNotAcquired past it; leaving releases it (if it is still ours).
+        """
+        return Lock(self, name, ttl_ms, wait_ms)
 
     def close(self):
         """Close this process's sockets (another call opens them again)."""
@@ -399,50 +515,192 @@ class Client(_Commands):
 
 
 class Pipeline(_Commands):
-    """Single-key operations queued on a Client and sent together by ``execute()``.
+    """Single-key operations queued on a Client and sent together by ``execute()``. Not atomic.
 
-    Each shard receives its requests back to back without waiting for
-    replies, which is how a client reaches tens of thousands of ops/s.
+    Each shard receives its requests back to back in one frame, which is how a
+    client reaches tens of thousands of ops/s. As a context manager it
+    discards what was not executed when the block ends.
     """
 
-    def __init__(self, client):
+    def __init__(self, client: Client) -> None:
         self._client = client
-        self._queued = []  # (shard, op, args)
+        self._queued: list[tuple[int, str, list[Any]]] = []  # (shard, op, args)
 
-    def _shard_of(self, key):
+    def _shard_of(self, key: bytes) -> int:
         return self._client._shard_of(key)
 
-    def _submit(self, key, op, args):
+    def _submit(self, key: bytes, op: str, args: list[Any]) -> "Pipeline":
         self._queued.append((self._shard_of(key), op, args))
         return self
 
-    def execute(self):
-        """Results of the queued operations, in the order they were queued; the first error is raised."""
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Results of the queued operations, in the order they were queued.
+
+        With ``raise_on_error`` the first error is raised once every shard has
+        answered; otherwise each failed operation's exception is in its place.
+        """
         queued, self._queued = self._queued, []
-        by_shard = {}
+        by_shard: dict[int, list[tuple[int, str, list[Any]]]] = {}
         for position, (shard_id, op, args) in enumerate(queued):
             by_shard.setdefault(shard_id, []).append((position, op, args))
-        results = [None] * len(queued)
+        results: list[Any] = [None] * len(queued)
         client = self._client
         for shard_id, group in by_shard.items():
             retry = all(op in protocol.IDEMPOTENT_OPS for _, op, _ in group)
             # One frame per shard: the shard runs the requests in order and answers in one frame.
             batch = [[op, args] for _, op, args in group]
             (reply,) = client._connection(shard_id).call([("batch", [batch])], client.timeout_ms, retry)
-            for (position, _, _), answer in zip(group, protocol.batch_results(reply)):
-                results[position] = answer
-        for answer in results:
-            if isinstance(answer, FerricError):
-                raise answer
+            for (position, op, _), answer in zip(group, protocol.batch_results(reply)):
+                results[position] = _typed(op, answer)
+        if raise_on_error:
+            for answer in results:
+                if isinstance(answer, FerricError):
+                    raise answer
         return results
 
-    def __len__(self):
+    def reset(self) -> None:
+        """Drop the queued operations."""
+        self._queued = []
+
+    def __len__(self) -> int:
         return len(self._queued)
 
+    def __enter__(self) -> "Pipeline":
+        return self
 
-def _ttl(ttl_ms):
+    def __exit__(self, *exc_info: object) -> None:
+        self.reset()
+
+
+class Transaction(_Commands):
+    """Operations on the keys of one ``{hash tag}``, run on their shard with no other request between them.
+
+    ``execute()`` sends them in one request; the shard applies them in order,
+    each seeing the ones before it, and writes all their changes as one atomic
+    batch, or nothing if any fails (the error is raised). Durable as the
+    keyspace's fsync policy makes every write. A local reader in another
+    process may see some keys' new values before others' while the shard
+    publishes them (microseconds); requests to the shard never do.
+    """
+
+    def __init__(self, client: Client, hash_tag: Key) -> None:
+        tag = as_key(hash_tag, "hash_tag")
+        if not tag or b"{" in tag or b"}" in tag:
+            raise TypeError("hash_tag is the non-empty text between the braces of a {hash tag}, without braces")
+        self._client = client
+        self._marker = b"{" + tag + b"}"
+        self._shard = shard_for(self._marker, client.shard_count)
+        self._queued: list[tuple[str, list[Any]]] = []
+
+    def _shard_of(self, key: bytes) -> int:
+        return self._client._shard_of(key)
+
+    def _submit(self, key: bytes, op: str, args: list[Any]) -> "Transaction":
+        if op not in protocol.TRANSACTION_OPS:
+            raise TypeError(f"{op} cannot run in a transaction")
+        if hash_tag(key) != self._marker[1:-1]:
+            raise CommandError(
+                f"{key!r} is not in this transaction's hash tag: its keys must contain {self._marker!r}", "WRONG_SHARD"
+            )
+        self._queued.append((op, args))
+        return self
+
+    def execute(self) -> list[Any]:
+        """Run the queued operations as one transaction; their results in order."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+        client = self._client
+        retry = all(op in protocol.IDEMPOTENT_OPS for op, _ in queued)
+        results = client._call_raw(self._shard, "multi", [[[op, args] for op, args in queued]], retry)
+        return [_typed(op, result) for (op, _), result in zip(queued, results)]
+
+    def reset(self) -> None:
+        """Drop the queued operations."""
+        self._queued = []
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.reset()
+
+
+class Lock:
+    """A lease held for the length of a ``with`` block (``Client.lock``)."""
+
+    def __init__(self, client: Client, name: Key, ttl_ms: TTL, wait_ms: int = 0) -> None:
+        if type(wait_ms) is not int or wait_ms < 0:
+            raise TypeError("wait_ms must be an int >= 0 (milliseconds)")
+        if ttl_ms is None:
+            raise TypeError("a lock needs ttl_ms, so that a holder that dies loses it")
+        self._client = client
+        self.name = as_key(name, "name")
+        self.ttl_ms = _ttl(ttl_ms)
+        self.wait_ms = wait_ms
+        self.token: bytes | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease, retrying until ``wait_ms`` has passed; True if taken, False otherwise."""
+        deadline = time.monotonic() + self.wait_ms / 1000
+        pause_s = 0.001
+        while True:
+            lease = self._client.lease(self.name, self.ttl_ms)
+            if lease.acquired:
+                self.token = lease.token
+                return True
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return False
+            # Back off up to 50 ms, but never sleep past the deadline or the holder's expiry.
+            holder_left_s = lease.ttl_ms / 1000 if lease.ttl_ms >= 0 else left_s
+            time.sleep(max(0.0, min(pause_s, left_s, holder_left_s + 0.001)))
+            pause_s = min(pause_s * 2, 0.05)
+
+    def release(self) -> bool:
+        """Give the lease back; False if it had already expired (and maybe passed to someone else)."""
+        token, self.token = self.token, None
+        return bool(token is not None and self._client.release(self.name, token))
+
+    def __enter__(self) -> "Lock":
+        if not self.acquire():
+            raise LockNotAcquired(
+                f"lock {self.name!r} is held by another process and was not released within wait_ms={self.wait_ms}"
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _typed(op: str, answer: Any) -> Any:
+    """A reply's result as the client returns it (a lease's list becomes a Lease)."""
+    if op == "lease" and isinstance(answer, list):
+        return Lease(*answer)
+    return answer
+
+
+def _pack_field(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _new_token() -> bytes:
+    """A lease token naming its holder (host, pid) with 96 random bits, so two holders never share one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(12)}".encode()
+
+
+def _ttl(ttl_ms: TTL) -> int | None:
+    """``ttl_ms`` as int milliseconds (or None), checked before anything is sent."""
     if ttl_ms is None:
         return None
+    if isinstance(ttl_ms, timedelta):
+        milliseconds = ttl_ms // timedelta(milliseconds=1)
+        if milliseconds <= 0:
+            raise TypeError(f"a TTL must be at least one millisecond, not {ttl_ms!r}")
+        return int(milliseconds)
     if type(ttl_ms) is not int or ttl_ms <= 0:
-        raise TypeError("ttl_ms must be a positive int (milliseconds) or None")
+        raise TypeError(f"ttl_ms must be a positive int (milliseconds), a timedelta or None, not {ttl_ms!r}")
     return ttl_ms

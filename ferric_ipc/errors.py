@@ -33,6 +33,10 @@ class FerricTimeoutError(FerricError, TimeoutError):
     """A shard did not answer within the client's timeout."""
 
 
+class LockNotAcquired(FerricTimeoutError):
+    """``Client.lock`` waited its ``wait_ms`` and another holder still had the lease."""
+
+
 class ProtocolError(FerricError):
     """A frame could not be understood (wrong version, malformed reply or request)."""
 

@@ -9,6 +9,8 @@ DAEMON_FILE = "ferricd.json"  # in run_dir: {"shards", "protocol", "pid", "data_
 RECORD_HEADER = struct.Struct("<IQQBII")
 RECORD_HEADER_BYTES = RECORD_HEADER.size  # 29
 FLAG_TOMBSTONE = 0x01
+#: More records of the same atomic batch follow this one; recovery keeps a batch only once its last record is read.
+FLAG_BATCH_MORE = 0x02
 RECORD_KEY_LEN_AT = 21  # offset of key_len in the header (value_len follows it)
 
 

@@ -35,7 +35,7 @@ from ferric_ipc.errors import (
     StorageFullError,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: pttl, getex, delete_if, patch, lease, multi, delete_prefix; incr takes ttl_ms
 
 #: Transports a daemon lists in ferricd.json under "transports".
 TRANSPORT_ZMQ = "zmq"
@@ -62,18 +62,29 @@ OPS = {
     "exists": 1,  # [key, ...]
     "expire": 2,  # key, ttl_ms
     "persist": 1,
-    "ttl": 1,
-    "incr": 2,  # key, delta
+    "pttl": 1,
+    "getex": 3,  # key, ttl_ms | None, persist
+    "incr": 3,  # key, delta, ttl_ms | None (applies when the counter is created)
     "getdel": 1,
+    "delete_if": 2,  # key, expected
     "set_if": 5,  # key, value, guard_key, expected | None, ttl_ms | None
+    "patch": 5,  # key, {field: msgpack bytes}, [field, ...], ttl_ms | None, create
+    "lease": 3,  # key, token, ttl_ms
     "scan": 3,  # prefix, cursor, count
-    "flush": 1,  # prefix
+    "delete_prefix": 1,  # prefix
     "info": 0,
     "batch": 1,  # [[op, args], ...]: many requests in one frame, answered in one frame
+    "multi": 1,  # [[op, args], ...]: one shard's transaction, all or none
 }
 
 #: Ops that change nothing, so a client may resend them after a timeout.
-IDEMPOTENT_OPS = frozenset({"ping", "hello", "get", "mget", "exists", "ttl", "scan", "info"})
+IDEMPOTENT_OPS = frozenset({"ping", "hello", "get", "mget", "exists", "pttl", "scan", "info"})
+
+#: Ops a transaction (``multi``) may hold: single-shard reads and writes of named keys.
+TRANSACTION_OPS = frozenset({
+    "get", "mget", "set", "mset", "delete", "exists", "expire", "persist", "pttl", "getex", "incr", "getdel",
+    "delete_if", "set_if", "patch", "lease",
+})
 
 #: error code -> exception class a client raises for it.
 ERROR_CODES = {
@@ -83,6 +94,7 @@ ERROR_CODES = {
     "WRONG_TYPE": CommandError,
     "NOT_INTEGER": CommandError,
     "WRONG_SHARD": CommandError,
+    "ABORTED": CommandError,
     "LIMIT": LimitError,
     "STORAGE": StorageError,
     "STORAGE_FULL": StorageFullError,
@@ -146,7 +158,7 @@ def parse_batch_item(item):
     if not (isinstance(item, list) and len(item) == 2):
         raise _request_error(None, "BAD_FRAME", "a batch holds [op, args] pairs")
     op, args = item
-    if not isinstance(op, str) or op not in OPS or op == "batch":
+    if not isinstance(op, str) or op not in OPS or op in ("batch", "multi"):
         raise _request_error(None, "UNKNOWN_OP", f"unknown op {op!r} in a batch; known ops: {', '.join(OPS)}")
     if not isinstance(args, list) or len(args) != OPS[op]:
         raise _request_error(None, "BAD_ARGS", f"{op} takes {OPS[op]} arguments in a list")

@@ -5,11 +5,13 @@ import time
 
 import psutil
 
-from ferric_ipc.errors import CommandError, FerricError, LimitError, StorageError, StorageFullError
+from ferric_ipc.errors import CommandError, FerricError, LimitError, ProtocolError, StorageError, StorageFullError
 from ferric_ipc.keys import as_key, as_value
-from ferric_ipc.protocol import PROTOCOL_VERSION, STATUS_ERROR, STATUS_OK
+from ferric_ipc.protocol import PROTOCOL_VERSION, STATUS_ERROR, STATUS_OK, TRANSACTION_OPS, parse_batch_item
 from ferric_ipc.routing import shard_for
+from ferricd.map_value import check_field_value, join_fields, split_fields
 from ferricd.storage import Delete, Put
+from ferricd.transaction import StagedStore
 
 _MAX_SCAN_COUNT = 10_000
 _MAX_U64 = 2**64 - 1
@@ -116,8 +118,24 @@ class ShardCommands:
         found = self.store.get_with_expiry(self._key(key))
         if found is None:
             return False
+        # Rewrites the value until the store has a TTL-only record.
         self.store.put(key, found[0], self._expire_at(ttl_ms))
         return True
+
+    def op_getex(self, key, ttl_ms, persist):
+        """The value of ``key`` (None if missing), giving it a new TTL (or none, with ``persist``)."""
+        if not isinstance(persist, bool):
+            raise CommandError("persist must be a boolean")
+        if persist and ttl_ms is not None:
+            raise CommandError("getex takes ttl_ms or persist, not both")
+        key = self._key(key)
+        found = self.store.get_with_expiry(key)
+        if found is None:
+            return None
+        expire_at_ms = 0 if persist else (found[1] if ttl_ms is None else self._expire_at(ttl_ms))
+        if expire_at_ms != found[1]:
+            self.store.put(key, found[0], expire_at_ms)
+        return found[0]
 
     def op_persist(self, key):
         found = self.store.get_with_expiry(self._key(key))
@@ -126,19 +144,21 @@ class ShardCommands:
         self.store.put(key, found[0], 0)
         return True
 
-    def op_ttl(self, key):
+    def op_pttl(self, key):
         """Milliseconds left; -1 if the key never expires, -2 if it is missing (Redis PTTL)."""
         found = self.store.get_with_expiry(self._key(key))
         if found is None:
             return -2
         return -1 if found[1] == 0 else max(0, found[1] - self._clock())
 
-    def op_incr(self, key, delta):
+    def op_incr(self, key, delta, ttl_ms):
+        """Add ``delta``; a counter created here expires after ``ttl_ms``, an existing one keeps its expiry."""
         if type(delta) is not int or not -(2**63) <= delta < 2**63:
             raise CommandError("delta must be a 64-bit integer")
         key = self._key(key)
+        created_expire_at_ms = self._expire_at(ttl_ms)
         found = self.store.get_with_expiry(key)
-        value, expire_at_ms = found if found is not None else (b"0", 0)
+        value, expire_at_ms = found if found is not None else (b"0", created_expire_at_ms)
         try:
             number = int(value.decode("ascii"), 10)
         except (UnicodeDecodeError, ValueError):
@@ -146,7 +166,7 @@ class ShardCommands:
         number += delta
         if not -(2**63) <= number < 2**63:
             raise CommandError("incr would overflow a 64-bit integer", "NOT_INTEGER")
-        self.store.put(key, str(number).encode(), expire_at_ms)  # incr keeps the key's expiry
+        self.store.put(key, str(number).encode(), expire_at_ms)  # an existing counter keeps its expiry
         return number
 
     def op_getdel(self, key):
@@ -155,6 +175,90 @@ class ShardCommands:
         if value is not None:
             self.store.delete(key)
         return value
+
+    def op_delete_if(self, key, expected):
+        """Delete ``key`` only if it holds ``expected``; whether it did."""
+        key = self._key(key)
+        if not isinstance(expected, bytes):
+            raise CommandError("expected must be bytes")
+        if self.store.get(key) != expected:
+            return False
+        self.store.delete(key)
+        return True
+
+    def op_patch(self, key, set_fields, delete_fields, ttl_ms, create):
+        """Merge field changes into the msgpack map stored at ``key`` (see ferricd.map_value).
+
+        ``ttl_ms`` None keeps the key's expiry. Without ``create`` a missing key
+        stays missing and the answer is False.
+        """
+        key = self._key(key)
+        if not (isinstance(set_fields, dict) and all(isinstance(v, bytes) for v in set_fields.values())
+                and all(isinstance(f, str) for f in set_fields)):
+            raise CommandError("patch's set must be a map of str field -> msgpack-encoded bytes")
+        if not (isinstance(delete_fields, list) and all(isinstance(f, str) for f in delete_fields)):
+            raise CommandError("patch's delete must be a list of str fields")
+        if not isinstance(create, bool):
+            raise CommandError("create must be a boolean")
+        for field, encoded in set_fields.items():
+            check_field_value(field, encoded)
+        found = self.store.get_with_expiry(key)
+        if found is None:
+            if not create:
+                return False
+            fields, expire_at_ms = {}, 0
+        else:
+            fields, expire_at_ms = split_fields(found[0]), found[1]
+        for field in delete_fields:
+            fields.pop(field, None)
+        fields.update(set_fields)
+        if ttl_ms is not None:
+            expire_at_ms = self._expire_at(ttl_ms)
+        self.store.put(key, join_fields(fields), expire_at_ms)
+        return True
+
+    def op_lease(self, key, token, ttl_ms):
+        """``[acquired, holder's token, ms it still holds]``: take ``key`` if free; the holder renews its own."""
+        key = self._key(key)
+        if not isinstance(token, bytes) or not token:
+            raise CommandError("token must be non-empty bytes")
+        if ttl_ms is None:
+            raise CommandError("a lease needs ttl_ms, so a holder that dies loses it")
+        expire_at_ms = self._expire_at(ttl_ms)
+        found = self.store.get_with_expiry(key)
+        if found is None or found[0] == token:
+            self.store.put(key, token, expire_at_ms)
+            return [True, token, ttl_ms]
+        return [False, found[0], -1 if not found[1] else max(0, found[1] - self._clock())]
+
+    def op_multi(self, items):
+        """Run a transaction: every op sees the ones before it, and all of them are written or none."""
+        if not isinstance(items, list):
+            raise CommandError("multi takes a list of [op, args] pairs")
+        parsed = []
+        for position, item in enumerate(items):
+            try:
+                op, args = parse_batch_item(item)
+            except ProtocolError as exc:
+                raise CommandError(f"transaction op {position}: {exc}", exc.code) from None
+            if op not in TRANSACTION_OPS:
+                raise CommandError(f"transaction op {position}: {op} cannot run in a transaction", "BAD_ARGS")
+            parsed.append((op, args))
+        staged = StagedStore(self.store, self._clock, self.shard_id, self.shard_count)
+        store, self.store = self.store, staged
+        try:
+            results = []
+            for position, (op, args) in enumerate(parsed):
+                try:
+                    results.append(self.run(op, args))
+                except (FerricError, TypeError, ValueError) as exc:
+                    raise CommandError(
+                        f"transaction aborted at op {position} ({op}): {exc}; nothing was written", error_code(exc)
+                    ) from None
+        finally:
+            self.store = store
+        staged.commit()
+        return results
 
     def op_set_if(self, key, value, guard_key, expected, ttl_ms):
         """Set ``key`` only if ``guard_key`` holds ``expected`` (None: only if it is missing)."""
@@ -175,7 +279,7 @@ class ShardCommands:
             raise CommandError(f"count must be between 1 and {_MAX_SCAN_COUNT}")
         return list(self.store.scan(self._key(prefix, "prefix"), cursor, count))
 
-    def op_flush(self, prefix):
+    def op_delete_prefix(self, prefix):
         prefix = self._key(prefix, "prefix")
         doomed = [key for key in self.store.keys() if key.startswith(prefix)]
         return sum(self.store.write_batch([Delete(key) for key in doomed]))

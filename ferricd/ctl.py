@@ -1,4 +1,4 @@
-"""ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, flush, info) or check a stopped data directory."""
+"""ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, delete-prefix, info) or check a stopped data directory."""
 
 import argparse
 import os
@@ -58,10 +58,12 @@ def run(args, client):
         return str(client.delete(*args.keys))
     if command == "ttl":
         return str(client.ttl(args.key))
+    if command == "pttl":
+        return str(client.pttl(args.key))
     if command == "keys":
         return "\n".join(_show(key) for key in sorted(client.scan_iter(args.prefix)))
-    if command == "flush":
-        return str(client.flush(args.prefix))
+    if command == "delete-prefix":
+        return str(client.delete_prefix(args.prefix))
     if command == "info":
         return format_info(client.info())
     raise AssertionError(command)
@@ -93,9 +95,10 @@ def main(argv=None):
     setter.add_argument("value")
     setter.add_argument("--ttl-ms", type=int)
     sub.add_parser("del", help="delete keys, print how many existed").add_argument("keys", nargs="+")
-    sub.add_parser("ttl", help="ms until a key expires (-1 never, -2 missing)").add_argument("key")
+    sub.add_parser("ttl", help="seconds until a key expires (-1 never, -2 missing)").add_argument("key")
+    sub.add_parser("pttl", help="milliseconds until a key expires (-1 never, -2 missing)").add_argument("key")
     sub.add_parser("keys", help="list keys with a prefix").add_argument("prefix")
-    sub.add_parser("flush", help="delete every key with a prefix").add_argument("prefix")
+    sub.add_parser("delete-prefix", help="delete every key with a prefix").add_argument("prefix")
     sub.add_parser("info", help="per-shard statistics")
     sub.add_parser("check", help="verify a stopped data directory").add_argument("data_dir")
     args = parser.parse_args(argv)

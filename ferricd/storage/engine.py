@@ -11,7 +11,7 @@ from ferricd.clock import wall_clock_ms
 from ferricd.storage.datafiles import DataFiles, hint_path
 from ferricd.storage.hints import HintBuilder
 from ferricd.storage.lock import DirectoryLock
-from ferricd.storage.records import FLAG_TOMBSTONE, encode
+from ferricd.storage.records import FLAG_BATCH_MORE, FLAG_TOMBSTONE, encode
 from ferricd.storage.recovery import recover
 from ferricd.storage.settings import StoreSettings
 from ferricd.storage.snapshot import write_snapshot
@@ -140,13 +140,13 @@ class BitcaskStore:
         self._check_writable()
         _op, key, key_hash, value, expire_at_ms = self._prepare(Put(key, value, expire_at_ms), "")
         seq = self._take_seq()
-        self._append([(Put, key, key_hash, seq, expire_at_ms, encode(seq, expire_at_ms, 0, key, value))])
+        self._append([(Put, key, key_hash, seq, expire_at_ms, 0, encode(seq, expire_at_ms, 0, key, value))])
 
     def delete(self, key):
         """Delete ``key``; returns whether it existed (an expired key did not)."""
         return self._write([Delete(key)], single=True)[0]
 
-    def write_batch(self, ops):
+    def write_batch(self, ops, atomic=False):
         """Apply ``Put`` and ``Delete`` ops in order with one write and (fsync="always") one fdatasync.
 
         Every op is validated before anything is written, so a TypeError or
@@ -156,10 +156,16 @@ class BitcaskStore:
         On an I/O failure (StorageFullError when the disk is full) the ops
         that had already reached a rotated-out file stay applied and their
         count is in the exception's ``applied`` attribute; the rest are not stored.
-        """
-        return self._write(ops, single=False)
 
-    def _write(self, ops, single):
+        ``atomic``: the batch is all or none, also across a crash. Its records go
+        into one file (rotating first if they do not fit; a batch larger than
+        ``max_file_bytes`` makes one file that large), every record but the last
+        carries FLAG_BATCH_MORE, and recovery keeps the batch only if its last
+        record made it to disk.
+        """
+        return self._write(ops, single=False, atomic=atomic)
+
+    def _write(self, ops, single, atomic=False):
         self._check_writable()
         prepared = [self._prepare(op, "" if single else f"ops[{i}].") for i, op in enumerate(ops)]
         results, pending = [], []
@@ -171,15 +177,17 @@ class BitcaskStore:
                 results.append(existed)
                 if not existed:
                     continue  # nothing to hide: no tombstone needed
-                seq = self._take_seq()
-                record = encode(seq, 0, FLAG_TOMBSTONE, key, b"")
+                flags, expire_at_ms, value = FLAG_TOMBSTONE, 0, b""
             else:
                 exists[key] = not expire_at_ms or expire_at_ms > self._clock()
                 results.append(None)
-                seq = self._take_seq()
-                record = encode(seq, expire_at_ms, 0, key, value)
-            pending.append((op_type, key, key_hash, seq, expire_at_ms, record))
-        self._append(pending)
+                flags = 0
+            pending.append([op_type, key, key_hash, self._take_seq(), expire_at_ms, flags, value])
+        if atomic:
+            for item in pending[:-1]:
+                item[5] |= FLAG_BATCH_MORE
+        self._append([(op_type, key, key_hash, seq, expire_at_ms, flags, encode(seq, expire_at_ms, flags, key, value))
+                      for op_type, key, key_hash, seq, expire_at_ms, flags, value in pending], atomic)
         return results
 
     def _prepare(self, op, name):
@@ -206,11 +214,19 @@ class BitcaskStore:
         self._next_seq += 1
         return seq
 
-    def _append(self, pending):
-        """Write pending records, rotating where a file fills, then sync and index them."""
+    def _append(self, pending, atomic=False):
+        """Write pending records, rotating where a file fills, then sync and index them.
+
+        ``atomic``: never split ``pending`` across files (rotate before it instead).
+        """
         limit = self.settings.max_file_bytes
         segment, segment_bytes, placed, applied = [], 0, [], 0
         try:
+            if atomic and pending:
+                total = sum(len(item[-1]) for item in pending)
+                if self._active().size and self._active().size + total > limit:
+                    self._close_active()
+                limit = max(limit, total)
             for item in pending:
                 record_len = len(item[-1])
                 used = self._active().size + segment_bytes
@@ -238,8 +254,7 @@ class BitcaskStore:
         active = self._active()
         offset = active.append(b"".join(item[-1] for item in segment))
         placed = []
-        for op_type, key, key_hash, seq, expire_at_ms, record in segment:
-            flags = FLAG_TOMBSTONE if op_type is Delete else 0
+        for op_type, key, key_hash, seq, expire_at_ms, flags, record in segment:
             self._hint.add(key_hash, seq, expire_at_ms, offset, len(record), flags)
             placed.append((op_type, key, key_hash, expire_at_ms, active.file_id, offset, len(record)))
             offset += len(record)

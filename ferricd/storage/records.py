@@ -6,7 +6,8 @@ A record, little-endian (HEADER, 29 bytes, then the key and value)::
     0       4        crc32         zlib.crc32 of every byte after this field
     4       8        seq           per-shard monotonic write counter (ordering never uses the clock)
     12      8        expire_at_ms  absolute wall-clock ms, 0 = never
-    20      1        flags         FLAG_TOMBSTONE marks a delete (no value bytes)
+    20      1        flags         FLAG_TOMBSTONE marks a delete (no value bytes); FLAG_BATCH_MORE: the
+                               next record belongs to the same atomic batch
     21      4        key_len
     25      4        value_len
     29      key_len  key
@@ -21,7 +22,7 @@ import zlib
 from typing import NamedTuple
 
 from ferric_ipc.errors import CorruptDataError
-from ferric_ipc.file_layout import FLAG_TOMBSTONE, RECORD_HEADER, RECORD_HEADER_BYTES
+from ferric_ipc.file_layout import FLAG_BATCH_MORE, FLAG_TOMBSTONE, RECORD_HEADER, RECORD_HEADER_BYTES
 from ferric_ipc.keys import MAX_KEY_BYTES
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ HEADER_BYTES = RECORD_HEADER_BYTES  # 29
 _CHECKED = struct.Struct("<QQBII")  # the header after the crc: what the crc starts with
 _CRC = struct.Struct("<I")
 
-KNOWN_FLAGS = FLAG_TOMBSTONE
+KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_BATCH_MORE
 
 assert HEADER_BYTES == 29
 
@@ -111,6 +112,11 @@ class RecordScanner:
     lengths run past the end of the file or whose CRC fails is damage. If a
     valid record can be found after it, the damage is skipped and counted;
     if none can, everything from the damage on is a torn tail.
+
+    Atomic batches: records flagged FLAG_BATCH_MORE are held back until the
+    batch's last record (the first one without the flag) is read, so a batch
+    is yielded whole or not at all. A batch cut short by the end of the file is
+    part of the torn tail; one cut by damage is dropped and counted as damage.
     """
 
     def __init__(self, data, name="<data>"):
@@ -123,25 +129,40 @@ class RecordScanner:
     def __iter__(self):
         data, size = self._data, len(self._data)
         pos = 0
+        batch = []  # records of an atomic batch whose last record is not read yet
         while pos < size:
             found = self._valid_at(pos)
             if found is None:
                 resume = self._resync(pos)
                 if resume is None:
-                    return  # torn tail: valid_end stays at the last good record
+                    return  # torn tail (with any unfinished batch): valid_end stays at the last whole write
                 log.warning(
                     "%s: skipping %d damaged bytes at offset %d (CRC or length mismatch)",
                     self._name, resume - pos, pos,
                 )
                 self.corrupt_records += 1
                 self.corrupt_bytes += resume - pos
+                if batch:
+                    self._drop_batch(batch)
+                    batch = []
                 pos = resume
                 continue
             record_len, seq, expire_at_ms, flags, key_len = found
             key = bytes(data[pos + HEADER_BYTES:pos + HEADER_BYTES + key_len])
-            yield ScannedRecord(pos, record_len, seq, expire_at_ms, flags, key)
+            batch.append(ScannedRecord(pos, record_len, seq, expire_at_ms, flags, key))
             pos += record_len
+            if flags & FLAG_BATCH_MORE:
+                continue
+            yield from batch
+            batch = []
             self.valid_end = pos
+
+    def _drop_batch(self, batch):
+        start, end = batch[0].offset, batch[-1].offset + batch[-1].record_len
+        log.warning("%s: dropping an atomic batch of %d records at offset %d cut short by damage",
+                    self._name, len(batch), start)
+        self.corrupt_records += 1
+        self.corrupt_bytes += end - start
 
     def _valid_at(self, pos):
         """``(record_len, seq, expire_at_ms, flags, key_len)`` if a valid record starts at ``pos``."""
@@ -165,7 +186,7 @@ class RecordScanner:
             return None  # zero-filled tail (a crash after the file grew): nothing to find
         # Search byte by byte rather than trusting the damaged header's lengths: a flipped
         # length bit can point exactly at a later record and hide the good ones before it.
-        flags_at = HEADER_BYTES - 9  # the flags byte: anything but 0 or 1 cannot start a record
+        flags_at = HEADER_BYTES - 9  # the flags byte: anything outside KNOWN_FLAGS cannot start a record
         for candidate in range(pos + 1, size - HEADER_BYTES + 1):
             if data[candidate + flags_at] <= KNOWN_FLAGS and self._valid_at(candidate) is not None:
                 return candidate

@@ -15,5 +15,5 @@ def daemon(module_daemon_factory):
 def client(daemon, request):
     """A Client of the module's daemon, once over each transport, each time on an empty store."""
     c = daemon.client(timeout_ms=2000, transport=request.param)
-    c.flush(b"")
+    c.delete_prefix(b"")
     return c

@@ -214,7 +214,7 @@ def reader_main(run_dir, reader_id, keys, acked, ready_q, start_evt, stop_evt, v
                         check(key, value, floor)
                 elif r < 0.975:
                     key = rng.choice(keys)
-                    ttl = client.ttl(key)
+                    ttl = client.pttl(key)
                     if ttl != -1:
                         raise Violation(f"ttl({key!r}) = {ttl}, but the key exists and never expires", "ttl")
                 else:

@@ -147,7 +147,7 @@ def normal(bad_daemon):
 def raw(bad_daemon, normal, request):
     """A raw connection to shard 0 over each transport, on an empty store; ``errors_before`` is the shard's
     error count then."""
-    normal.flush(b"")
+    normal.delete_prefix(b"")
     errors_before = normal.info()[0]["errors"]
     if request.param == "zmq":
         shard = RawShard(f"ipc://{bad_daemon.run_dir}/shard-0.sock")
@@ -303,10 +303,10 @@ def test_wrong_argument_counts_and_types(raw, serving, bad_daemon):
         (pack([45, "mset", [b"k", None]]), 45, "BAD_ARGS"),
         (pack([46, "mset", [[[b"k", 5]], None]]), 46, "BAD_ARGS"),
         (pack([47, "mset", [[[b"k", b"v"]], -5]]), 47, "BAD_ARGS"),
-        (pack([48, "incr", [b"bad:n", "1"]]), 48, "BAD_ARGS"),
-        (pack([49, "incr", [b"bad:n", 2**63]]), 49, "BAD_ARGS"),
-        (pack([50, "incr", [b"bad:n", 1.0]]), 50, "BAD_ARGS"),
-        (pack([51, "incr", [b"bad:n", True]]), 51, "BAD_ARGS"),
+        (pack([48, "incr", [b"bad:n", "1", None]]), 48, "BAD_ARGS"),
+        (pack([49, "incr", [b"bad:n", 2**63, None]]), 49, "BAD_ARGS"),
+        (pack([50, "incr", [b"bad:n", 1.0, None]]), 50, "BAD_ARGS"),
+        (pack([51, "incr", [b"bad:n", True, None]]), 51, "BAD_ARGS"),
         (pack([52, "expire", [b"bad:k", None]]), 52, "BAD_ARGS"),
         (pack([53, "expire", [b"bad:k", -1]]), 53, "BAD_ARGS"),
         (pack([54, "scan", [b"", 0, 0]]), 54, "BAD_ARGS"),
@@ -314,7 +314,7 @@ def test_wrong_argument_counts_and_types(raw, serving, bad_daemon):
         (pack([56, "scan", [b"", -1, 10]]), 56, "BAD_ARGS"),
         (pack([57, "scan", [b"", "0", 10]]), 57, "BAD_ARGS"),
         (pack([58, "scan", ["", 0, 10]]), 58, "BAD_ARGS"),
-        (pack([59, "flush", [None]]), 59, "BAD_ARGS"),
+        (pack([59, "delete_prefix", [None]]), 59, "BAD_ARGS"),
         (pack([60, "set_if", [K0[1], b"v", K0[2], 5, None]]), 60, "BAD_ARGS"),
         (pack([61, "set_if", [b"bad:k", b"v", "bad:g", None, None]]), 61, "BAD_ARGS"),
         (pack([62, "getdel", [1]]), 62, "BAD_ARGS"),
@@ -327,7 +327,7 @@ def test_wrong_argument_counts_and_types(raw, serving, bad_daemon):
     raw.sync()
     assert serving.client.get(b"bad:si") is None
     assert serving.client.incr(K0[5]) == 1
-    run_cases(raw, serving, [(pack([65, "incr", [K0[5], 2**63 - 1]]), 65, "NOT_INTEGER")])  # overflow
+    run_cases(raw, serving, [(pack([65, "incr", [K0[5], 2**63 - 1, None]]), 65, "NOT_INTEGER")])  # overflow
     assert serving.client.get(K0[5]) == b"1"
 
 
@@ -440,7 +440,7 @@ ARGUMENTS = (
 @given(requests=st.lists(
     st.tuples(
         st.integers(0, 2**64 - 1),
-        st.sampled_from(sorted(set(OPS) - {"flush"}) + ["nope", "Get"]),
+        st.sampled_from(sorted(set(OPS) - {"delete_prefix"}) + ["nope", "Get"]),
         st.lists(ARGUMENTS, max_size=6),
     ),
     min_size=1, max_size=12,
@@ -467,7 +467,7 @@ def test_generated_near_valid_requests(raw, serving, requests):
 @HYPOTHESIS
 @given(items=st.lists(
     st.one_of(
-        st.tuples(st.sampled_from(sorted(set(OPS) - {"flush"}) + ["batch", "nope"]), st.lists(ARGUMENTS, max_size=6))
+        st.tuples(st.sampled_from(sorted(set(OPS) - {"delete_prefix"}) + ["batch", "nope"]), st.lists(ARGUMENTS, max_size=6))
         .map(list),
         MSGPACK_VALUES,
     ),

@@ -295,7 +295,7 @@ def test_pipeline_mixed_ops_in_order(client):
     p = client.pipeline()
     p.set(b"cl:pm:a", b"1").incr(b"cl:pm:a", 4).get(b"cl:pm:a").set(b"cl:pm:b", b"x", nx=True)
     p.set(b"cl:pm:b", b"y", nx=True).getdel(b"cl:pm:b").get(b"cl:pm:b").expire(b"cl:pm:a", 60_000).persist(b"cl:pm:a")
-    p.ttl(b"cl:pm:a").ttl(b"cl:pm:none")
+    p.pttl(b"cl:pm:a").pttl(b"cl:pm:none")
     assert p.execute() == [True, 5, b"5", True, False, b"x", None, True, True, -1, -2]
 
 
@@ -332,7 +332,7 @@ BAD_CALLS = {
     "scan(cursor=-1)": lambda c: c.scan(b"", -1),
     "scan(cursor='0')": lambda c: c.scan(b"", "0"),
     "scan(count='10')": lambda c: c.scan(b"", 0, "10"),
-    "flush(None)": lambda c: c.flush(None),
+    "delete_prefix(None)": lambda c: c.delete_prefix(None),
     "pipeline set(5, v)": lambda c: c.pipeline().set(5, b"v"),
     "pipeline incr(k, 0.5)": lambda c: c.pipeline().incr(b"k", 0.5),
 }

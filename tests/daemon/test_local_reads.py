@@ -395,12 +395,12 @@ def test_read_your_writes_across_processes(lr_daemon, clients):
                     mismatches.append(f"round {i} ({op}) exists({key!r}) wrong")
             if op == "set-ttl":
                 reads += 1
-                ttl = reader.ttl(key)
+                ttl = reader.pttl(key)
                 if not 590_000 < ttl <= 600_000:
                     mismatches.append(f"round {i} ttl({key!r}) = {ttl}")
             elif expected is None:
                 reads += 1
-                if reader.ttl(key) != -2:
+                if reader.pttl(key) != -2:
                     mismatches.append(f"round {i} ({op}) ttl({key!r}) != -2")
             rounds += 1
             go_on = time.monotonic() < deadline and len(mismatches) < 20
@@ -470,8 +470,8 @@ def test_unusable_index_file_falls_back_to_the_shard(lr_daemon, clients, variant
         assert fresh.get(absent) is None
         assert fresh.mget([key, absent]) == [v1, None]
         assert fresh.exists(key, absent) == 1
-        assert fresh.ttl(key) == -1
-        assert fresh.ttl(absent) == -2
+        assert fresh.pttl(key) == -1
+        assert fresh.pttl(absent) == -2
         assert fresh.read_counts == {"local": 0, "fallback": 8}
 
         # A write the shard acknowledges now: the fresh client asks the shard again; so does the
@@ -527,7 +527,7 @@ def test_client_mapped_before_a_shard_restart_reads_the_new_shards_writes(make_d
     assert old.get(later) == b"fresh"
     assert old.get(kept) == b"kept"
     assert old.get(other) == b"other"
-    assert old.ttl(doomed) == -2
+    assert old.pttl(doomed) == -2
     assert old.mget([over, doomed, later]) == [b"new", None, b"fresh"]
     assert old.read_counts["local"] - counts["local"] == 9, "the re-opened table should answer locally"
     assert old.read_counts["fallback"] == counts["fallback"]
@@ -542,7 +542,7 @@ _NO_FILES_SCRIPT = textwrap.dedent("""
     run_dir, data_dir, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     c = Client(run_dir, local_reads=False)
     answers = [c.get(k) is not None for k in keys] + [c.exists(*keys), c.mget(keys) is not None]
-    answers += [c.ttl(k) for k in keys]
+    answers += [c.pttl(k) for k in keys]
     def ours(target):
         return target.startswith(os.path.realpath(data_dir)) or target.endswith(".idx")
     fds = []
@@ -575,7 +575,7 @@ def test_local_reads_off_never_uses_the_files_and_agrees(lr_daemon, clients):
     assert on.mget(keys) == off.mget(keys)
     assert on.exists(*keys) == off.exists(*keys) == len(keys) - 2
     for key in keys:
-        a, b = on.ttl(key), off.ttl(key)
+        a, b = on.pttl(key), off.pttl(key)
         assert a == b or (a > 0 and b > 0 and abs(a - b) < 5000), (key, a, b)
     assert off.read_counts == {"local": 0, "fallback": 0}
     assert on.read_counts["fallback"] == 0 and on.read_counts["local"] == 4 * len(keys)
@@ -605,19 +605,19 @@ def test_expired_keys_read_as_missing_locally(lr_daemon, clients):
     before = dict(c.read_counts)
     for key in keys:
         assert c.get(key) == b"short-lived"
-        assert 0 < c.ttl(key) <= 200
+        assert 0 < c.pttl(key) <= 200
     assert c.read_counts["local"] - before["local"] == 4
     time.sleep(0.3)
     before = dict(c.read_counts)
     for key in keys:
         assert c.get(key) is None
-        assert c.ttl(key) == -2
+        assert c.pttl(key) == -2
     assert c.exists(*keys) == 0
     assert c.mget(keys) == [None, None]
     assert c.read_counts["local"] - before["local"] == 8
     assert c.read_counts["fallback"] == before["fallback"]
     assert [off.get(k) for k in keys] == [None, None]
-    assert [off.ttl(k) for k in keys] == [-2, -2]
+    assert [off.pttl(k) for k in keys] == [-2, -2]
     c.close()
     off.close()
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ferric_ipc.errors import CommandError
+from ferric_ipc.protocol import PROTOCOL_VERSION
 from ferric_ipc.routing import shard_for
 from tests.daemon.conftest import keys_on_shard
 
@@ -20,7 +21,7 @@ def test_hello_describes_each_shard(daemon, client):
     seen_pids = set()
     for shard in range(2):
         hello = client.hello(shard=shard)
-        assert hello["protocol"] == 1
+        assert hello["protocol"] == PROTOCOL_VERSION
         assert hello["shards"] == 2
         assert hello["shard"] == shard
         assert hello["max_value_bytes"] == 16 * 1024 * 1024
@@ -54,31 +55,31 @@ def test_get_set_roundtrip_exact_bytes(client):
 def test_ttl_expiry(client):
     assert client.set(b"ops:ttl", b"short", ttl_ms=300) is True
     assert client.get(b"ops:ttl") == b"short"
-    remaining = client.ttl(b"ops:ttl")
+    remaining = client.pttl(b"ops:ttl")
     assert 0 < remaining <= 300
     assert client.exists(b"ops:ttl") == 1
     time.sleep(0.45)
     assert client.get(b"ops:ttl") is None
-    assert client.ttl(b"ops:ttl") == -2
+    assert client.pttl(b"ops:ttl") == -2
     assert client.exists(b"ops:ttl") == 0
     # An expired key is missing for nx as well.
     assert client.set(b"ops:ttl", b"again", nx=True) is True
     assert client.get(b"ops:ttl") == b"again"
-    assert client.ttl(b"ops:ttl") == -1
+    assert client.pttl(b"ops:ttl") == -1
 
 
 def test_expire_persist_ttl(client):
-    assert client.ttl(b"ops:exp:missing") == -2
+    assert client.pttl(b"ops:exp:missing") == -2
     assert client.expire(b"ops:exp:missing", 1000) is False
     assert client.persist(b"ops:exp:missing") is False
     client.set(b"ops:exp", b"v")
-    assert client.ttl(b"ops:exp") == -1
+    assert client.pttl(b"ops:exp") == -1
     assert client.persist(b"ops:exp") is False, "no expiry to remove"
     assert client.expire(b"ops:exp", 60_000) is True
-    assert 59_000 < client.ttl(b"ops:exp") <= 60_000
+    assert 59_000 < client.pttl(b"ops:exp") <= 60_000
     assert client.get(b"ops:exp") == b"v", "expire keeps the value"
     assert client.persist(b"ops:exp") is True
-    assert client.ttl(b"ops:exp") == -1
+    assert client.pttl(b"ops:exp") == -1
     assert client.get(b"ops:exp") == b"v"
     assert client.expire(b"ops:exp", 200) is True
     time.sleep(0.35)
@@ -104,7 +105,7 @@ def test_set_nx_xx(client):
 def test_set_keeps_or_replaces_ttl(client):
     client.set(b"ops:ttlkeep", b"a", ttl_ms=60_000)
     client.set(b"ops:ttlkeep", b"b")
-    assert client.ttl(b"ops:ttlkeep") == -1, "a plain set removes the expiry (Redis SET semantics)"
+    assert client.pttl(b"ops:ttlkeep") == -1, "a plain set removes the expiry (Redis SET semantics)"
 
 
 def test_incr(client):
@@ -129,7 +130,7 @@ def test_incr(client):
     # incr keeps the key's expiry
     client.set(b"ops:ctr-ttl", b"7", ttl_ms=60_000)
     assert client.incr(b"ops:ctr-ttl") == 8
-    assert 0 < client.ttl(b"ops:ctr-ttl") <= 60_000
+    assert 0 < client.pttl(b"ops:ctr-ttl") <= 60_000
 
 
 def test_getdel_delete_exists(client):
@@ -163,7 +164,7 @@ def test_set_if(client):
     assert client.get(key) == b"v3"
     assert client.set_if(key, b"v4", guard, "3", ttl_ms=60_000) is True
     assert client.get(key) == b"v4"
-    assert 0 < client.ttl(key) <= 60_000
+    assert 0 < client.pttl(key) <= 60_000
     # keys on different shards
     a = keys_on_shard(0, 1, "ops:si0:")[0]
     b = keys_on_shard(1, 1, "ops:si1:")[0]
@@ -185,8 +186,8 @@ def test_mset_mget_across_shards(client):
     for shard, keys in ((0, k0), (1, k1)):  # each went to its own shard
         assert [shard_for(k, 2) for k in keys] == [shard] * 5
     assert client.mset({k0[0]: b"t0", k1[0]: b"t1"}, ttl_ms=60_000) is True
-    assert 0 < client.ttl(k0[0]) <= 60_000 and 0 < client.ttl(k1[0]) <= 60_000
-    assert client.ttl(k0[1]) == -1
+    assert 0 < client.pttl(k0[0]) <= 60_000 and 0 < client.pttl(k1[0]) <= 60_000
+    assert client.pttl(k0[1]) == -1
     assert client.mget([]) == []
 
 
@@ -216,11 +217,11 @@ def test_flush_prefix_counts(client):
     client.set(b"ops:fl-keep", b"kept")
     client.set(b"ops:f", b"kept")
     assert {shard_for(k, 2) for k in keys} == {0, 1}
-    assert client.flush(b"ops:fl:") == 40
+    assert client.delete_prefix(b"ops:fl:") == 40
     assert client.mget(keys) == [None] * 40
     assert client.get(b"ops:fl-keep") == b"kept"
     assert client.get(b"ops:f") == b"kept"
-    assert client.flush(b"ops:fl:") == 0
+    assert client.delete_prefix(b"ops:fl:") == 0
 
 
 def test_info_per_shard(daemon, client):
