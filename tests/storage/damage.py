@@ -39,6 +39,7 @@ class RawRecord(NamedTuple):
     seq: int
     key: bytes
     value: object
+    flags: int = 0
 
 
 def data_file_paths(directory):
@@ -84,7 +85,7 @@ def read_records(path):
         assert end <= len(data) and zlib.crc32(data[pos + 4:end]) == crc, f"{path}: bad record at {pos}"
         key = data[pos + _HEADER.size:pos + _HEADER.size + key_len]
         value = None if flags & _TOMBSTONE else data[pos + _HEADER.size + key_len:end]
-        records.append(RawRecord(file_id, pos, end - pos, seq, key, value))
+        records.append(RawRecord(file_id, pos, end - pos, seq, key, value, flags))
         pos = end
     return records
 

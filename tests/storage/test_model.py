@@ -1,4 +1,4 @@
-"""Model test: random put / delete / expire / batch / rotate / close-and-reopen against a dict."""
+"""Model test: random put / delete / expire / batch (plain or atomic) / rotate / close-and-reopen against a dict."""
 
 import os
 import shutil
@@ -54,8 +54,8 @@ class StoreModel(RuleBasedStateMachine):
         assert self.store.delete(key) is existed
         self.model.pop(encoded(key), None)
 
-    @rule(ops=st.lists(st.one_of(st.tuples(KEYS, VALUES, TTLS), KEYS), max_size=8))
-    def batch(self, ops):
+    @rule(ops=st.lists(st.one_of(st.tuples(KEYS, VALUES, TTLS), KEYS), max_size=8), atomic=st.booleans())
+    def batch(self, ops, atomic):
         batch, expected = [], []
         for op in ops:
             if isinstance(op, tuple):
@@ -67,7 +67,7 @@ class StoreModel(RuleBasedStateMachine):
                 batch.append(Delete(op))
                 expected.append(self._live(encoded(op)) is not None)
                 self.model.pop(encoded(op), None)
-        assert self.store.write_batch(batch) == expected
+        assert self.store.write_batch(batch, atomic=atomic) == expected
 
     @rule(ms=st.integers(1, 1500))
     def advance_clock(self, ms):
