@@ -190,35 +190,31 @@ class FerricSessionInterface(SessionInterface):
             changed = {field: data for field, data in encoded.items() if loaded.get(field) != data}
             removed = [field for field in loaded if field not in encoded]
         if changed or removed:
+            # The user index first: if the session write then fails, an index entry that lives a little
+            # longer or lists one id too many is harmless, while a session missing from its index would
+            # survive a logout everywhere. And once the session is written, nothing after it can fail.
+            self._update_user_index(session, ttl_ms)
             # Only a new session may be created: a loaded one that is gone was ended elsewhere, and
             # writing its changed fields would bring back a fragment of it.
             created = session.new
-            if not self.client.patch(key, set=changed, delete=removed, ttl_ms=ttl_ms, create=created, encode=_as_is):
-                return False
-        elif app.config["SESSION_REFRESH_EACH_REQUEST"]:
-            extended = self._refresh_ttl(key, ttl_ms)
-            if extended is None:
-                return False
-            if not extended:
-                return True
-        else:
+            return self.client.patch(key, set=changed, delete=removed, ttl_ms=ttl_ms, create=created, encode=_as_is)
+        if not app.config["SESSION_REFRESH_EACH_REQUEST"]:
             return True
-        self._update_user_index(session, ttl_ms)
-        return True
+        return self._refresh_ttl(key, ttl_ms, session)
 
-    def _refresh_ttl(self, key, ttl_ms):
-        """Extend ``key``'s TTL if it dropped by more than the refresh interval: True if it was, False if that
-        was not needed, None if ``key`` is gone."""
+    def _refresh_ttl(self, key, ttl_ms, session):
+        """A TTL-only write when the TTL dropped by more than the refresh interval; False if ``key`` is gone."""
         remaining_ms = self.client.pttl(key)  # a local read
         if remaining_ms == -2:
-            return None
+            return False
         interval_ms = min(self.refresh_interval_ms, ttl_ms // 2)
         if remaining_ms != -1 and ttl_ms - remaining_ms <= interval_ms:
-            return False
-        return True if self.client.expire(key, ttl_ms) else None
+            return True
+        self._update_user_index(session, ttl_ms)  # first, as in _write
+        return self.client.expire(key, ttl_ms)
 
     def _update_user_index(self, session, ttl_ms):
-        """After a write that set the session's TTL to ``ttl_ms``: keep its user's index entry right."""
+        """Before a write that sets the session's TTL to ``ttl_ms``: keep its user's index entry right."""
         margin_ms = self.refresh_interval_ms
         if (session.loaded_user_id, session.loaded_sid) != (session.user_id, session.sid):
             self._unlink_user(session)

@@ -1,0 +1,54 @@
+"""The example app (examples/flask_app) as gunicorn serves it in the end-to-end tests, plus two test-only views.
+
+``/meet/<pair>/set/<key>`` opens the session, then waits until the other
+request of its pair (in any worker) has opened it too, then sets ``key``:
+a barrier across processes, made of a counter in ferricd. ``/session``
+shows every field. Every response names the worker that served it
+(``X-Worker-Pid``).
+"""
+
+import importlib.util
+import os
+import time
+
+import flask
+
+from ferric_ipc import Client
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "flask_app", "app.py")
+MEET_TIMEOUT_S = 10
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("flask_app_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_app():
+    app = _example_module().create_app()
+    meeting = Client(os.environ.get("FERRIC_RUN_DIR"))
+
+    @app.get("/meet/<pair>/set/<key>")
+    def meet_then_set(pair, key):
+        flask.session.get("user")  # loaded before the partner request saves
+        meeting.incr(f"meet:{pair}", ttl_ms=60_000)
+        deadline = time.monotonic() + MEET_TIMEOUT_S
+        while meeting.get(f"meet:{pair}") != b"2":
+            if time.monotonic() > deadline:
+                return "partner never came", 504
+            time.sleep(0.001)
+        flask.session[key] = pair
+        return flask.jsonify(ok=True)
+
+    @app.get("/session")
+    def whole_session():
+        return flask.jsonify(dict(flask.session))
+
+    @app.after_request
+    def name_worker(response):
+        response.headers["X-Worker-Pid"] = str(os.getpid())
+        return response
+
+    return app
