@@ -20,7 +20,7 @@ EXT_UUID = 5  # the 16 bytes
 EXT_DECIMAL = 6  # str(), UTF-8 (NaN and Infinity included)
 EXT_MARKUP = 7  # the text, UTF-8
 EXT_TUPLE = 8  # packb([items])
-EXT_SET = 9  # packb([items]), sorted when the items sort, so equal sets encode equally in every process
+EXT_SET = 9  # a msgpack array of the items, ordered by their encodings: equal sets encode equally in every process
 EXT_FROZENSET = 10  # as EXT_SET
 
 #: What a session value may hold; anything else fails at save with SessionSerializationError.
@@ -42,7 +42,8 @@ class SessionSerializer:
 
     Types outside ``SUPPORTED_TYPES``, subclasses included (other than
     ``Markup``), raise SessionSerializationError rather than coming back as
-    something else.
+    something else; the one exception is bytes-like values (bytearray,
+    memoryview), which msgpack stores as bytes and which come back as bytes.
     """
 
     def __init__(self):
@@ -58,8 +59,8 @@ class SessionSerializer:
             decimal.Decimal: lambda d: msgpack.ExtType(EXT_DECIMAL, str(d).encode()),
             Markup: lambda m: msgpack.ExtType(EXT_MARKUP, str(m).encode()),
             tuple: lambda t: msgpack.ExtType(EXT_TUPLE, self._pack_nested(list(t))),
-            set: lambda s: msgpack.ExtType(EXT_SET, self._pack_nested(_ordered(s))),
-            frozenset: lambda s: msgpack.ExtType(EXT_FROZENSET, self._pack_nested(_ordered(s))),
+            set: lambda s: msgpack.ExtType(EXT_SET, self._pack_set(s)),
+            frozenset: lambda s: msgpack.ExtType(EXT_FROZENSET, self._pack_set(s)),
         }
         self._decoders = {
             EXT_DATETIME: self._decode_datetime,
@@ -171,6 +172,12 @@ class SessionSerializer:
     def _pack_nested(self, value):
         return self._new_packer().pack(value)
 
+    def _pack_set(self, items):
+        # Iteration order depends on the process's hash seed; the order of the encodings does not.
+        packer = self._new_packer()
+        encoded = sorted(packer.pack(item) for item in items)
+        return _array_header(len(encoded)) + b"".join(encoded)
+
     def _new_packer(self):
         # strict_types: a tuple or a str/int/dict subclass reaches _default instead of passing as its base type.
         return msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
@@ -206,11 +213,12 @@ class SessionSerializer:
         return value
 
 
-def _ordered(items):
-    try:
-        return sorted(items)
-    except TypeError:  # mixed types: any order decodes to the same set
-        return list(items)
+def _array_header(count):
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 def _map_header(count):
