@@ -83,6 +83,17 @@ def check(data_dir):
     return 1 if damaged else 0
 
 
+def import_flask_session(args):
+    """Run ferric_flask's importer, loaded only here: no other command needs Flask or redis-py."""
+    try:
+        from ferric_flask import migrate
+    except ImportError as exc:
+        print(f"ferricctl: import-flask-session needs Flask and redis-py ({exc}); "
+              "install them: pip install 'ferricstore[flask]' redis", file=sys.stderr)
+        return 2
+    return migrate.main(args)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferricctl", description="Control and inspect ferricd")
     parser.add_argument("--run-dir", help=f"ferricd's run directory (default ${RUN_DIR_ENV} or ./ferric-run)")
@@ -101,10 +112,16 @@ def main(argv=None):
     sub.add_parser("delete-prefix", help="delete every key with a prefix").add_argument("prefix")
     sub.add_parser("info", help="per-shard statistics")
     sub.add_parser("check", help="verify a stopped data directory").add_argument("data_dir")
+    importer = sub.add_parser("import-flask-session", help="copy Flask-Session 0.6-0.8 sessions from Redis")
+    importer.add_argument("--redis-url", required=True, help="where Flask-Session stored them, e.g. redis://localhost")
+    importer.add_argument("--key-prefix", help="Flask-Session's SESSION_KEY_PREFIX (default session:)")
+    importer.add_argument("--prefix", help="ferric_flask's FERRIC_SESSION_PREFIX (default sess:)")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             return check(args.data_dir)
+        if args.command == "import-flask-session":
+            return import_flask_session(args)
         with Client(args.run_dir, timeout_ms=args.timeout_ms) as client:
             print(run(args, client))
         return 0
