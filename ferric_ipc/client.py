@@ -117,6 +117,25 @@ class _Commands:
             raise TypeError(f"delta must be int, not {type(delta).__name__}")
         return self._submit(key, "incr", [key, delta, _ttl(ttl_ms)])
 
+    def exists(self, *keys: Key) -> Any:
+        """How many of ``keys`` exist (queued, they must all live on one shard)."""
+        encoded = self._one_shard("exists", keys)
+        return self._submit(encoded[0], "exists", [encoded])
+
+    def delete(self, *keys: Key) -> Any:
+        """Delete ``keys``; how many existed (queued, they must all live on one shard)."""
+        encoded = self._one_shard("delete", keys)
+        return self._submit(encoded[0], "delete", [encoded])
+
+    def _one_shard(self, op: str, keys: tuple[Key, ...]) -> list[bytes]:
+        encoded = [as_key(key) for key in keys]
+        if not encoded:
+            raise TypeError(f"{op} needs at least one key")
+        if len({self._shard_of(key) for key in encoded}) > 1:
+            raise CommandError(f"{op}: the keys live on different shards; queue one {op} per key, or give them "
+                               "one {hash tag}", "WRONG_SHARD")
+        return encoded
+
     def getdel(self, key: Key) -> Any:
         """Delete ``key`` and return the value it had (None if missing)."""
         key = as_key(key)
