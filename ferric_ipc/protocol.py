@@ -94,7 +94,6 @@ ERROR_CODES = {
     "WRONG_TYPE": CommandError,
     "NOT_INTEGER": CommandError,
     "WRONG_SHARD": CommandError,
-    "ABORTED": CommandError,
     "LIMIT": LimitError,
     "STORAGE": StorageError,
     "STORAGE_FULL": StorageFullError,
