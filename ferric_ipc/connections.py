@@ -7,9 +7,12 @@ timeout_ms, retry)`` the same way:
 - a wait that runs out closes the socket, so a late reply never meets a new request;
 - with ``retry`` (ops that change nothing) requests are sent again on a fresh
   socket after timeout/8, then after doubling waits, all within ``timeout_ms``;
-- a request that provably never reached a shard (no socket to connect to, or
-  the connection already closed when it was sent) is sent again whatever it is,
-  which is how a client rides over a shard restart.
+- a request that provably never reached a shard is sent again whatever it is,
+  which is how a client rides over a shard restart: no socket to connect to,
+  the connection already closed when it was sent, or (stream) the connection
+  reset with the request unread;
+- a timed-out request that may have reached the shard says that its outcome is
+  unknown, unless it is one of the ops that change nothing.
 """
 
 import errno
@@ -25,7 +28,10 @@ from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutE
 from ferric_ipc.file_layout import socket_path, stream_path
 
 _FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
-_CONNECT_RETRY_S = 0.01  # while a shard restarts, how often to try its socket again
+# While a shard restarts (hundreds of ms), the pause before trying its socket again: it doubles
+# from the first to the last, so hundreds of waiting processes do not poll the socket file in step.
+_FIRST_RECONNECT_PAUSE_S = 0.005
+_MAX_RECONNECT_PAUSE_S = 0.05
 _READ_CHUNK_BYTES = 64 * 1024
 _MAX_READ_BYTES = 16 * 1024 * 1024  # one recv() allocates what it asks for, so big replies come in steps
 _HEADER_BYTES = protocol.STREAM_HEADER.size
@@ -35,11 +41,27 @@ _NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN)
 
 
 class _NoReply(Exception):
-    """A wait for replies ran out (call() decides between resending and timing out)."""
+    """A wait for replies ran out (call() decides between resending and timing out).
+
+    ``maybe_applied`` is False only when the requests certainly never reached a shard whole.
+    """
+
+    def __init__(self, maybe_applied=True):
+        super().__init__()
+        self.maybe_applied = maybe_applied
 
 
 class _Lost(Exception):
     """The connection broke after requests were sent: they may or may not have been applied."""
+
+
+class _Unread(Exception):
+    """The stream connection was reset with bytes we sent still unread, so the last request never arrived whole.
+
+    Linux resets a Unix stream connection (ECONNRESET, not end-of-file) exactly when its peer
+    closes it with data left in its receive queue, or when the listening socket it waited on
+    closes before accepting it; a shard that read everything and then died gives end-of-file.
+    """
 
 
 class ShardConnection:
@@ -64,10 +86,10 @@ class ShardConnection:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 try:
                     return self._exchange(requests, min(wait_ms, remaining_ms), deadline)
-                except _NoReply:
+                except _NoReply as no_reply:
                     self._close_socket()
                     if not retry or remaining_ms <= wait_ms:
-                        raise self._timed_out(timeout_ms) from None
+                        raise self._timed_out(timeout_ms, no_reply.maybe_applied and not retry) from None
                     wait_ms *= 2
                 except _Lost:
                     self._close_socket()
@@ -78,12 +100,17 @@ class ShardConnection:
                             "check its state before repeating a write that must not happen twice"
                         ) from None
                     if time.monotonic() >= deadline:
-                        raise self._timed_out(timeout_ms) from None
+                        raise self._timed_out(timeout_ms, False) from None
 
-    def _timed_out(self, timeout_ms):
+    def _timed_out(self, timeout_ms, maybe_applied):
+        """The timeout error; ``maybe_applied``: a request that changes something may have reached the shard."""
+        outcome = (
+            "; the request may have reached it, so it may or may not have been applied: check its state "
+            "before repeating a write that must not happen twice"
+        ) if maybe_applied else ""
         return FerricTimeoutError(
             f"shard {self.shard_id} ({self.endpoint}) did not answer within {timeout_ms} ms; "
-            "check that ferricd is running (systemctl status ferricd)"
+            f"check that ferricd is running (systemctl status ferricd){outcome}"
         )
 
     def _frames(self, requests):
@@ -137,20 +164,27 @@ class StreamShardConnection(ShardConnection):
         data = b"".join(protocol.STREAM_HEADER.pack(_frame_length(frame)) + frame for frame in frames)
         # Bytes that must arrive before the shard can have applied anything: the first frame, whole.
         first_frame_bytes = _HEADER_BYTES + len(frames[0])
+        pause_s = _FIRST_RECONNECT_PAUSE_S
         try:
             while True:
+                reused = self._sock is not None
                 sock = self._sock or self._connect(wait_until)
                 sent = self._send(sock, data, wait_until)
                 if sent == len(data):
-                    break
-                self._close_socket()
-                if sent >= first_frame_bytes:
+                    try:
+                        return self._receive(sock, _Replies(ids), wait_until)
+                    except _Unread:
+                        if len(frames) > 1:
+                            raise _Lost from None  # the last frame never arrived whole, but earlier ones may have
+                elif sent >= first_frame_bytes:
                     raise _Lost  # a whole frame went out before the connection broke: it may have been applied
                 # A frame is applied only once it arrived whole, and a dead shard takes none: so nothing
-                # was applied, and the requests go out again to whoever listens now.
-                if time.monotonic() >= wait_until:
-                    raise _NoReply
-            return self._receive(sock, _Replies(ids), wait_until)
+                # was applied, and the requests go out again to whoever listens now. The kernel may
+                # release a killed shard's connections before its listening socket, so a new connection
+                # can be reset the same way: pause before the next one, unless this one was an old one.
+                self._close_socket()
+                if not reused:
+                    pause_s = _pause_before_reconnecting(pause_s, wait_until)
         except (_NoReply, _Lost):
             raise
         except BaseException:
@@ -183,16 +217,20 @@ class StreamShardConnection(ShardConnection):
 
     def _receive(self, sock, replies, wait_until):
         inbox = bytearray()
+        answering = False  # bytes came back, so the shard was reading this connection
         while replies.pending:
             self._wait(select.POLLIN, wait_until)
             try:
                 chunk = sock.recv(min(max(_READ_CHUNK_BYTES, _bytes_missing(inbox)), _MAX_READ_BYTES))
             except BlockingIOError:
                 continue  # woken for nothing
+            except ConnectionResetError:
+                raise (_Lost if answering else _Unread) from None
             except OSError:
                 raise _Lost from None
             if not chunk:
                 raise _Lost
+            answering = True
             if not inbox and _is_one_frame(chunk):
                 replies.add(chunk[_HEADER_BYTES:])  # the usual case: one reply, in one piece
                 continue
@@ -213,6 +251,7 @@ class StreamShardConnection(ShardConnection):
 
     def _connect(self, deadline):
         """A connected socket, trying again while the shard (re)starts; _NoReply once ``deadline`` passed."""
+        pause_s = _FIRST_RECONNECT_PAUSE_S
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -228,9 +267,7 @@ class StreamShardConnection(ShardConnection):
                     ) from None
                 if exc.errno not in _NOT_LISTENING and not isinstance(exc, TimeoutError):
                     raise FerricConnectionError(f"cannot connect to {self.path}: {exc}") from None
-                if time.monotonic() + _CONNECT_RETRY_S >= deadline:
-                    raise _NoReply from None
-                time.sleep(_CONNECT_RETRY_S)
+                pause_s = _pause_before_reconnecting(pause_s, deadline)
                 continue
             self._sock = sock
             self._poll = select.poll()
@@ -240,6 +277,18 @@ class StreamShardConnection(ShardConnection):
         if self._sock is not None:
             self._sock.close()
             self._sock = self._poll = None
+
+
+def _pause_before_reconnecting(pause_s, wait_until):
+    """Sleep ``pause_s`` (less if ``wait_until`` comes first) and return the next pause.
+
+    Raises _NoReply, saying nothing was delivered, when ``wait_until`` has passed.
+    """
+    left_s = wait_until - time.monotonic()
+    if left_s <= 0:
+        raise _NoReply(maybe_applied=False)
+    time.sleep(min(pause_s, left_s))
+    return min(2 * pause_s, _MAX_RECONNECT_PAUSE_S)
 
 
 def _frame_length(frame):

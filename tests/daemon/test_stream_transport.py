@@ -3,11 +3,12 @@
 Frames on ``run_dir/shard-K.stream`` are a u32 length then the msgpack frame. The shard must
 cope with frames cut anywhere, many frames per read, a length it will not accept, peers
 that vanish mid-frame or never read their replies, and many peers at once; the client must
-tell "not sent" (send again) from "sent, answer lost" (a write may have happened).
+tell "never arrived whole" (send again) from "arrived, answer lost" (a write may have happened).
 """
 
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -286,32 +287,115 @@ def test_hundreds_of_connections_at_once(stream_daemon, normal):
     still_serving(normal, "many")
 
 
-def test_a_write_whose_answer_is_lost_is_reported_as_maybe_applied(make_daemon):
-    """The shard takes the request, then dies before answering: the client cannot know whether it was
-    applied, and says so instead of sending a non-idempotent write again."""
-    daemon = make_daemon(shards=1)
-    client = daemon.client(timeout_ms=3000, transport="unix")
-    assert client.incr(b"st:lost") == 1
-    pid = client.hello()["pid"]
-    os.kill(pid, signal.SIGSTOP)
+def call_in_thread(function, *args):
+    """Start ``function(*args)`` in a thread; returns the thread and ``{"value": ...}`` or ``{"error": ...}``."""
     outcome = {}
 
-    def call():
+    def run():
         try:
-            outcome["value"] = client.incr(b"st:lost")
-        except Exception as exc:  # checked below
+            outcome["value"] = function(*args)
+        except Exception as exc:  # checked by the test
             outcome["error"] = exc
 
-    caller = threading.Thread(target=call)
-    caller.start()
-    time.sleep(0.2)  # the request now sits in the stopped shard's socket
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_write_the_dying_shard_never_read_goes_to_its_successor_once(make_daemon):
+    """The request sits unread in a stopped shard's socket when the shard is killed. The kernel
+    resets the connection (instead of ending it) because bytes were left unread, so the client
+    knows nothing was applied and sends the write to the restarted shard, which applies it once."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=3000, transport="unix")
+    assert client.incr(b"st:unread") == 1
+    pid = client.hello()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    caller, outcome = call_in_thread(client.incr, b"st:unread")
+    # The request now sits in the stopped shard's socket; had it not got there yet, it would find
+    # the shard dead and go to its successor all the same.
+    time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     caller.join(10)
-    assert isinstance(outcome.get("error"), FerricConnectionError), outcome
-    assert "may or may not have been applied" in str(outcome["error"])
-    # The next call reconnects to the restarted shard; the lost incr was never applied.
-    assert client.incr(b"st:lost") == 2
+    assert outcome == {"value": 2}
+    assert client.hello()["pid"] != pid
+    assert client.get(b"st:unread") == b"2"
     assert daemon.stop() == 0
+
+
+def test_a_connection_a_dying_shard_never_accepted_is_made_again(make_daemon):
+    """A client that connects while a shard is being killed can reach its listening socket in the
+    moment after its connections were closed: the connection is taken, then reset unaccepted when
+    the listener goes. The write reached no shard, so it goes to the shard that listens next, once."""
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=3000, transport="unix", local_reads=False)
+    assert client.incr(b"st:unaccepted") == 1
+    client.close()  # the next call connects afresh
+    path = os.path.join(daemon.run_dir, "shard-0.stream")
+    os.rename(path, path + ".away")  # the shard keeps listening on its renamed socket
+    dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a listener that never accepts
+    dying.bind(path)
+    dying.listen(8)
+    caller, outcome = call_in_thread(client.incr, b"st:unaccepted")
+    try:
+        # Readable once a connection waits to be accepted: the client's (the supervisor keeps its own
+        # connection to the shard, made before the rename).
+        assert select.select([dying], [], [], 10)[0], "the client never connected"
+        time.sleep(0.1)  # the request goes out into the unaccepted connection (or, later, finds it closed)
+    finally:
+        dying.close()
+        os.rename(path + ".away", path)  # over the dead listener's file, as a new shard's bind does
+    caller.join(10)
+    assert outcome == {"value": 2}
+    assert client.get(b"st:unaccepted") == b"2"
+
+
+class AnswerlessShard:
+    """A stand-in for a shard that dies after reading a request whole and before answering, which a
+    real one cannot be made to do on cue: it accepts one connection on ``run_dir/shard-0.stream``,
+    reads one whole frame, and closes the connection."""
+
+    def __init__(self, run_dir):
+        with open(os.path.join(run_dir, "ferricd.json"), "w") as f:
+            json.dump({"shards": 1, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "transports": ["unix"]}, f)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(os.path.join(run_dir, "shard-0.stream"))
+        self.listener.listen(1)
+        self.frames = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        conn, _ = self.listener.accept()
+        conn.settimeout(10)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack_from("<I", data)[0]:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        self.frames.append(data)
+        conn.close()  # everything read: the client sees the connection end, not reset
+
+    def close(self):
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_a_write_whose_answer_is_lost_is_reported_as_maybe_applied(make_daemon):
+    """The shard read the whole request and went away without answering: the client cannot know
+    whether it was applied, and says so instead of sending a write that changes something again."""
+    run_dir = os.path.join(make_daemon.tempdir(), "run")
+    os.makedirs(run_dir)
+    shard = AnswerlessShard(run_dir)
+    client = Client(run_dir, timeout_ms=3000, transport="unix", local_reads=False)
+    try:
+        with pytest.raises(FerricConnectionError, match="may or may not have been applied"):
+            client.incr(b"st:lost")
+    finally:
+        client.close()
+        shard.close()
+    assert len(shard.frames) == 1, "the write was sent once"
 
 
 def test_a_write_to_a_restarted_shard_is_sent_again_on_a_new_connection(make_daemon):

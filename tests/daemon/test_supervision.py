@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ferric_ipc.client import Client
-from ferric_ipc.errors import FerricError
+from ferric_ipc.errors import FerricError, FerricTimeoutError
 from tests.daemon.conftest import TRANSPORTS, keys_on_shard
 
 
@@ -94,6 +94,50 @@ def test_request_in_flight_when_shard_dies_is_answered_after_restart(make_daemon
     took = outcome["done_at"] - outcome["started_at"]
     assert elapsed < 2.0, f"the in-flight call returned {elapsed:.2f} s after the shard was killed"
     assert took < 2.0, f"the in-flight call took {took:.2f} s: it waited out its 2 s timeout before re-asking"
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_write_after_a_shard_was_replaced_reaches_the_new_shard_once(make_daemon, transport):
+    """A client whose connection led to the shard that was killed: its next write, which it may not
+    send twice, goes to the new shard within the call's timeout and is applied once."""
+    daemon = make_daemon(shards=2)
+    client = daemon.client(timeout_ms=3000, transport=transport)
+    key = keys_on_shard(0, 1, "sup:replaced:")[0]
+    assert client.incr(key) == 1
+    old_pid = client.hello(shard=0)["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    daemon.wait_ready(shards=[0])  # a killed shard answers nothing: this is its successor
+    assert client.incr(key) == 2
+    assert client.hello(shard=0)["pid"] != old_pid
+    assert client.get(key) == b"2"
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_write_made_as_its_shard_is_killed_is_applied_once_or_reported_unknown(make_daemon, transport):
+    """The write goes out right after SIGKILL, while the shard may still be dying. Over the stream a
+    request the dead shard never read is known not to be applied, so it always reaches the new
+    shard. ZeroMQ cannot tell: a message it wrote to the dying shard is lost, and the call then
+    ends at its timeout saying the write may or may not have been applied. It never succeeds
+    without being applied once."""
+    daemon = make_daemon(shards=2)
+    client = daemon.client(timeout_ms=3000, transport=transport)
+    key = keys_on_shard(0, 1, "sup:racing:")[0]
+    assert client.incr(key) == 1
+    old_pid = client.hello(shard=0)["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    try:
+        value = client.incr(key)
+    except FerricTimeoutError as exc:
+        assert transport == "zmq", exc
+        assert "may or may not have been applied" in str(exc)
+        daemon.wait_ready(shards=[0])
+        assert client.get(key) in (b"1", b"2")
+    else:
+        assert value == 2
+        assert client.get(key) == b"2"
+    assert client.hello(shard=0)["pid"] != old_pid
     assert daemon.stop() == 0
 
 
