@@ -76,7 +76,7 @@ class FerricSessionInterface(SessionInterface):
 
     def open_session(self, app, request):
         cookie = request.cookies.get(self.get_cookie_name(app))
-        sid = self.ids.from_cookie(app, cookie)
+        sid, resign = self.ids.from_cookie(app, cookie)
         if sid is None:  # no cookie, or a malformed or forged one: never looked up
             return self._new_session()
         try:
@@ -91,8 +91,10 @@ class FerricSessionInterface(SessionInterface):
             log.warning("session %s… cannot be read (%s); starting a new session", sid[:8], exc)
             return self._new_session()
         user_id = fields.pop(USER_FIELD, None)
-        return self.session_class(fields, sid=sid, new=False, loaded_raw=raw, user_id=user_id,
-                                  cookie_value=None if self.ids.sign else cookie)
+        session = self.session_class(fields, sid=sid, new=False, loaded_raw=raw, user_id=user_id,
+                                     cookie_value=None if self.ids.sign else cookie)
+        session.resign_cookie = resign
+        return session
 
     def save_session(self, app, session, response):
         if session.accessed:
@@ -104,12 +106,15 @@ class FerricSessionInterface(SessionInterface):
         try:
             if not session:
                 self._save_empty(app, session, response)
-            elif self._write(app, session):
-                if session.new or self.should_set_cookie(app, session):
+            else:
+                cookie_due = self._write(app, session)
+                if cookie_due is None:  # ended elsewhere (destroyed, logged out everywhere, expired) meanwhile
+                    self._delete_cookie(app, response)
+                # Sent when its expiry would otherwise lag the store's by more than the refresh interval, not
+                # on every request: the id in it never changes without session.new.
+                elif session.new or session.resign_cookie or (cookie_due and self.should_set_cookie(app, session)):
                     self._set_cookie(app, session, response)
                 session.new = False
-            else:  # ended elsewhere (destroyed, logged out everywhere, expired) while this request ran
-                self._delete_cookie(app, response)
         except UNREACHABLE as exc:
             if self.on_unavailable == "raise":
                 raise SessionStoreUnavailable() from exc
@@ -173,7 +178,11 @@ class FerricSessionInterface(SessionInterface):
     # -- inside save_session -------------------------------------------------------------------
 
     def _write(self, app, session):
-        """Store what changed in ``session``, or refresh its TTL; False if it no longer exists."""
+        """Store what changed in ``session``, or refresh its TTL.
+
+        Returns None if the session no longer exists, else whether the cookie is due: the session is new,
+        its permanent flag changed, or the write moved its expiry by more than the refresh interval.
+        """
         fields = dict(session)
         if session.user_id is not None:
             fields[USER_FIELD] = session.user_id
@@ -190,28 +199,30 @@ class FerricSessionInterface(SessionInterface):
             changed = {field: data for field, data in encoded.items() if loaded.get(field) != data}
             removed = [field for field in loaded if field not in encoded]
         if changed or removed:
+            remaining_ms = -1 if session.new else self.client.pttl(key)  # a local read
             # The user index first: if the session write then fails, an index entry that lives a little
             # longer or lists one id too many is harmless, while a session missing from its index would
             # survive a logout everywhere. And once the session is written, nothing after it can fail.
             self._update_user_index(session, ttl_ms)
             # Only a new session may be created: a loaded one that is gone was ended elsewhere, and
             # writing its changed fields would bring back a fragment of it.
-            created = session.new
-            return self.client.patch(key, set=changed, delete=removed, ttl_ms=ttl_ms, create=created, encode=_as_is)
+            if not self.client.patch(key, set=changed, delete=removed, ttl_ms=ttl_ms, create=session.new,
+                                     encode=_as_is):
+                return None
+            return session.new or "_permanent" in changed or self._moved(remaining_ms, ttl_ms)
         if not app.config["SESSION_REFRESH_EACH_REQUEST"]:
-            return True
-        return self._refresh_ttl(key, ttl_ms, session)
-
-    def _refresh_ttl(self, key, ttl_ms, session):
-        """A TTL-only write when the TTL dropped by more than the refresh interval; False if ``key`` is gone."""
+            return False
         remaining_ms = self.client.pttl(key)  # a local read
         if remaining_ms == -2:
+            return None
+        if not self._moved(remaining_ms, ttl_ms):
             return False
-        interval_ms = min(self.refresh_interval_ms, ttl_ms // 2)
-        if remaining_ms != -1 and ttl_ms - remaining_ms <= interval_ms:
-            return True
-        self._update_user_index(session, ttl_ms)  # first, as in _write
-        return self.client.expire(key, ttl_ms)
+        self._update_user_index(session, ttl_ms)  # first, as above
+        return self.client.expire(key, ttl_ms) or None  # a TTL-only write
+
+    def _moved(self, remaining_ms, ttl_ms):
+        """Whether setting the TTL to ``ttl_ms`` moves the expiry by more than the refresh interval."""
+        return remaining_ms < 0 or ttl_ms - remaining_ms > min(self.refresh_interval_ms, ttl_ms // 2)
 
     def _update_user_index(self, session, ttl_ms):
         """Before a write that sets the session's TTL to ``ttl_ms``: keep its user's index entry right."""

@@ -38,6 +38,8 @@ class FerricSession(CallbackDict, SessionMixin):
         self.cookie_value = cookie_value
         #: Handed out while ferricd was unreachable (on_unavailable="empty"): never saved.
         self.unsaved = False
+        #: The cookie verified with a SECRET_KEY_FALLBACKS key only: the response signs it with SECRET_KEY.
+        self.resign_cookie = False
 
     def __bool__(self):
         # A session holding nothing but the permanent flag is empty: it is neither stored nor given a cookie.

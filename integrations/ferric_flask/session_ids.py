@@ -27,29 +27,41 @@ class SessionIds:
         return secrets.token_urlsafe(self.id_bytes)
 
     def from_cookie(self, app, value):
-        """The session id in cookie ``value``, or None if it is absent, malformed or (when signing) forged."""
+        """``(sid, resign)``: the session id in cookie ``value`` (None if it is absent, malformed or, when
+        signing, forged), and whether the cookie should be signed anew (it verified with a key of
+        SECRET_KEY_FALLBACKS only, so it must be re-sent before that key is retired)."""
         if not value:
-            return None
+            return None, False
+        resign = False
         if self.sign:
             try:
-                value = self._signer(app).unsign(value).decode("ascii")
-            except (BadSignature, UnicodeDecodeError):
-                return None
-        return value if ID_PATTERN.fullmatch(value) else None
+                value = self._unsign(app, value)
+            except BadSignature:
+                try:
+                    value = self._unsign(app, value, fallbacks=True)
+                except BadSignature:
+                    return None, False
+                resign = True
+        return (value, resign) if ID_PATTERN.fullmatch(value) else (None, False)
 
     def to_cookie(self, app, sid):
-        """The cookie value for ``sid``: the id itself, or ``id.signature`` when signing."""
+        """The cookie value for ``sid``: the id itself, or ``id.signature`` when signing (with SECRET_KEY)."""
         if not self.sign:
             return sid
-        return self._signer(app).sign(sid.encode("ascii")).decode("ascii")
+        return self._signer(app, False).sign(sid.encode("ascii")).decode("ascii")
 
-    def _signer(self, app):
+    def _unsign(self, app, value, fallbacks=False):
+        try:
+            return self._signer(app, fallbacks).unsign(value).decode("ascii")
+        except UnicodeDecodeError:
+            raise BadSignature("not ASCII") from None
+
+    def _signer(self, app, fallbacks):
         if not app.secret_key:
             raise RuntimeError(
                 "FERRIC_SESSION_SIGN_IDS needs SECRET_KEY: set app.secret_key (or turn signing off)"
             )
-        # SECRET_KEY_FALLBACKS still verify during a key rotation; the current key signs (it goes last).
-        keys = (*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key)
+        keys = tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()) if fallbacks else (app.secret_key,)
         signer = self._signers.get(keys)
         if signer is None:
             signer = self._signers[keys] = Signer(

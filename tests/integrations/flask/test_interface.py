@@ -288,6 +288,25 @@ def test_unmodified_session_refreshes_ttl_with_a_ttl_only_write_once_per_interva
     assert calls.writes() == {}
 
 
+def test_the_cookie_is_sent_again_only_when_the_store_expiry_moves(web, store):
+    first = web.get("/set/a/1")
+    assert "Expires=" in first.headers["Set-Cookie"]
+    key = f"sess:{sid_of(web)}"
+    assert "Set-Cookie" not in web.get("/read").headers  # read-only, TTL fresh
+    assert "Set-Cookie" not in web.get("/set/a/2").headers  # a change that barely moves the expiry
+    store.expire(key, (LIFETIME_S - 120) * 1000)
+    refreshed = web.get("/read")
+    assert "Expires=" in refreshed.headers["Set-Cookie"]  # the TTL refresh re-sends the cookie with it
+    store.expire(key, (LIFETIME_S - 120) * 1000)
+    assert "Expires=" in web.get("/set/a/3").headers["Set-Cookie"]
+
+
+def test_making_a_session_non_permanent_resends_the_cookie_without_expiry(web):
+    web.get("/set/a/1")
+    response = web.get("/browser")
+    assert "Set-Cookie" in response.headers and "Expires" not in response.headers["Set-Cookie"]
+
+
 def test_no_refresh_when_refresh_each_request_is_off(make_app, store):
     app, calls = make_app(PERMANENT_SESSION_LIFETIME=LIFETIME_S, SESSION_REFRESH_EACH_REQUEST=False)
     web = app.test_client()

@@ -24,12 +24,12 @@ def test_unsigned_cookie_is_the_id(app):
     ids = SessionIds(32, sign=False)
     sid = ids.new()
     assert ids.to_cookie(app, sid) == sid
-    assert ids.from_cookie(app, sid) == sid
+    assert ids.from_cookie(app, sid) == (sid, False)
 
 
 @pytest.mark.parametrize("cookie", [None, "", "a" * 21, "a" * 257, "a" * 30 + "/" + "a" * 12, "a" * 30 + ".sig"])
 def test_malformed_cookies_give_no_id(app, cookie):
-    assert SessionIds(32, sign=False).from_cookie(app, cookie) is None
+    assert SessionIds(32, sign=False).from_cookie(app, cookie) == (None, False)
 
 
 def test_signed_cookie_round_trips_and_forgeries_fail(app):
@@ -37,12 +37,16 @@ def test_signed_cookie_round_trips_and_forgeries_fail(app):
     sid = ids.new()
     cookie = ids.to_cookie(app, sid)
     assert cookie.startswith(sid + ".")
-    assert ids.from_cookie(app, cookie) == sid
+    assert ids.from_cookie(app, cookie) == (sid, False)
     other = ids.new()
-    assert ids.from_cookie(app, other) is None  # unsigned
-    assert ids.from_cookie(app, other + cookie[len(sid):]) is None  # another id with this signature
-    app.secret_key = "someone else's"
-    assert ids.from_cookie(app, cookie) is None
+    assert ids.from_cookie(app, other) == (None, False)  # unsigned
+    assert ids.from_cookie(app, other + cookie[len(sid):]) == (None, False)  # another id with this signature
+    app.config["SECRET_KEY_FALLBACKS"] = [app.secret_key]
+    app.secret_key = "rotated"
+    assert ids.from_cookie(app, cookie) == (sid, True)  # valid through the fallback: to be signed anew
+    assert ids.from_cookie(app, ids.to_cookie(app, sid)) == (sid, False)
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    assert ids.from_cookie(app, cookie) == (None, False)
 
 
 def test_signing_without_a_secret_key_says_what_to_do():
