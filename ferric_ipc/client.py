@@ -492,9 +492,23 @@ class Client(_Commands):
                 return
 
     def delete_prefix(self, prefix: Key) -> int:
-        """Delete every key starting with ``prefix`` on every shard; returns how many (b"" deletes everything)."""
+        """Delete every key starting with ``prefix`` on every shard; returns how many (b"" deletes everything).
+
+        Runs as bounded steps, each a request of a few milliseconds, so the
+        shards serve other clients in between. Not atomic: keys with the
+        prefix written while it runs may or may not be deleted; every key
+        that existed before it started and was not rewritten is.
+        """
         prefix = as_key(prefix, "prefix")
-        return sum(self._call(shard_id, "delete_prefix", [prefix]) for shard_id in range(self.shard_count))
+        deleted = 0
+        for shard_id in range(self.shard_count):
+            cursor, capacity = 0, None
+            while True:
+                cursor, count, capacity = self._call(shard_id, "delete_prefix", [prefix, cursor, capacity])
+                deleted += count
+                if cursor == 0:
+                    break
+        return deleted
 
     def info(self):
         """Per-shard statistics: one dict per shard, in shard order."""

@@ -71,7 +71,7 @@ OPS = {
     "patch": 5,  # key, {field: msgpack bytes}, [field, ...], ttl_ms | None, create
     "lease": 3,  # key, token, ttl_ms
     "scan": 3,  # prefix, cursor, count
-    "delete_prefix": 1,  # prefix
+    "delete_prefix": 3,  # prefix, cursor, table_capacity | None: one bounded step
     "info": 0,
     "batch": 1,  # [[op, args], ...]: many requests in one frame, answered in one frame
     "multi": 1,  # [[op, args], ...]: one shard's transaction, all or none

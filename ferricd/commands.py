@@ -14,6 +14,9 @@ from ferricd.storage import Delete, Put
 from ferricd.transaction import StagedStore
 
 _MAX_SCAN_COUNT = 10_000
+# Slots one scan or delete_prefix call looks at: each live one costs a read of its key, so this keeps
+# a call to a few milliseconds however large the shard is, and other requests are served in between.
+SCAN_SLOTS_PER_CALL = 1024
 _MAX_U64 = 2**64 - 1
 
 
@@ -277,12 +280,26 @@ class ShardCommands:
     def op_scan(self, prefix, cursor, count):
         if type(count) is not int or not 0 < count <= _MAX_SCAN_COUNT:
             raise CommandError(f"count must be between 1 and {_MAX_SCAN_COUNT}")
-        return list(self.store.scan(self._key(prefix, "prefix"), cursor, count))
+        return list(self.store.scan(self._key(prefix, "prefix"), cursor, count, SCAN_SLOTS_PER_CALL))
 
-    def op_delete_prefix(self, prefix):
+    def op_delete_prefix(self, prefix, cursor, table_capacity):
+        """One bounded step of a prefix delete: ``[next_cursor, deleted, table_capacity]``.
+
+        The client repeats it from cursor 0 until the cursor is 0 again,
+        passing back the capacity it was given: if the table was rebuilt in
+        between (which moves keys between slots), the step starts over at slot
+        0 so that no key present from the start is missed.
+        """
         prefix = self._key(prefix, "prefix")
-        doomed = [key for key in self.store.keys() if key.startswith(prefix)]
-        return sum(self.store.write_batch([Delete(key) for key in doomed]))
+        if type(cursor) is not int or cursor < 0:
+            raise CommandError("cursor must be 0 or a cursor returned by delete_prefix")
+        if table_capacity is not None and type(table_capacity) is not int:
+            raise CommandError("table_capacity must be an int or None")
+        if table_capacity is not None and table_capacity != self.store.table_capacity:
+            cursor = 0
+        next_cursor, doomed = self.store.scan(prefix, cursor, _MAX_SCAN_COUNT, SCAN_SLOTS_PER_CALL)
+        deleted = sum(self.store.write_batch([Delete(key) for key in doomed])) if doomed else 0
+        return [next_cursor, deleted, self.store.table_capacity]
 
     def op_info(self):
         with self._process.oneshot():

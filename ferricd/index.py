@@ -131,10 +131,10 @@ class ShardIndex:
         )
         return key_hash, file_id, offset, record_len, expire_at_ms
 
-    def entries(self, start=0):
-        """Yield ``(slot, key_hash, file_id, offset, record_len, expire_at_ms)`` for every live slot from ``start``."""
+    def entries(self, start=0, end=None):
+        """Yield ``(slot, key_hash, file_id, offset, record_len, expire_at_ms)`` for every live slot in [start, end)."""
         buf = self._buf
-        for slot in range(start, self.capacity):
+        for slot in range(start, self.capacity if end is None else min(end, self.capacity)):
             _seq, file_id, key_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(
                 buf, table_bytes(slot)
             )

@@ -109,17 +109,23 @@ class BitcaskStore:
         self.counters["misses"] += 1
         return None
 
-    def scan(self, prefix=b"", cursor=0, count=100):
+    def scan(self, prefix=b"", cursor=0, count=100, max_slots=None):
         """``(next_cursor, keys)``: up to ``count`` live keys starting with ``prefix``.
 
         Start with cursor 0; a returned cursor of 0 means the scan is complete.
+        ``max_slots`` bounds the work of one call (see KeyDirectory.scan).
         """
         prefix = as_key(prefix, "prefix")
         if type(cursor) is not int or cursor < 0:
             raise TypeError("cursor must be a non-negative int returned by a previous scan")
         if type(count) is not int or count <= 0:
             raise TypeError("count must be a positive int")
-        return self._keydir.scan(prefix, cursor, count, self._clock())
+        return self._keydir.scan(prefix, cursor, count, self._clock(), max_slots)
+
+    @property
+    def table_capacity(self):
+        """Slots in the key directory's table; it changes when the table is rebuilt, which moves every cursor."""
+        return self._keydir.index.capacity
 
     def __contains__(self, key):
         return self.get_with_expiry(key) is not None

@@ -8,6 +8,8 @@ same 64-bit hash stay distinct.
 import logging
 
 from ferric_ipc.errors import CorruptDataError
+from ferric_ipc.file_layout import RECORD_KEY_LEN_AT
+from ferric_ipc.keys import key_hash64
 from ferricd.index import ShardIndex
 from ferricd.storage.records import FLAG_TOMBSTONE, HEADER_BYTES, decode, key_matches, record_key, record_seq
 
@@ -147,27 +149,38 @@ class KeyDirectory:
             if key is not None:
                 yield key
 
-    def scan(self, prefix, start_slot, count, now_ms):
+    def scan(self, prefix, start_slot, count, now_ms, max_slots=None):
         """Up to ``count`` unexpired keys starting with ``prefix``, from slot ``start_slot`` on.
 
         Returns ``(next_slot, keys)``; ``next_slot`` is 0 when the table is
-        exhausted. Keys present for the whole scan are returned at least once
-        unless the table is rebuilt (grown) between calls.
+        exhausted. ``max_slots`` bounds the slots looked at (each live one
+        costs a read of its key), so one call never holds the shard for long:
+        it may then return fewer than ``count`` keys, even none, with a
+        ``next_slot`` to go on from. Keys present for the whole scan are
+        returned at least once unless the table is rebuilt (grown) between calls.
         """
         keys = []
-        for entry in self.index.entries(start_slot):
+        end = self.index.capacity if max_slots is None else min(self.index.capacity, start_slot + max_slots)
+        for entry in self.index.entries(start_slot, end):
             key = self._live_key(entry, now_ms)
             if key is not None and key.startswith(prefix):
                 keys.append(key)
                 if len(keys) >= count:
                     return entry[0] + 1, keys
-        return 0, keys
+        return (0 if end >= self.index.capacity else end), keys
 
     def _live_key(self, entry, now_ms):
         """The key of an ``entries()`` row, or None if it expired or its record is damaged (then dropped)."""
-        slot, _hash, file_id, offset, record_len, expire_at_ms = entry
+        slot, key_hash, file_id, offset, record_len, expire_at_ms = entry
         if expire_at_ms and expire_at_ms <= now_ms:
             return None
+        # Fast path for scans: read the header and key only, and trust them when the key hashes to the
+        # slot's hash (64 bits); anything else gets the whole-record check, which drops a damaged record.
+        key_len = int.from_bytes(self.files.read(file_id, offset + RECORD_KEY_LEN_AT, 4), "little")
+        if HEADER_BYTES + key_len <= record_len:
+            key = bytes(self.files.read(file_id, offset + HEADER_BYTES, key_len))
+            if key_hash64(key) == key_hash:
+                return key
         data = self.files.read(file_id, offset, record_len)
         if self._drop_if_corrupt((slot, file_id, offset, record_len, expire_at_ms), data):
             return None

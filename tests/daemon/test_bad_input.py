@@ -314,7 +314,7 @@ def test_wrong_argument_counts_and_types(raw, serving, bad_daemon):
         (pack([56, "scan", [b"", -1, 10]]), 56, "BAD_ARGS"),
         (pack([57, "scan", [b"", "0", 10]]), 57, "BAD_ARGS"),
         (pack([58, "scan", ["", 0, 10]]), 58, "BAD_ARGS"),
-        (pack([59, "delete_prefix", [None]]), 59, "BAD_ARGS"),
+        (pack([59, "delete_prefix", [None, 0, None]]), 59, "BAD_ARGS"),
         (pack([60, "set_if", [K0[1], b"v", K0[2], 5, None]]), 60, "BAD_ARGS"),
         (pack([61, "set_if", [b"bad:k", b"v", "bad:g", None, None]]), 61, "BAD_ARGS"),
         (pack([62, "getdel", [1]]), 62, "BAD_ARGS"),
