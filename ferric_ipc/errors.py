@@ -1,8 +1,13 @@
-"""Exceptions raised by FerricStore clients and by the storage they talk to."""
+"""Exceptions a FerricStore client raises (the daemon raises the same ones and a few of its own)."""
 
 
 class FerricError(Exception):
     """Base class of every error this project raises on purpose."""
+
+    #: The protocol error code, on errors that came from (or go into) an error reply.
+    code: str
+    #: The id of the request an error reply answered (None: a frame too broken to have one).
+    request_id: int | None
 
 
 class LimitError(FerricError, ValueError):
@@ -15,14 +20,6 @@ class StorageError(FerricError):
 
 class StorageFullError(StorageError):
     """The disk (or a size limit on the file) refused a write; nothing from that write was kept."""
-
-
-class DirectoryLockedError(StorageError):
-    """Another process holds the lock on a shard's data directory."""
-
-
-class CorruptDataError(StorageError):
-    """On-disk data failed its checksum or structure check."""
 
 
 class FerricConnectionError(FerricError, ConnectionError):
@@ -46,7 +43,7 @@ class CommandError(FerricError):
 
     code = "BAD_ARGS"
 
-    def __init__(self, message, code=None):
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code

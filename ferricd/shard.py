@@ -18,19 +18,18 @@ import time
 import zmq
 
 from ferric_ipc import protocol
-from ferric_ipc.errors import DirectoryLockedError, FerricError, ProtocolError, StorageError
+from ferric_ipc.errors import FerricError, ProtocolError, StorageError
 from ferric_ipc.file_layout import shard_dir, socket_path, stream_path
 from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
-from ferricd.index_file import IndexFiles
+from ferricd.exit_codes import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
 from ferricd.storage import BitcaskStore
+from ferricd.storage.errors import DirectoryLockedError
+from ferricd.storage.index_file import IndexFiles
 from ferricd.storage.lock import DirectoryLock
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.stream_server import FrameTooLarge, OutOfDescriptors, StreamListener
-
-EXIT_BOOT_ERROR = 3
-EXIT_DATA_ERROR = 4
 
 TICK_MS = 100  # housekeeping (interval fsync, stop flag) at least this often
 MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long

@@ -17,21 +17,20 @@ import time
 
 from ferric_ipc.client import Client
 from ferric_ipc.file_layout import DAEMON_FILE, socket_path
-from ferric_ipc.errors import DirectoryLockedError, FerricError
+from ferric_ipc.errors import FerricError
 from ferric_ipc.protocol import PROTOCOL_VERSION, TRANSPORT_UNIX, TRANSPORT_ZMQ
 from ferricd import systemd
 from ferricd.config import ConfigError, load_config
-from ferricd.shard import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
-from ferricd.storage.datafiles import write_atomically
+from ferricd.exit_codes import EXIT_BOOT_ERROR, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_IN_USE
+from ferricd.storage.atomic_files import write_atomically
+from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.lock import DirectoryLock
 
 log = logging.getLogger("ferricd")
 
 META_FILE = "ferricd.meta"  # in data_dir: {"format": 1, "shards": N}, written when the directory is created
 LOCK_NAME = "ferricd.lock"  # in data_dir and run_dir: one daemon per directory
-EXIT_CONFIG_ERROR = 2
 HUNG_PINGS = 5  # consecutive missed health pings before a shard that was up is stopped
-EXIT_IN_USE = 1
 
 
 class ShardProcess:

@@ -3,8 +3,8 @@
 import os
 from dataclasses import dataclass, field, fields
 
-from ferric_ipc.errors import CorruptDataError
 from ferricd.storage.datafiles import data_path, hint_path, list_data_file_ids
+from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.hints import read_hint
 from ferricd.storage.lock import DirectoryLock
 from ferricd.storage.records import FLAG_TOMBSTONE, RecordScanner

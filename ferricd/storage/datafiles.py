@@ -13,6 +13,7 @@ import re
 
 from ferric_ipc.errors import StorageError, StorageFullError
 from ferric_ipc.file_layout import data_file_name
+from ferricd.storage.atomic_files import fsync_directory
 
 DATA_SUFFIX = ".data"
 HINT_SUFFIX = ".hint"
@@ -36,38 +37,6 @@ def list_data_file_ids(directory):
         if match:
             ids.append(int(match.group(1)))
     return sorted(ids)
-
-
-def fsync_directory(path):
-    """Make a directory's entries (created, renamed, removed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path, chunks, file_mode=0o640):
-    """Write ``chunks`` to ``path`` so that a crash leaves either no file or the whole new one.
-
-    Temp name, fsync, rename, fsync of the directory. Raises OSError; the temp
-    file is removed on failure.
-    """
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_directory(os.path.dirname(path) or ".")
 
 
 class ActiveFile:

@@ -53,7 +53,7 @@ class BitcaskStore:
         Raises DirectoryLockedError naming the pid that holds it. The recovery
         report is in ``self.recovery``. ``epoch`` goes into the key
         directory's header; ``tables`` decides where its buffers live
-        (default: process memory; ferricd.index_file.IndexFiles: mapped files
+        (default: process memory; ferricd.storage.index_file.IndexFiles: mapped files
         clients can read).
         """
         self.settings = settings = settings or StoreSettings()

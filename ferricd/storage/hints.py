@@ -21,8 +21,8 @@ name, fsynced, and renamed, so a crash never leaves a half-written hint.
 import struct
 import zlib
 
-from ferric_ipc.errors import CorruptDataError
-from ferricd.storage.datafiles import write_atomically
+from ferricd.storage.atomic_files import write_atomically
+from ferricd.storage.errors import CorruptDataError
 
 ENTRY = struct.Struct("<QQQIIB")  # key_hash, seq, expire_at_ms, offset, record_len, flags
 TRAILER = struct.Struct("<8sQQQI")  # magic, entry_count, max_seq, data_file_bytes, crc32

@@ -7,10 +7,10 @@ same 64-bit hash stay distinct.
 
 import logging
 
-from ferric_ipc.errors import CorruptDataError
 from ferric_ipc.file_layout import RECORD_KEY_LEN_AT
 from ferric_ipc.keys import key_hash64
-from ferricd.index import ShardIndex
+from ferricd.storage.errors import CorruptDataError
+from ferricd.storage.index import ShardIndex
 from ferricd.storage.records import FLAG_TOMBSTONE, HEADER_BYTES, decode, key_matches, record_key, record_seq
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 import fcntl
 import os
 
-from ferric_ipc.errors import DirectoryLockedError
+from ferricd.storage.errors import DirectoryLockedError
 
 LOCK_NAME = "LOCK"
 

@@ -21,9 +21,9 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from ferric_ipc.errors import CorruptDataError
 from ferric_ipc.file_layout import FLAG_BATCH_MORE, FLAG_TOMBSTONE, RECORD_HEADER, RECORD_HEADER_BYTES
 from ferric_ipc.keys import MAX_KEY_BYTES
+from ferricd.storage.errors import CorruptDataError
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ import os
 import time
 from dataclasses import dataclass, fields
 
-from ferric_ipc.errors import CorruptDataError
 from ferric_ipc.keys import key_hash64
-from ferricd.index import ShardIndex, capacity_for
-from ferricd.storage.datafiles import data_path, fsync_directory, hint_path, list_data_file_ids
+from ferricd.storage.atomic_files import fsync_directory
+from ferricd.storage.datafiles import data_path, hint_path, list_data_file_ids
+from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.hints import HintBuilder, read_hint
+from ferricd.storage.index import ShardIndex, capacity_for
 from ferricd.storage.keydir import KeyDirectory
 from ferricd.storage.records import RecordScanner
 from ferricd.storage.snapshot import discard_snapshot, read_snapshot

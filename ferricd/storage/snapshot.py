@@ -17,8 +17,8 @@ import os
 import struct
 import zlib
 
-from ferric_ipc.errors import CorruptDataError
-from ferricd.storage.datafiles import fsync_directory, write_atomically
+from ferricd.storage.atomic_files import fsync_directory, write_atomically
+from ferricd.storage.errors import CorruptDataError
 
 SNAPSHOT_NAME = "keydir.snapshot"
 SNAPSHOT_MAGIC = b"FERSNP01"

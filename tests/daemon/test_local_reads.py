@@ -737,7 +737,7 @@ def test_a_slot_being_rewritten_never_reads_as_empty(make_daemon, clients):
     """While one process overwrites key A, local reads of A, and of a key B nobody writes, never say "missing".
 
     A and B share their home slot, so B sits after A in the probe chain and every lookup of B
-    walks over A's slot. Found failing: ShardIndex._write_slot (ferricd/index.py) rewrites a
+    walks over A's slot. Found failing: ShardIndex._write_slot (ferricd/storage/index.py) rewrites a
     slot with SLOT_BODY.pack_into, and CPython's struct pack_into first memsets the whole
     body to zero, so the key_hash word is briefly 0 (EMPTY). LocalShardReader.lookup
     (ferric_ipc/local_reads.py) reads hash words outside the seqlock and takes that EMPTY as
@@ -801,7 +801,7 @@ _DIE_AFTER_PUBLISH = textwrap.dedent("""
 
     _marker = os.environ.get("FERRIC_TEST_DIE_AFTER_PUBLISH")
     if _marker:
-        import ferricd.index_file as _index_file
+        import ferricd.storage.index_file as _index_file
 
         _replace = _index_file.IndexFiles.replace
         _publish = _index_file.IndexFiles.publish

@@ -21,7 +21,7 @@ from ferric_ipc import local_reads, native
 from ferric_ipc.file_layout import data_file_name
 from ferric_ipc.keys import key_hash64, key_hash64_python
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
-from ferricd.index_file import IndexFiles
+from ferricd.storage.index_file import IndexFiles
 from ferricd.storage import BitcaskStore, Put, StoreSettings
 from tests.fake_clock import FakeClock
 

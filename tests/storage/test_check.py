@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from ferric_ipc.errors import DirectoryLockedError
 from ferricd.ctl import main as ferricctl
 from ferricd.storage.check import check_shard
+from ferricd.storage.errors import DirectoryLockedError
 from tests.storage.damage import flip_bits
 
 

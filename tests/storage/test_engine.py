@@ -8,9 +8,10 @@ import pytest
 
 import ferricd.storage.engine
 import ferricd.storage.recovery
-from ferric_ipc.errors import DirectoryLockedError, LimitError, StorageError
+from ferric_ipc.errors import LimitError, StorageError
 from ferricd.storage import BitcaskStore, Delete, Put, StoreSettings
 from ferricd.storage.datafiles import list_data_file_ids
+from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.snapshot import SNAPSHOT_NAME
 
 

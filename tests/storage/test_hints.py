@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from ferric_ipc.errors import CorruptDataError
+from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.hints import ENTRY, TRAILER, HintBuilder, read_hint
 from tests.storage.damage import flip_bits
 

@@ -6,7 +6,7 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ferric_ipc.errors import CorruptDataError
+from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.records import (
     FLAG_TOMBSTONE,
     HEADER_BYTES,

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ferric_ipc.errors import CorruptDataError
 from ferric_ipc.index_layout import HEADER_BYTES, MAX_LOAD, MIN_CAPACITY, SLOT, SLOT_BYTES
-from ferricd.index import ShardIndex
+from ferricd.storage.errors import CorruptDataError
+from ferricd.storage.index import ShardIndex
 
 # Small hashes make long probe chains and chains that wrap past the last slot;
 # the large ones check that the full 64-bit range is stored.

@@ -33,8 +33,8 @@ from ferric_ipc.index_layout import (
     TARGET_LOAD,
     table_bytes,
 )
-from ferric_ipc.errors import CorruptDataError
-from ferricd.index_file import MemoryTables
+from ferricd.storage.errors import CorruptDataError
+from ferricd.storage.index_file import MemoryTables
 
 _SEQ_MASK = 0xFFFFFFFF
 
@@ -56,7 +56,7 @@ class ShardIndex:
 
         ``tables`` provides ``allocate(nbytes)`` for new buffers and
         ``replace(old, new)``, called after the table moved into a new buffer
-        (see ferricd.index_file); the default keeps tables in bytearrays.
+        (see ferricd.storage.index_file); the default keeps tables in bytearrays.
         """
         magic, version, _state, epoch, capacity, count, deleted = HEADER.unpack_from(buf, 0)
         if magic != INDEX_MAGIC or version != INDEX_VERSION:

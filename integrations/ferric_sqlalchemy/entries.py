@@ -1,0 +1,151 @@
+"""A result as cache entry bytes, and back into ordinary persistent objects of a Session.
+
+An entry holds plain column values, never objects: the rows (values, and
+references to objects), and a table of the objects they reference, each as its
+class, primary key, the column attributes that were loaded and the
+relationships that were loaded (as references). Attributes that were not
+loaded (deferred columns, lazy relationships) are not in the entry, and come
+back unloaded: using them later loads them from the database as usual.
+
+Rebuilding follows what the ORM does with a row: an identity already in the
+Session is used as it is (its unloaded attributes are filled in, its loaded and
+changed ones left alone); a new identity becomes a persistent, clean instance
+in the Session's identity map, as if just loaded, and InstanceEvents.load fires.
+"""
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
+
+from ferric_sqlalchemy import orm_internals
+from ferric_sqlalchemy.catalog import mapper_name
+from ferric_sqlalchemy.codec import Ref
+
+FORMAT = 1
+
+
+class NotStorable(Exception):
+    """This result cannot be cached (the message says why); it is still returned to the caller."""
+
+
+class CorruptEntry(Exception):
+    """Entry bytes this process cannot use (another version, a class it does not map): treated as a miss."""
+
+
+def _mapped_state(value):
+    """The InstanceState of a mapped object, else None."""
+    try:
+        return instance_state(value)
+    except Exception:  # not an instrumented object: a plain value
+        return None
+
+
+def encode(codec, catalog, keys, attributes, rows, fresh, stamp=None) -> bytes:
+    """Entry bytes for ``rows`` (tuples of plain values and mapped objects); NotStorable if it cannot be exact."""
+    objects: list = []
+    positions: dict = {}
+    pending: list = []
+
+    def reference(obj) -> Ref:
+        state = instance_state(obj)
+        position = positions.get(state)
+        if position is None:
+            if state not in fresh:
+                raise NotStorable(f"{state_label(state)} was already in the Session, so its values may be older "
+                                  "than this query or not yet flushed")
+            if state.identity_token is not None:
+                raise NotStorable("objects with an identity token (horizontal sharding) are not cached")
+            if catalog.settings(state.mapper) is None:
+                raise NotStorable(f"{state.mapper.class_.__name__} is not @cacheable")
+            position = positions[state] = len(objects)
+            objects.append(None)
+            pending.append(state)
+        return Ref(position)
+
+    out_rows = []
+    for row in rows:
+        out_rows.append([reference(cell) if _mapped_state(cell) is not None else cell for cell in row])
+    while pending:
+        state = pending.pop()
+        mapper, values = state.mapper, state.dict
+        columns = {prop.key: values[prop.key] for prop in mapper.column_attrs if prop.key in values}
+        relations = {}
+        for prop in mapper.relationships:
+            if prop.key not in values:
+                continue
+            value = values[prop.key]
+            if value is None:
+                relations[prop.key] = None
+            elif prop.uselist:
+                members = value.values() if isinstance(value, dict) else value
+                relations[prop.key] = [reference(member) for member in members]
+            else:
+                relations[prop.key] = reference(value)
+        objects[positions[state]] = [mapper_name(mapper), list(state.identity), columns, relations]
+    return codec.dumps([FORMAT, list(keys), dict(attributes), out_rows, objects, stamp])
+
+
+def state_label(state) -> str:
+    return f"{state.mapper.class_.__name__}{tuple(state.identity or ())}"
+
+
+def decode(codec, data: bytes):
+    """``(keys, attributes, rows, objects, stamp)`` of entry bytes; CorruptEntry if they are not a usable entry."""
+    try:
+        version, keys, attributes, rows, objects, stamp = codec.loads(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptEntry(str(exc)) from None
+    if version != FORMAT:
+        raise CorruptEntry(f"entry format {version}, this process reads {FORMAT}")
+    return keys, attributes, rows, objects, stamp
+
+
+def rebuild(session, catalog, rows, objects):
+    """The rows with references replaced by persistent instances of ``session``; returns (rows, states)."""
+    instances = []
+    new = []
+    for name, identity, columns, _relations in objects:
+        mapper = catalog.mappers.get(name)
+        if mapper is None:
+            raise CorruptEntry(f"no single cacheable class is named {name} in this process")
+        key = mapper.identity_key_from_primary_key(tuple(identity))
+        existing = session.identity_map.get(key)
+        if existing is not None:
+            state = instance_state(existing)
+            unloaded = state.unloaded
+            for attribute, value in columns.items():
+                if attribute in unloaded:
+                    set_committed_value(existing, attribute, value)
+            instances.append(existing)
+        else:
+            obj = orm_internals.new_instance(mapper)
+            for attribute, value in columns.items():
+                set_committed_value(obj, attribute, value)
+            instances.append(obj)
+            new.append(obj)
+    fresh_objects = set(map(id, new))
+    for obj, (_name, _identity, _columns, relations) in zip(instances, objects):
+        unloaded = None if id(obj) in fresh_objects else instance_state(obj).unloaded
+        for attribute, value in relations.items():
+            if unloaded is not None and attribute not in unloaded:
+                continue
+            if type(value) is Ref:
+                value = instances[value]
+            elif value is not None:
+                value = [instances[member] for member in value]
+            set_committed_value(obj, attribute, value)
+    for obj in new:
+        make_transient_to_detached(obj)  # identity from its key columns; what the entry lacks stays unloaded
+    for obj in new:
+        session.add(obj)
+        orm_internals.fire_load(instance_state(obj))
+    out_rows = [tuple(instances[cell] if type(cell) is Ref else cell for cell in row) for row in rows]
+    return out_rows, [instance_state(obj) for obj in instances]
+
+
+def mapped_entities(rows) -> bool:
+    """True if any row holds a mapped object (checked on the first row; rows of one result share their layout)."""
+    return bool(rows) and any(_mapped_state(cell) is not None for cell in rows[0])
+
+
+__all__ = ["CorruptEntry", "NotStorable", "decode", "encode", "rebuild", "sa_inspect"]

@@ -1,0 +1,99 @@
+"""Every key the cache writes: one fixed prefix, a hash tag choosing the shard, then tuple-encoded parts.
+
+    key = prefix | "{" | 16 hex digits | "}" | tuple
+
+The tuple says what the key is and is unique by itself (``tuple_keys``); the
+hex digits are a hash of part of it, there only to route. Sub-spaces (first
+tuple element):
+
+    ("e", tenant, table, "get",   shape, pk, generations)    an entry: a get by primary key
+    ("e", tenant, table, "query", shape, params, generations) an entry: any other select
+    ("l", ...same parts as the entry...)                     the lease on computing that entry
+    ("g", tenant, "table" | "bulk", table)                   generations of a table
+    ("g", tenant, "row", table, pk)                          generation of one row
+    ("r", region)                                            generation of a region
+
+Generation keys share one tag per tenant ("g", tenant), so a commit bumps all of
+its generations in one atomic transaction on one shard. An entry's tag is a
+hash of its whole tuple, spreading entries over the shards; its lease uses the
+same tag, so storing the entry and releasing the lease is one transaction.
+docs/sqlalchemy.md shows the bytes of each.
+"""
+
+import uuid
+from hashlib import blake2b
+
+from ferric_sqlalchemy.tuple_keys import CodecValue, pack
+
+_TAG_BYTES = 8  # 16 hex digits
+_KEY_PART_TYPES = (int, str, bytes, float, bool, uuid.UUID)
+
+
+def tag_of(parts: tuple) -> bytes:
+    """The routing tag for a tuple: the first 8 bytes of its BLAKE2b hash, in hex."""
+    return blake2b(pack(parts), digest_size=_TAG_BYTES).hexdigest().encode("ascii")
+
+
+class KeyLayout:
+    """Builds the keys of one QueryCache (``prefix`` as given to it)."""
+
+    def __init__(self, prefix, codec):
+        if isinstance(prefix, str):
+            prefix = prefix.encode("utf-8")
+        if not isinstance(prefix, bytes) or not prefix:
+            raise TypeError(f"prefix must be a non-empty str or bytes, not {prefix!r}")
+        if b"{" in prefix or b"}" in prefix:
+            raise ValueError(f"prefix {prefix!r} must not contain '{{' or '}}': the cache puts its hash tag after it")
+        self.prefix = prefix
+        self._codec = codec
+        self._tenant_tags: dict[bytes, bytes] = {}
+
+    def _key(self, tag: bytes, parts: tuple) -> bytes:
+        return b"".join((self.prefix, b"{", tag, b"}", pack(parts)))
+
+    # -- generations -------------------------------------------------------------------
+
+    def tenant_tag(self, tenant: bytes) -> bytes:
+        """The hash tag every generation key of ``tenant`` carries (they live on one shard)."""
+        tag = self._tenant_tags.get(tenant)
+        if tag is None:
+            tag = self._tenant_tags[tenant] = tag_of(("g", tenant))
+        return tag
+
+    def table_generation(self, tenant: bytes, table: str) -> bytes:
+        """Changes on every committed write to ``table``; every query entry reading it depends on it."""
+        return self._key(self.tenant_tag(tenant), ("g", tenant, "table", table))
+
+    def bulk_generation(self, tenant: bytes, table: str) -> bytes:
+        """Changes when rows of ``table`` changed that nobody named (bulk and Core DML); gets depend on it."""
+        return self._key(self.tenant_tag(tenant), ("g", tenant, "bulk", table))
+
+    def row_generation(self, tenant: bytes, table: str, pk: tuple) -> bytes:
+        """Changes when the row ``pk`` of ``table`` was written; that row's get depends on it."""
+        return self._key(self.tenant_tag(tenant), ("g", tenant, "row", table, self.pk_part(pk)))
+
+    def region_generation(self, region: str) -> bytes:
+        """Changes on ``invalidate_region``; every entry of a class in ``region`` depends on it."""
+        parts = ("r", region)
+        return self._key(tag_of(parts), parts)
+
+    # -- entries and their leases ----------------------------------------------------------
+
+    def entry_parts(self, tenant: bytes, table: str, kind: str, shape: bytes, selector, generations: bytes) -> tuple:
+        """The tuple of an entry: ``selector`` is the pk tuple of a get or the digest of a query's parameters."""
+        return ("e", tenant, table, kind, shape, selector, generations)
+
+    def entry_key(self, parts: tuple) -> bytes:
+        return self._key(tag_of(parts), parts)
+
+    def lease_key(self, parts: tuple) -> bytes:
+        """The lease on computing the entry ``parts``: same tag (same shard), its own sub-space."""
+        return self._key(tag_of(parts), ("l",) + parts[1:])
+
+    def entry_tag(self, parts: tuple) -> bytes:
+        return tag_of(parts)
+
+    def pk_part(self, pk: tuple) -> tuple:
+        """A primary key as a tuple part: plain types as they are, others as their codec bytes."""
+        return tuple(value if type(value) in _KEY_PART_TYPES or value is None else CodecValue(self._codec.dumps(value))
+                     for value in pk)

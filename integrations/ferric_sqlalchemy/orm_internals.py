@@ -1,0 +1,82 @@
+"""The few SQLAlchemy internals the cache needs, in one place (checked against SQLAlchemy 2.0 and 2.1).
+
+The cache hooks into SQLAlchemy only through its event API. To hand back a
+result without running the statement it must build the same kind of Result the
+ORM builds, which is what ``sqlalchemy.orm.loading.merge_frozen_result`` (the
+documented way to re-serve a result) does with these same internals; and to
+put a cached row into a Session as if it had been loaded, it does what
+``Session.merge(load=False)`` does for a new instance. Everything here falls
+back to "not cached" rather than guessing if an internal is not as expected.
+"""
+
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.orm import context as orm_context
+
+
+def for_update(statement) -> bool:
+    """True for SELECT ... FOR UPDATE / FOR SHARE (row locks must come from the database)."""
+    return getattr(statement, "_for_update_arg", None) is not None
+
+
+def result_shape(statement, only_return_tuples=False):
+    """``(keys, extras, attributes)`` of the Result the ORM would build for ``statement``.
+
+    As merge_frozen_result computes them: one key and its extra lookup objects
+    (the entity, the column) per selected entity; ``attributes`` are the flags
+    legacy ``Query`` reads (``filtered``: mapped entities, deduplicated by
+    ``Query.all``; ``is_single_entity``: rows are returned as scalars).
+    """
+    entities = orm_context._ORMSelectCompileState._create_entities_collection(statement, legacy=False)._entities
+    keys = [entity._label_name for entity in entities]
+    extras = [entity._extra_entities for entity in entities]
+    mapped = [isinstance(entity, orm_context._MapperEntity) for entity in entities]
+    single = (not only_return_tuples and len(entities) == 1 and entities[0].supports_single_entity)
+    return keys, extras, {"filtered": any(mapped), "is_single_entity": single}
+
+
+def _hash_or_id(value):
+    try:
+        return hash(value)
+    except TypeError:  # a dict or list from a JSON column: unique by identity, as the ORM does
+        return id(value)
+
+
+def _unique_filters(result):
+    return [_hash_or_id] * len(result._metadata._keys)
+
+
+def build_result(keys, extras, attributes, rows):
+    """A Result over ``rows`` (tuples) that behaves as the ORM's: scalars(), unique(), mappings(), legacy Query."""
+    metadata = SimpleResultMetaData(keys, extra=extras, _create_unique_filters=_unique_filters)
+    result = IteratorResult(metadata, iter(rows))
+    result._attributes = result._attributes.union(attributes)
+    return result
+
+
+def requires_unique(result) -> bool:
+    """True when the ORM insists on ``.unique()`` (joined eager loading of a collection)."""
+    state = getattr(result, "_unique_filter_state", None)
+    return state is not None and state[1] is not None
+
+
+def only_return_tuples(orm_execute_state) -> bool:
+    return bool(getattr(orm_execute_state.load_options, "_only_return_tuples", False))
+
+
+def new_instance(mapper):
+    """An empty instance of the mapped class with its instance state, as the ORM makes one before loading a row."""
+    return mapper.class_manager.new_instance()
+
+
+def fire_load(state) -> None:
+    """Fire InstanceEvents.load (and so @reconstructor) for an instance built from cache, as merge(load=False) does."""
+    dispatch = state.manager.dispatch
+    if dispatch.load:
+        dispatch.load(state, None)
+
+
+def core_statement(compiled):
+    """The Core statement a Compiled actually rendered (for an ORM select: with its eager joins and criteria)."""
+    compile_state = getattr(compiled, "compile_state", None)
+    statement = getattr(compile_state, "statement", None)
+    return statement if statement is not None else compiled.statement

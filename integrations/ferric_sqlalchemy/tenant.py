@@ -1,0 +1,56 @@
+"""The tenant of a statement: which database, as whom, under which schema translation.
+
+Entries and generations of different tenants never meet: the tenant is part of
+every key. It is a 16-byte BLAKE2b digest of the dialect's backend name, the
+bind's URL without its password (host, port, database, user, query) and the
+``schema_translate_map``. An SQLite file is named by its absolute path, and an
+in-memory SQLite database by the process that owns it, since no other process
+can see it. Every process must reach a database through the same URL (or none
+of them shares the others' invalidations).
+"""
+
+import os
+from hashlib import blake2b
+
+import msgpack
+
+
+def describe(url, schema_translate_map) -> list:
+    """The parts the tenant digest is made of (shown by ``QueryCache.tenant_of`` for debugging)."""
+    backend = url.get_backend_name()
+    database = url.database
+    if backend == "sqlite":
+        in_memory = not database or database == ":memory:" or (url.query.get("mode") == "memory")
+        database = f"memory:{os.getpid()}" if in_memory else os.path.abspath(database)
+    query = sorted((key, value if isinstance(value, str) else list(value)) for key, value in url.query.items())
+    translate = sorted((str(k), str(v)) for k, v in (schema_translate_map or {}).items())
+    return [backend, url.username, url.host, url.port, database, query, translate]
+
+
+def tenant_id(url, schema_translate_map) -> bytes:
+    return blake2b(msgpack.packb(describe(url, schema_translate_map), use_bin_type=True), digest_size=16).digest()
+
+
+class TenantCache:
+    """Tenant digests per (engine, schema_translate_map), computed once each."""
+
+    def __init__(self):
+        self._known: dict = {}
+
+    def known(self) -> list[bytes]:
+        """Every tenant this process has used."""
+        return sorted(set(self._known.values()))
+
+    def of(self, bind, schema_translate_map) -> bytes:
+        """The tenant of ``bind`` (an Engine or Connection) with the statement's ``schema_translate_map``."""
+        engine = getattr(bind, "engine", bind)
+        if schema_translate_map is None:
+            schema_translate_map = bind.get_execution_options().get("schema_translate_map")
+        map_key = tuple(sorted((str(k), str(v)) for k, v in (schema_translate_map or {}).items()))
+        key = (engine, map_key)
+        tenant = self._known.get(key)
+        if tenant is None:
+            if len(self._known) > 10_000:  # engines made per request would otherwise pile up here
+                self._known.clear()
+            tenant = self._known[key] = tenant_id(engine.url, schema_translate_map)
+        return tenant
