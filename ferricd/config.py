@@ -17,8 +17,8 @@ DEFAULTS = {
         "run_dir": "./ferric-run",  # sockets and run-time state; clients need read access
         "shards": 0,  # 0 = the count recorded in data_dir, or one per CPU core for a new one
         "stop_timeout_ms": 10_000,  # SIGTERM to exit: shards past this are killed
-        "ping_timeout_ms": 1_000,  # a shard slower than this to answer a health ping is unhealthy
-        "health_interval_ms": 1_000,  # how often the supervisor pings shards (and feeds the watchdog)
+        "heartbeat_timeout_ms": 5_000,  # a shard whose loop has not beaten this long is hung: SIGTERM, SIGKILL at 2x
+        "health_interval_ms": 1_000,  # how often the supervisor reads the heartbeats (and feeds the watchdog)
         "restart_backoff_initial_ms": 100,  # first delay before restarting a crashed shard
         "restart_backoff_max_ms": 30_000,  # the delay doubles per consecutive failure up to this
         "healthy_after_ms": 30_000,  # a shard up this long has its failure count reset
@@ -49,7 +49,7 @@ class DaemonConfig:
     run_dir: str
     shards: int
     stop_timeout_ms: int
-    ping_timeout_ms: int
+    heartbeat_timeout_ms: int
     health_interval_ms: int
     restart_backoff_initial_ms: int
     restart_backoff_max_ms: int

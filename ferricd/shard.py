@@ -24,6 +24,7 @@ from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
 from ferricd.exit_codes import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
+from ferricd.heartbeat import HeartbeatWriter
 from ferricd.storage import BitcaskStore
 from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.index_file import IndexFiles
@@ -55,7 +56,7 @@ class ShardServer:
         self.endpoint = f"ipc://{socket_path(config.run_dir, shard_id)}"
         self.stream_endpoint = stream_path(config.run_dir, shard_id)
         self.store = self.tables = self._socket_lock = self._context = self._socket = self._listener = None
-        self._poller = self._listener_fd = None
+        self._poller = self._listener_fd = self._heartbeat = None
         self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
         self._fd_warned_at = float("-inf")
         self._streams = {}  # fd -> StreamConnection
@@ -83,6 +84,8 @@ class ShardServer:
         self._socket.linger = 0
         self._socket.bind(self.endpoint)
         self._listener = StreamListener(self.stream_endpoint)
+        # The first beat tells the supervisor this shard recovered and serves.
+        self._heartbeat = HeartbeatWriter(self.config.run_dir, self.shard_id, self.config.storage.file_mode)
         log.info("serving %s and %s", self.endpoint, self.stream_endpoint)
 
     def serve(self, should_stop):
@@ -100,6 +103,7 @@ class ShardServer:
             if ready or runnable:
                 self.handle_ready(ready)
             self.store.sync_if_due()
+            self._heartbeat.beat()
             if self._listener_paused_until is not None and time.monotonic() >= self._listener_paused_until:
                 self._listener_paused_until = None
                 self._poller.register(self._listener_fd, _POLLIN)
@@ -295,6 +299,8 @@ class ShardServer:
             self._streams = {}
             if self._listener is not None:
                 self._listener.close()
+            if self._heartbeat is not None:
+                self._heartbeat.close()
             if self._socket is not None:
                 self._socket.close()
                 self._context.term()

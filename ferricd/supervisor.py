@@ -15,12 +15,11 @@ import subprocess
 import sys
 import time
 
-from ferric_ipc.client import Client
-from ferric_ipc.file_layout import DAEMON_FILE, socket_path
-from ferric_ipc.errors import FerricError
+from ferric_ipc.file_layout import DAEMON_FILE, socket_path, stream_path
 from ferric_ipc.protocol import PROTOCOL_VERSION, TRANSPORT_UNIX, TRANSPORT_ZMQ
 from ferricd import systemd
 from ferricd.config import ConfigError, load_config
+from ferricd.heartbeat import beat_age_ms, clear_heartbeat
 from ferricd.exit_codes import EXIT_BOOT_ERROR, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_IN_USE
 from ferricd.storage.atomic_files import write_atomically
 from ferricd.storage.errors import DirectoryLockedError
@@ -30,7 +29,6 @@ log = logging.getLogger("ferricd")
 
 META_FILE = "ferricd.meta"  # in data_dir: {"format": 1, "shards": N}, written when the directory is created
 LOCK_NAME = "ferricd.lock"  # in data_dir and run_dir: one daemon per directory
-HUNG_PINGS = 5  # consecutive missed health pings before a shard that was up is stopped
 
 
 class ShardProcess:
@@ -42,9 +40,8 @@ class ShardProcess:
         self.started_at_s = 0.0  # monotonic
         self.failures = 0
         self.next_start_at_s = 0.0  # monotonic
-        self.healthy = False
-        self.answered = False  # answered a ping since it started (booting shards are not hung)
-        self.missed_pings = 0
+        self.healthy = False  # beating: its loop runs and serves
+        self.signalled = None  # the last signal sent to stop this process
 
     @property
     def running(self):
@@ -63,7 +60,6 @@ class Supervisor:
         self.ready = False
         self._locks = []
         self._wakeup = None
-        self._client = None
         self._next_health_at = 0.0
         self._next_watchdog_at = 0.0
         self._watchdog_s = systemd.watchdog_interval_s()
@@ -115,11 +111,9 @@ class Supervisor:
             }).encode()],
             file_mode=0o644,
         )
-        # A ping gets ping_timeout_ms in all, re-sent on a fresh socket within that time if lost.
-        self._client = Client(config.run_dir, timeout_ms=config.ping_timeout_ms, local_reads=False)
         log.info(
-            "ferricd %d: %d shards; data in %s; sockets in %s",
-            os.getpid(), self.shard_count, os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
+            "ferricd %d: %d %s; data in %s; sockets in %s",
+            os.getpid(), self.shard_count, _plural(self.shard_count, "shard"), os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
         )
         return 0
 
@@ -174,20 +168,21 @@ class Supervisor:
             )
             slot.next_start_at_s = now + delay_ms / 1000
             slot.process, slot.healthy = None, False
-            self._remove_stale_socket(slot.shard_id)
+            self._remove_stale_sockets(slot.shard_id)
             if returncode in (EXIT_BOOT_ERROR, EXIT_DATA_ERROR):
                 log.error("shard %d cannot start (%s, see its log); retrying in %d ms", slot.shard_id, status, delay_ms)
             else:
                 log.error("shard %d died (%s); restarting in %d ms", slot.shard_id, status, delay_ms)
             systemd.notify(f"STATUS=shard {slot.shard_id} down ({status}); restarting")
 
-    def _remove_stale_socket(self, shard_id):
-        # A killed shard leaves its socket file; without it, health pings fail at once
-        # instead of waiting out a timeout, and clients reconnect when the new shard binds.
-        try:
-            os.unlink(socket_path(self.config.run_dir, shard_id))
-        except FileNotFoundError:
-            pass
+    def _remove_stale_sockets(self, shard_id):
+        # A killed shard leaves its socket files: without them clients see at once that the shard
+        # is starting (nothing to connect to) and connect when its successor binds.
+        for path in (stream_path(self.config.run_dir, shard_id), socket_path(self.config.run_dir, shard_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def manage_shards(self):
         """Start every shard that is not running and whose backoff has passed."""
@@ -197,6 +192,7 @@ class Supervisor:
                 self.spawn_shard(slot)
 
     def spawn_shard(self, slot):
+        clear_heartbeat(self.config.run_dir, slot.shard_id)  # its first beat says it recovered and serves
         settings = self.config.to_dict()
         settings["daemon"]["shards"] = self.shard_count
         # A fresh interpreter (fork + exec): ZeroMQ state must never cross a fork.
@@ -206,10 +202,11 @@ class Supervisor:
             stdin=subprocess.DEVNULL, close_fds=True,
         )
         slot.started_at_s = time.monotonic()
-        slot.answered, slot.missed_pings = False, 0
+        slot.signalled = None
         log.info("shard %d started as pid %d", slot.shard_id, slot.process.pid)
 
     def kill_shard(self, slot, signum):
+        slot.signalled = signum
         if slot.process is not None and slot.process.poll() is None:
             try:
                 slot.process.send_signal(signum)
@@ -219,7 +216,7 @@ class Supervisor:
     # -- health and systemd ------------------------------------------------------
 
     def check_health(self):
-        """Ping running shards; READY=1 once all answer, WATCHDOG=1 while all answer."""
+        """Read the shards' heartbeats; READY=1 once all beat, WATCHDOG=1 while all do; stop hung ones."""
         now = time.monotonic()
         if now < self._next_health_at:
             return
@@ -228,13 +225,12 @@ class Supervisor:
             interval_s = min(interval_s, self._watchdog_s)
         self._next_health_at = now + interval_s
         for slot in self.slots:
-            slot.healthy = slot.running and self._answers(slot.shard_id)
-            self._escalate_if_hung(slot)
+            self._check_heartbeat(slot)
         healthy = sum(slot.healthy for slot in self.slots)
         if healthy == len(self.slots):
             if not self.ready:
                 self.ready = True
-                log.info("ready: %d shards answering on %s", healthy, self.config.run_dir)
+                log.info("ready: %d %s serving in %s", healthy, _plural(healthy, "shard"), self.config.run_dir)
                 systemd.notify(f"READY=1\nSTATUS={healthy}/{len(self.slots)} shards up")
             if self._watchdog_s and now >= self._next_watchdog_at:
                 systemd.notify("WATCHDOG=1")
@@ -242,30 +238,20 @@ class Supervisor:
         elif self.ready:
             systemd.notify(f"STATUS={healthy}/{len(self.slots)} shards up")
 
-    def _escalate_if_hung(self, slot):
-        """A shard that answered once and then missed HUNG_PINGS pings in a row gets SIGTERM,
-        and SIGKILL after twice as many; reap_shards then restarts it. (A booting shard that
-        has not answered yet is recovering its data, not hung.)"""
-        if slot.healthy:
-            slot.answered, slot.missed_pings = True, 0
+    def _check_heartbeat(self, slot):
+        """A shard whose loop has not beaten for heartbeat_timeout_ms gets SIGTERM, and SIGKILL at twice that;
+        reap_shards then restarts it. A shard that has not beaten yet is recovering its data, not hung."""
+        age_ms = beat_age_ms(self.config.run_dir, slot.shard_id) if slot.running else None
+        timeout_ms = self.config.heartbeat_timeout_ms
+        slot.healthy = age_ms is not None and age_ms < timeout_ms
+        if age_ms is None or slot.healthy:
             return
-        if not (slot.running and slot.answered):
-            return
-        slot.missed_pings += 1
-        if slot.missed_pings == HUNG_PINGS:
-            log.error("shard %d stopped answering pings; sending SIGTERM", slot.shard_id)
-            self.kill_shard(slot, signal.SIGTERM)
-        elif slot.missed_pings == 2 * HUNG_PINGS:
+        if age_ms >= 2 * timeout_ms and slot.signalled != signal.SIGKILL:
             log.error("shard %d ignored SIGTERM; sending SIGKILL", slot.shard_id)
             self.kill_shard(slot, signal.SIGKILL)
-
-    def _answers(self, shard_id):
-        if not os.path.exists(socket_path(self.config.run_dir, shard_id)):
-            return False
-        try:
-            return self._client.ping(shard=shard_id)
-        except FerricError:
-            return False
+        elif slot.signalled is None:
+            log.error("shard %d has not beaten for %d ms (its loop is stuck); sending SIGTERM", slot.shard_id, age_ms)
+            self.kill_shard(slot, signal.SIGTERM)
 
     def sleep(self):
         """Wait for a signal, the next due restart, or the next health check, whichever is first."""
@@ -297,8 +283,7 @@ class Supervisor:
                 self.kill_shard(slot, signal.SIGKILL)
                 slot.process.wait()
             slot.process = None
-        if self._client is not None:
-            self._client.close()
+            clear_heartbeat(self.config.run_dir, slot.shard_id)
         if self._locks:  # only the daemon holding the run directory removes its daemon file
             try:
                 os.unlink(os.path.join(self.config.run_dir, DAEMON_FILE))
@@ -339,6 +324,10 @@ def resolve_shard_count(data_dir, configured):
             "Changing the count of an existing directory (resharding) is not supported yet."
         )
     return recorded
+
+
+def _plural(count, noun):
+    return noun if count == 1 else noun + "s"
 
 
 def describe_exit(returncode):

@@ -138,9 +138,9 @@ def test_unit_timeouts_fit_the_daemon_settings():
     daemon = DEFAULTS["daemon"]
     # systemd must not kill the shards before ferricd's own stop deadline (plus time to exit).
     assert systemd_seconds(service["TimeoutStopSec"][0]) >= daemon["stop_timeout_ms"] / 1000 + 5
-    # The watchdog is fed at most every health check, and a slow ping must not starve it.
+    # The watchdog is fed at most every health check; a check reads files and never waits on a shard.
     watchdog_s = systemd_seconds(service["WatchdogSec"][0])
-    assert watchdog_s / 2 >= 2 * (daemon["health_interval_ms"] + daemon["ping_timeout_ms"]) / 1000
+    assert watchdog_s / 2 >= 2 * daemon["health_interval_ms"] / 1000
     assert service["KillMode"][0] in ("mixed", "control-group")
 
 
