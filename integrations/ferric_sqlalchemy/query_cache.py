@@ -187,11 +187,14 @@ class QueryCache:
     # -- the select hook ----------------------------------------------------------------------------
 
     def _do_orm_execute(self, state):
-        if not state.is_select or state.is_column_load:
-            return None
         options = state.execution_options
         mode, ttl_ms = _mode(options.get(OPTION, True))
         if mode is None:
+            return None
+        if not state.is_select or state.is_column_load:
+            if mode == CACHE_ONLY:
+                raise NotCacheableError("ferric_cache='cache_only' applies to SELECTs of mapped classes and their "
+                                        "columns, not to this statement")
             return None
         if options.get("yield_per") or options.get("stream_results") or options.get("populate_existing"):
             return self._not_cached(mode, "streamed results and populate_existing go to the database")
