@@ -278,7 +278,7 @@ static slot_outcome read_slot(const unsigned char *slot, const unsigned char *ke
                 record_crc32(record + 4, record_len - 4) != le32(record)) {
                 /* another key with this hash, or a record that does not check out: ask the shard */
                 result = Py_NewRef(FALLBACK);
-            } else if (expire_at_ms && (long long)expire_at_ms <= now_ms) {
+            } else if (expire_at_ms && expire_at_ms <= (uint64_t)now_ms) { /* unsigned, as Python compares */
                 result = Py_NewRef(MISSING);
             } else {
                 PyObject *value = PyBytes_FromStringAndSize(

@@ -736,4 +736,9 @@ def _ttl(ttl_ms: TTL) -> int | None:
         return int(milliseconds)
     if type(ttl_ms) is not int or ttl_ms <= 0:
         raise TypeError(f"ttl_ms must be a positive int (milliseconds), a timedelta or None, not {ttl_ms!r}")
+    if ttl_ms > protocol.MAX_TTL_MS:
+        raise ValueError(
+            f"ttl_ms {ttl_ms} is over the longest TTL, 2**62 ms (146 million years): for a key that never "
+            "expires, pass ttl_ms=None"
+        )
     return ttl_ms

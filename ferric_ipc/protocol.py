@@ -47,6 +47,12 @@ STREAM_HEADER = struct.Struct("<I")
 #: pipeline whose share of one shard is larger gets LimitError before anything is sent.
 MAX_STREAM_FRAME_BYTES = 2**31 - 1
 
+#: The longest TTL a request may carry (about 146 million years): now + MAX_TTL_MS stays below
+#: MAX_EXPIRE_AT_MS, so every path (shard, recovery, C and Python local reads) compares expiries alike.
+MAX_TTL_MS = 2**62
+#: The largest absolute expiry stored (signed 64-bit, so no reader can take it for a negative time).
+MAX_EXPIRE_AT_MS = 2**63 - 1
+
 STATUS_OK = 0
 STATUS_ERROR = 1
 

@@ -7,7 +7,7 @@ import psutil
 
 from ferric_ipc.errors import CommandError, FerricError, LimitError, ProtocolError, StorageError, StorageFullError
 from ferric_ipc.keys import as_key, as_value
-from ferric_ipc.protocol import PROTOCOL_VERSION, STATUS_ERROR, STATUS_OK, TRANSACTION_OPS, parse_batch_item
+from ferric_ipc.protocol import MAX_TTL_MS, PROTOCOL_VERSION, STATUS_ERROR, STATUS_OK, TRANSACTION_OPS, parse_batch_item
 from ferric_ipc.routing import shard_for
 from ferricd.map_value import check_field_value, join_fields, split_fields
 from ferricd.storage import Delete, Put
@@ -17,7 +17,6 @@ _MAX_SCAN_COUNT = 10_000
 # Slots one scan or delete_prefix call looks at: each live one costs a read of its key, so this keeps
 # a call to a few milliseconds however large the shard is, and other requests are served in between.
 SCAN_SLOTS_PER_CALL = 1024
-_MAX_U64 = 2**64 - 1
 
 
 class ShardCommands:
@@ -334,8 +333,8 @@ class ShardCommands:
     def _expire_at(self, ttl_ms):
         if ttl_ms is None:
             return 0
-        if type(ttl_ms) is not int or ttl_ms <= 0 or ttl_ms > _MAX_U64 - self._clock():
-            raise CommandError("ttl_ms must be a positive integer number of milliseconds, or None")
+        if type(ttl_ms) is not int or not 0 < ttl_ms <= MAX_TTL_MS:
+            raise CommandError("ttl_ms must be a positive integer number of milliseconds up to 2**62, or None")
         return self._clock() + ttl_ms
 
 

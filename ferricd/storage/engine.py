@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from ferric_ipc.errors import StorageError
 from ferric_ipc.keys import as_key, as_value, key_hash64
+from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
 from ferricd.clock import wall_clock_ms
 from ferricd.storage.datafiles import DataFiles, hint_path
 from ferricd.storage.hints import HintBuilder
@@ -18,7 +19,6 @@ from ferricd.storage.snapshot import write_snapshot
 
 log = logging.getLogger(__name__)
 
-_MAX_U64 = 2**64 - 1
 
 
 class Put(NamedTuple):
@@ -207,8 +207,8 @@ class BitcaskStore:
         expire_at_ms = op.expire_at_ms
         if type(expire_at_ms) is not int:
             raise TypeError(f"{name}expire_at_ms must be int milliseconds, not {type(expire_at_ms).__name__}")
-        if not 0 <= expire_at_ms <= _MAX_U64:
-            raise ValueError(f"{name}expire_at_ms must be between 0 (never) and 2**64-1")
+        if not 0 <= expire_at_ms <= MAX_EXPIRE_AT_MS:
+            raise ValueError(f"{name}expire_at_ms must be between 0 (never) and 2**63-1")
         return Put, key, key_hash64(key), value, expire_at_ms
 
     def _exists(self, key_hash, key):

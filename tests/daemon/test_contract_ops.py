@@ -316,3 +316,34 @@ def test_only_one_of_many_concurrent_delete_ifs_wins(daemon, client):
 def test_a_lock_excludes_every_other_process(daemon, client):
     _run_racers(_count_under_lock, lambda ctx, start, racer: (daemon.run_dir, client.transport, start))
     assert client.get("race:counter") == str(RACERS * 40).encode()
+
+
+# -- the TTL range -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl_ms", [2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1])
+def test_a_ttl_past_the_range_is_refused_before_sending(client, ttl_ms):
+    with pytest.raises(ValueError, match="ttl_ms=None"):
+        client.set("op:far", b"v", ttl_ms=ttl_ms)
+    assert client.get("op:far") is None
+
+
+def test_the_longest_ttl_reads_the_same_on_every_path(daemon, client):
+    """A TTL of 2**62 ms (or a timedelta of the largest size) is read back as existing by the local
+    read, the pure-Python path and the shard alike."""
+    assert client.set("op:longest", b"v", ttl_ms=2**62)
+    assert client.set("op:largest-td", b"v", ttl_ms=timedelta.max)
+    remote = Client(daemon.run_dir, local_reads=False, transport=client.transport)
+    try:
+        for key in ("op:longest", "op:largest-td"):
+            assert client.get(key) == remote.get(key) == b"v"
+            assert client.exists(key) == remote.exists(key) == 1
+            assert client.pttl(key) > 2**50 and remote.pttl(key) > 2**50
+    finally:
+        remote.close()
+
+
+def test_the_shard_refuses_a_ttl_past_the_range(client):
+    with pytest.raises(CommandError, match="2\\*\\*62") as error:
+        client._call(shard_for(b"op:raw", client.shard_count), "set", [b"op:raw", b"v", 2**63, False, False])
+    assert error.value.code == "BAD_ARGS"

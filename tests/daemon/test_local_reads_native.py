@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from ferric_ipc import local_reads, native
+from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
 from ferric_ipc.file_layout import data_file_name
 from ferric_ipc.keys import key_hash64, key_hash64_python
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
@@ -113,6 +114,13 @@ class NativeAgreesWithPython(RuleBasedStateMachine):
     @rule(key=st.sampled_from(KEYS), value=VALUES, ttl_ms=st.sampled_from([0, 0, 60, 6000]))
     def put(self, key, value, ttl_ms):
         expire_at_ms = self.clock() + ttl_ms if ttl_ms else 0
+        self.store.put(key, value, expire_at_ms)
+        self.model[key] = (value, expire_at_ms)
+
+    @rule(key=st.sampled_from(KEYS), value=VALUES,
+          expire_at_ms=st.sampled_from([MAX_EXPIRE_AT_MS, MAX_EXPIRE_AT_MS - 1, 2**62, 2**31, 2**32]))
+    def put_far_expiry(self, key, value, expire_at_ms):
+        """The far end of the expiry range: no path may take it for a time in the past."""
         self.store.put(key, value, expire_at_ms)
         self.model[key] = (value, expire_at_ms)
 
