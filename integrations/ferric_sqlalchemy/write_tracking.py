@@ -189,15 +189,15 @@ class WriteTracker:
 
     def _rollback_savepoint(self, connection, name, context):
         writes = connection.info.get(self.info_key)
-        if writes is not None and name in writes.savepoints:
-            depth = writes.savepoints.index(name)
+        depth = _savepoint_depth(writes, name)
+        if depth is not None:
             del writes.savepoints[depth:]
             del writes.frames[depth + 1:]
 
     def _release_savepoint(self, connection, name, context):
         writes = connection.info.get(self.info_key)
-        if writes is not None and name in writes.savepoints:
-            depth = writes.savepoints.index(name)
+        depth = _savepoint_depth(writes, name)
+        if depth is not None:
             for frame in writes.frames[depth + 1:]:
                 writes.frames[depth].merge(frame)
             del writes.savepoints[depth:]
@@ -386,6 +386,16 @@ class WriteTracker:
         writes.connections = []
         writes.written = set()
         writes.flushing = writes.committing = False
+
+
+def _savepoint_depth(writes, name):
+    """Which open savepoint ``name`` ends: found by name, else the innermost (SQLAlchemy announces a savepoint
+    before naming it). Guessing wrong only keeps a frame too long, which invalidates more, never less."""
+    if writes is None or not writes.savepoints:
+        return None
+    if name in writes.savepoints:
+        return writes.savepoints.index(name)
+    return len(writes.savepoints) - 1
 
 
 def _table_names(named) -> list[str]:
