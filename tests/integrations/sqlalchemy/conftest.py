@@ -95,8 +95,10 @@ def database(request, tmp_path):
 
 @pytest.fixture
 def store(ferricd):
-    """A Client of the module's daemon, for tests that look at what the cache wrote."""
-    return ferricd.client()
+    """A Client of the module's daemon, emptied, for tests that look at what the cache writes."""
+    client = ferricd.client()
+    client.delete_prefix(b"")
+    return client
 
 
 @pytest.fixture
