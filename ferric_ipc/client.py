@@ -16,7 +16,14 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.connections import StreamShardConnection, ZmqShardConnection
-from ferric_ipc.errors import CommandError, FerricConnectionError, FerricError, LockNotAcquired, ProtocolError
+from ferric_ipc.errors import (
+    CommandError,
+    FerricConnectionError,
+    FerricError,
+    LimitError,
+    LockNotAcquired,
+    ProtocolError,
+)
 from ferric_ipc.file_layout import DAEMON_FILE, shard_dir
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
@@ -69,6 +76,19 @@ class _Commands:
     def _shard_of(self, key: bytes) -> int:
         raise NotImplementedError
 
+    def _max_value_bytes(self) -> int:
+        raise NotImplementedError
+
+    def _fits(self, data: bytes, argument: str = "value") -> bytes:
+        """``data`` if the daemon accepts a value that long; LimitError before anything is sent if not."""
+        limit = self._max_value_bytes()
+        if len(data) > limit:
+            raise LimitError(
+                f"{argument} is {len(data)} bytes; this ferricd accepts at most {limit} (max_value_bytes "
+                "in its configuration): raise it, or store the value in pieces"
+            )
+        return data
+
     def get(self, key: Key) -> Any:
         """The value of ``key`` as bytes, or None."""
         key = as_key(key)
@@ -77,7 +97,8 @@ class _Commands:
     def set(self, key: Key, value: Value, ttl_ms: TTL = None, nx: bool = False, xx: bool = False) -> Any:
         """Set ``key``; ``ttl_ms`` expires it; ``nx`` only if missing, ``xx`` only if present. True if set."""
         key = as_key(key)
-        return self._submit(key, "set", [key, as_value(value, _UNBOUNDED_VALUE), _ttl(ttl_ms), bool(nx), bool(xx)])
+        data, ttl = as_value(value, _UNBOUNDED_VALUE), _ttl(ttl_ms)
+        return self._submit(key, "set", [key, self._fits(data), ttl, bool(nx), bool(xx)])
 
     def getex(self, key: Key, ttl_ms: TTL = None, persist: bool = False) -> Any:
         """The value of ``key`` (None if missing), giving it a new TTL, or none with ``persist`` (Redis GETEX).
@@ -160,7 +181,7 @@ class _Commands:
                 f"set_if: {key!r} and {guard_key!r} live on different shards; give them the same {{hash tag}}",
                 "WRONG_SHARD",
             )
-        return self._submit(key, "set_if", [key, value_bytes, guard_key, expected_bytes, ttl])
+        return self._submit(key, "set_if", [key, self._fits(value_bytes), guard_key, expected_bytes, ttl])
 
     def patch(self, key: Key, set: Mapping[str, Any] | None = None, delete: Iterable[str] = (),  # noqa: A002
               ttl_ms: TTL = None, create: bool = True, encode: Callable[[Any], bytes] | None = None) -> Any:
@@ -260,6 +281,7 @@ class Client(_Commands):
         self._readers = {}
         self._shard_count = None
         self._data_dir = None
+        self._value_limit = _UNBOUNDED_VALUE
 
     # -- plumbing --------------------------------------------------------------
 
@@ -325,6 +347,8 @@ class Client(_Commands):
             self.transport = self._pick_transport(daemon.get("transports") or [protocol.TRANSPORT_ZMQ])
             self._shard_count = int(daemon["shards"])
             self._data_dir = daemon.get("data_dir")
+            limit = daemon.get("max_value_bytes")
+            self._value_limit = limit if type(limit) is int and limit > 0 else _UNBOUNDED_VALUE
         return self._shard_count
 
     def _pick_transport(self, offered):
@@ -339,6 +363,10 @@ class Client(_Commands):
 
     def _shard_of(self, key):
         return shard_for(key, self.shard_count)
+
+    def _max_value_bytes(self) -> int:
+        self.shard_count  # noqa: B018 - reads ferricd.json, which names the limit
+        return self._value_limit
 
     def _call(self, shard_id: int, op: str, args: list[Any]) -> Any:
         return _typed(op, self._call_raw(shard_id, op, args, op in protocol.IDEMPOTENT_OPS))
@@ -446,6 +474,8 @@ class Client(_Commands):
         """
         pairs = [(as_key(key), as_value(value, _UNBOUNDED_VALUE)) for key, value in dict(mapping).items()]
         ttl = _ttl(ttl_ms)
+        for _, data in pairs:
+            self._fits(data)
         for shard_id, group in self._by_shard([key for key, _ in pairs]).items():
             self._call(shard_id, "mset", [[list(pairs[position]) for position, _ in group], ttl])
         return True
@@ -562,6 +592,9 @@ class Pipeline(_Commands):
     def _shard_of(self, key: bytes) -> int:
         return self._client._shard_of(key)
 
+    def _max_value_bytes(self) -> int:
+        return self._client._max_value_bytes()
+
     def _submit(self, key: bytes, op: str, args: list[Any]) -> "Pipeline":
         self._queued.append((self._shard_of(key), op, args))
         return self
@@ -627,6 +660,9 @@ class Transaction(_Commands):
 
     def _shard_of(self, key: bytes) -> int:
         return self._client._shard_of(key)
+
+    def _max_value_bytes(self) -> int:
+        return self._client._max_value_bytes()
 
     def _submit(self, key: bytes, op: str, args: list[Any]) -> "Transaction":
         if op not in protocol.TRANSACTION_OPS:

@@ -108,6 +108,7 @@ class Supervisor:
                 "shards": self.shard_count, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                 "transports": [TRANSPORT_UNIX, TRANSPORT_ZMQ],
                 "data_dir": os.path.abspath(config.data_dir),  # clients map the shards' data files from here
+                "max_value_bytes": config.storage.max_value_bytes,  # clients refuse longer values before sending
             }).encode()],
             file_mode=0o644,
         )

@@ -347,3 +347,21 @@ def test_the_shard_refuses_a_ttl_past_the_range(client):
     with pytest.raises(CommandError, match="2\\*\\*62") as error:
         client._call(shard_for(b"op:raw", client.shard_count), "set", [b"op:raw", b"v", 2**63, False, False])
     assert error.value.code == "BAD_ARGS"
+
+
+def test_a_value_over_the_daemons_limit_is_refused_before_anything_is_sent(make_daemon):
+    daemon = make_daemon(shards=1, config='[storage]\nmax_value_bytes = "4KiB"\n')
+    client = daemon.client()
+    before = client.info()[0]["requests"]
+    too_long = b"x" * 4097
+    for attempt in (
+        lambda: client.set("op:big", too_long),
+        lambda: client.mset({"op:big": too_long}),
+        lambda: client.set_if("{t}big", too_long, "{t}guard", None),
+        lambda: client.pipeline().set("op:big", too_long),
+        lambda: client.transaction("t").set("{t}big", too_long),
+    ):
+        with pytest.raises(LimitError, match="this ferricd accepts at most 4096"):
+            attempt()
+    assert client.info()[0]["requests"] == before + 1, "only the info request itself reached the shard"
+    assert client.set("op:big", b"x" * 4096) is True
