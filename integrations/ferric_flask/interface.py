@@ -1,6 +1,8 @@
 """FerricSessionInterface: Flask's session interface on ferricd, writing only what a request changed."""
 
+import contextlib
 import logging
+import threading
 
 import msgpack
 from flask.sessions import SessionInterface
@@ -51,6 +53,7 @@ class FerricSessionInterface(SessionInterface):
         if type(max_bytes) is not int or max_bytes <= 0:
             raise ValueError(f"max_bytes must be a positive int, not {max_bytes!r}")
         self._client = client
+        self._client_lock = threading.Lock()
         self.run_dir = run_dir
         self.timeout_ms = milliseconds(timeout_ms, "timeout_ms")
         self.prefix = prefix
@@ -65,7 +68,9 @@ class FerricSessionInterface(SessionInterface):
     def client(self):
         """The ferric_ipc Client: the one given, or one made on first use (safe across gunicorn's fork)."""
         if self._client is None:
-            self._client = Client(self.run_dir, timeout_ms=self.timeout_ms)
+            with self._client_lock:  # threaded workers: one Client per interface
+                if self._client is None:
+                    self._client = Client(self.run_dir, timeout_ms=self.timeout_ms)
         return self._client
 
     def session_key(self, sid):
@@ -128,7 +133,8 @@ class FerricSessionInterface(SessionInterface):
         The fields stay; the response carries a cookie with the new id.
         """
         if not session.new:
-            self._call(self.client.delete, self.session_key(session.sid))
+            with self._store_call():
+                self.client.delete(self.session_key(session.sid))
         session.sid = self.ids.new()
         session.new = True
         session.loaded_raw = None
@@ -137,8 +143,9 @@ class FerricSessionInterface(SessionInterface):
 
     def destroy(self, session):
         """Remove ``session`` from the store now, empty it and clear its cookie (logout)."""
-        if not session.new:
-            self._call(self.client.delete, self.session_key(session.sid))
+        with self._store_call():
+            if not session.new:
+                self.client.delete(self.session_key(session.sid))
             self._unlink_user(session)
         session.clear()
         session.sid = self.ids.new()
@@ -160,8 +167,8 @@ class FerricSessionInterface(SessionInterface):
 
     def user_sessions(self, user_id):
         """Ids of the live sessions bound to ``user_id`` (local reads only)."""
-        sids = self._call(self.users.sids, str(user_id))
-        return [sid for sid in sids if self.client.pttl(self.session_key(sid)) != -2]
+        with self._store_call():
+            return [sid for sid in self.users.sids(str(user_id)) if self.client.pttl(self.session_key(sid)) != -2]
 
     def destroy_user_sessions(self, user_id):
         """End every session bound to ``user_id`` (logout everywhere); returns how many existed.
@@ -170,10 +177,9 @@ class FerricSessionInterface(SessionInterface):
         A request of one of those sessions that is running now cannot bring it
         back: its save writes only into a session that still exists.
         """
-        sids = self._call(self.users.take, str(user_id))
-        if not sids:
-            return 0
-        return self._call(self.client.delete, *[self.session_key(sid) for sid in sids])
+        with self._store_call():
+            sids = self.users.take(str(user_id))
+            return self.client.delete(*[self.session_key(sid) for sid in sids]) if sids else 0
 
     # -- inside save_session -------------------------------------------------------------------
 
@@ -245,7 +251,7 @@ class FerricSessionInterface(SessionInterface):
             return
         if not session.new:
             self.client.delete(self.session_key(session.sid))
-            self._unlink_user(session)
+        self._unlink_user(session)  # also after regenerate(), which deleted the loaded id already
         self._delete_cookie(app, response)
 
     def _check_size(self, encoded):
@@ -301,9 +307,11 @@ class FerricSessionInterface(SessionInterface):
         )
         response.vary.add("Cookie")
 
-    def _call(self, operation, *args):
+    @contextlib.contextmanager
+    def _store_call(self):
+        """Calls the app makes itself (regenerate, destroy, ...) raise SessionStoreUnavailable, a 503."""
         try:
-            return operation(*args)
+            yield
         except UNREACHABLE as exc:
             raise SessionStoreUnavailable() from exc
 

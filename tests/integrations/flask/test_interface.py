@@ -424,6 +424,34 @@ def test_login_drops_index_entries_of_sessions_that_expired(app_and_calls, store
     assert list(msgpack.unpackb(store.get("sess:user:ada"))) == [sid_of(second)]
 
 
+def test_regenerate_then_destroy_in_one_request_unlists_the_session(make_app, store):
+    app, _ = make_app()
+
+    @app.get("/switch")
+    def switch():
+        from flask import session
+        app.session_interface.regenerate(session)
+        app.session_interface.destroy(session)
+        return "ok"
+
+    web = app.test_client()
+    web.get("/login/ada")
+    web.get("/switch")
+    assert msgpack.unpackb(store.get("sess:user:ada")) == {}
+    assert list(store.scan_iter(b"sess:")) == [b"sess:user:ada"]
+    assert sid_of(web) is None
+
+
+def test_user_sessions_lists_the_live_ones(app_and_calls, store):
+    app, _ = app_and_calls
+    laptop, phone = app.test_client(), app.test_client()
+    laptop.get("/login/ada")
+    phone.get("/login/ada")
+    assert sorted(app.session_interface.user_sessions("ada")) == sorted([sid_of(laptop), sid_of(phone)])
+    store.delete(f"sess:{sid_of(phone)}")
+    assert app.session_interface.user_sessions("ada") == [sid_of(laptop)]
+
+
 def test_clear_unbinds_the_user(web, store):
     web.get("/login/ada")
     web.get("/clear")
