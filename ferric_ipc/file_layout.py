@@ -11,6 +11,8 @@ RECORD_HEADER_BYTES = RECORD_HEADER.size  # 29
 FLAG_TOMBSTONE = 0x01
 #: More records of the same atomic batch follow this one; recovery keeps a batch only once its last record is read.
 FLAG_BATCH_MORE = 0x02
+#: The record changes only its key's expire_at_ms (0 = none): no value bytes; the key keeps the value it had.
+FLAG_TTL_ONLY = 0x04
 RECORD_KEY_LEN_AT = 21  # offset of key_len in the header (value_len follows it)
 
 

@@ -14,7 +14,9 @@ Header, 64 bytes, little-endian::
     24      8     capacity     number of slots
     32      8     count        live entries
     40      8     deleted      slots holding the DELETED marker
-    48      16    reserved     zero
+    48      8     files_generation  bumped after data files were deleted (a merge): readers then drop
+                                    their maps of data files, which frees the deleted files' space
+    56      8     reserved     zero
 
 Slot, 32 bytes (four aligned 64-bit words)::
 
@@ -40,6 +42,7 @@ STATE_AT = 12  # offset of the state field: RETIRED is written here alone
 CAPACITY_AT = 24
 COUNTS = struct.Struct("<QQ")  # count, deleted: the header fields a live table updates
 COUNTS_AT = 32
+FILES_GENERATION_WORD = 6  # the header's 64-bit word holding files_generation (byte 48)
 HEADER_WORDS = HEADER_BYTES // 8
 
 SLOT_BYTES = 32

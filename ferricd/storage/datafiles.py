@@ -164,6 +164,16 @@ class DataFiles:
             except FileNotFoundError:
                 pass
 
+    def forget(self, file_id):
+        """Stop using a closed file (a merge is about to delete it): unmap it, keep it on disk."""
+        mapped = self._maps.pop(file_id)
+        self.sizes.pop(file_id)
+        if mapped is not None:
+            try:
+                mapped.close()
+            except BufferError:  # a view is still held somewhere; the map closes when it goes
+                pass
+
     def closed_ids(self):
         return sorted(self._maps)
 

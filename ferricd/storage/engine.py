@@ -1,18 +1,21 @@
-"""BitcaskStore: one shard's storage engine (put, get, delete, expiry, group-commit batches, fsync policy)."""
+"""BitcaskStore: one shard's storage engine (put, get, delete, expiry, group-commit batches, fsync policy, merge)."""
 
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from ferric_ipc.errors import StorageError
+from ferric_ipc.errors import StorageError, StorageFullError
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
 from ferricd.clock import wall_clock_ms
 from ferricd.storage.datafiles import DataFiles, hint_path
+from ferricd.storage.expiry import ExpirySweep
 from ferricd.storage.hints import HintBuilder
 from ferricd.storage.lock import DirectoryLock
-from ferricd.storage.records import FLAG_BATCH_MORE, FLAG_TOMBSTONE, encode
+from ferricd.storage.merge import DONE, Merge
+from ferricd.storage.records import FLAG_BATCH_MORE, FLAG_TOMBSTONE, FLAG_TTL_ONLY, encode
 from ferricd.storage.recovery import recover
 from ferricd.storage.settings import StoreSettings
 from ferricd.storage.snapshot import write_snapshot
@@ -33,6 +36,13 @@ class Delete(NamedTuple):
     """A delete for ``write_batch``."""
 
     key: object
+
+
+class Expire(NamedTuple):
+    """A TTL change for ``write_batch``: ``key`` keeps its value and expires at ``expire_at_ms`` (0 = never)."""
+
+    key: object
+    expire_at_ms: int
 
 
 class BitcaskStore:
@@ -80,7 +90,10 @@ class BitcaskStore:
             settings.fsync
         ]
         self._grouping = False
-        self.counters = dict.fromkeys(("puts", "deletes", "gets", "hits", "misses", "expired"), 0)
+        self.counters = dict.fromkeys(("puts", "deletes", "expiry_sets", "gets", "hits", "misses", "expired"), 0)
+        self.merge = None  # the running (or last) Merge
+        self.merges = 0  # merges that ran to the end
+        self._sweep = ExpirySweep()
         self._closed = False
 
     # -- reads -----------------------------------------------------------------
@@ -152,12 +165,19 @@ class BitcaskStore:
         """Delete ``key``; returns whether it existed (an expired key did not)."""
         return self._write([Delete(key)], single=True)[0]
 
+    def set_expiry(self, key, expire_at_ms):
+        """Give ``key`` a new ``expire_at_ms`` (0 = never) and keep its value; returns whether it existed.
+
+        Writes a TTL-only record (header and key, no value), not the value again.
+        """
+        return self._write([Expire(key, expire_at_ms)], single=True)[0]
+
     def write_batch(self, ops, atomic=False):
-        """Apply ``Put`` and ``Delete`` ops in order with one write and (fsync="always") one fdatasync.
+        """Apply ``Put``, ``Delete`` and ``Expire`` ops in order with one write and (fsync="always") one fdatasync.
 
         Every op is validated before anything is written, so a TypeError or
         LimitError leaves the store untouched. Returns one result per op:
-        None for a Put, whether the key existed for a Delete.
+        None for a Put, whether the key existed for a Delete or an Expire.
 
         On an I/O failure (StorageFullError when the disk is full) the ops
         that had already reached a rotated-out file stay applied and their
@@ -184,6 +204,13 @@ class BitcaskStore:
                 if not existed:
                     continue  # nothing to hide: no tombstone needed
                 flags, expire_at_ms, value = FLAG_TOMBSTONE, 0, b""
+            elif op_type is Expire:
+                existed = exists[key] if key in exists else self._exists(key_hash, key)
+                results.append(existed)
+                if not existed:
+                    continue  # nothing to change: nothing written
+                exists[key] = not expire_at_ms or expire_at_ms > self._clock()
+                flags, value = FLAG_TTL_ONLY, b""
             else:
                 exists[key] = not expire_at_ms or expire_at_ms > self._clock()
                 results.append(None)
@@ -198,18 +225,18 @@ class BitcaskStore:
 
     def _prepare(self, op, name):
         """Validate and encode one op's arguments; ``name`` prefixes argument names in errors."""
-        if not isinstance(op, (Put, Delete)):
-            raise TypeError(f"{name.rstrip('.') or 'op'} must be Put or Delete, not {type(op).__name__}")
+        if not isinstance(op, (Put, Delete, Expire)):
+            raise TypeError(f"{name.rstrip('.') or 'op'} must be Put, Delete or Expire, not {type(op).__name__}")
         key = as_key(op.key, f"{name}key")
         if type(op) is Delete:
             return Delete, key, key_hash64(key), None, 0
-        value = as_value(op.value, self.settings.max_value_bytes, f"{name}value")
+        value = None if type(op) is Expire else as_value(op.value, self.settings.max_value_bytes, f"{name}value")
         expire_at_ms = op.expire_at_ms
         if type(expire_at_ms) is not int:
             raise TypeError(f"{name}expire_at_ms must be int milliseconds, not {type(expire_at_ms).__name__}")
         if not 0 <= expire_at_ms <= MAX_EXPIRE_AT_MS:
             raise ValueError(f"{name}expire_at_ms must be between 0 (never) and 2**63-1")
-        return Put, key, key_hash64(key), value, expire_at_ms
+        return type(op), key, key_hash64(key), value, expire_at_ms
 
     def _exists(self, key_hash, key):
         found = self._keydir.find(key_hash, key)
@@ -274,6 +301,14 @@ class BitcaskStore:
                 if found is not None:
                     keydir.drop(found[0])
                 self.counters["deletes"] += 1
+            elif op_type is Expire:
+                found = keydir.find(key_hash, key)
+                if found is not None:
+                    if 0 < expire_at_ms <= self._clock():
+                        keydir.drop(found[0])
+                    else:
+                        keydir.set_expiry(found, expire_at_ms)
+                self.counters["expiry_sets"] += 1
             else:
                 keydir.set(key_hash, key, file_id, offset, record_len, expire_at_ms)
                 self.counters["puts"] += 1
@@ -362,6 +397,79 @@ class BitcaskStore:
         if self._failed:
             raise StorageError(f"{self._failed}; this store refuses writes until it is reopened")
 
+    # -- merge and active expiry -----------------------------------------------
+
+    @property
+    def merging(self):
+        return self.merge is not None and self.merge.running
+
+    def merge_wanted(self):
+        """Whether a merge should start on its own: ``merge_auto`` and both merge thresholds passed."""
+        settings = self.settings
+        if not settings.merge_auto or self.merging or self._failed:
+            return False
+        total, live = self._data_and_live_bytes()
+        dead = total - live
+        return dead > 0 and dead >= settings.merge_trigger_dead_bytes and (
+            dead * 100 >= settings.merge_trigger_dead_percent * total
+        )
+
+    def start_merge(self, points=None):
+        """Start a merge of every data file written so far; returns it (the running one if there is one), or None.
+
+        Advance it with ``merge_step`` between requests. Raises StorageFullError
+        if the disk has less room than the live bytes the merge would copy.
+        ``points`` replaces the merge's test hooks (merge_points.MergePoints).
+        """
+        self._check_writable()
+        if self.merging:
+            return self.merge
+        _total, live = self._data_and_live_bytes()
+        free = shutil.disk_usage(self.directory).free
+        if free < live:
+            raise StorageFullError(
+                f"a merge of {self.directory} needs room for up to {live} bytes of live data, "
+                f"and {free} bytes are free: free disk space first"
+            )
+        self._close_active()  # its records are merged too; writes from now on go to newer files
+        inputs = self._files.closed_ids()
+        if not inputs:
+            return None
+        self.merge = Merge(self.directory, self._files, self._keydir, inputs, self._merge_output_id, self._clock,
+                           self.settings, self.counters, points)
+        return self.merge
+
+    def merge_step(self, budget_s):
+        """Advance the running merge for about ``budget_s`` seconds; returns whether it is still running."""
+        merge = self.merge
+        if merge is None or not merge.running:
+            return False
+        running = merge.step(budget_s)
+        if merge.state == DONE:
+            self.merges += 1
+        return running
+
+    def _merge_output_id(self):
+        """The id of a new merge output. The active file is closed first, so every write from now on goes
+        to a file with a higher id: per key, file order stays write order (see storage/merge.py)."""
+        self._close_active()
+        file_id = self._next_file_id
+        self._next_file_id += 1
+        return file_id
+
+    def sweep_expired(self, budget_s):
+        """One slice of the active expiry sweep (settings.expiry_sweep_slots slots, more while many expire);
+        returns how many expired keys it dropped."""
+        dropped = self._sweep.run(self._keydir, self._clock(), self.settings.expiry_sweep_slots, budget_s)
+        self.counters["expired"] += dropped
+        return dropped
+
+    def _data_and_live_bytes(self):
+        sizes = dict(self._files.sizes)
+        if self._files.active is not None:
+            sizes[self._files.active.file_id] = self._files.active.size
+        return sum(sizes.values()), sum(self._keydir.live_bytes.get(file_id, 0) for file_id in sizes)
+
     # -- lifecycle -------------------------------------------------------------
 
     def close(self):
@@ -370,6 +478,8 @@ class BitcaskStore:
             return
         self._closed = True
         try:
+            if self.merging:
+                self.merge.abort()
             if not self._failed:
                 self._close_active()
                 if self.settings.snapshot_on_close:
@@ -402,16 +512,12 @@ class BitcaskStore:
     # -- statistics ------------------------------------------------------------
 
     def stats(self):
-        """Counts and sizes: keys, live and dead bytes, files, index bytes, operation counters."""
-        sizes = dict(self._files.sizes)
-        if self._files.active is not None:
-            sizes[self._files.active.file_id] = self._files.active.size
-        total = sum(sizes.values())
-        live = sum(self._keydir.live_bytes.get(file_id, 0) for file_id in sizes)
+        """Counts and sizes: keys, live and dead bytes, files, index bytes, merges, operation counters."""
+        total, live = self._data_and_live_bytes()
         index = self._keydir.index
         return {
             "keys": index.count,
-            "files": len(sizes),
+            "files": len(self._files.sizes) + (self._files.active is not None),
             "data_bytes": total,
             "live_bytes": live,
             "dead_bytes": total - live,
@@ -419,6 +525,8 @@ class BitcaskStore:
             "index_capacity": index.capacity,
             "next_seq": self._next_seq,
             "corrupt_reads": self._keydir.corrupt_dropped,
+            "merging": self.merging,
+            "merges": self.merges,
             **self.counters,
         }
 

@@ -19,6 +19,7 @@ from ferric_ipc.index_layout import (
     COUNTS_AT,
     DELETED,
     EMPTY,
+    FILES_GENERATION_WORD,
     HASH_WORD,
     HEADER,
     HEADER_WORDS,
@@ -37,6 +38,7 @@ from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.index_file import MemoryTables
 
 _SEQ_MASK = 0xFFFFFFFF
+_EXPIRE_WORD = 3  # expire_at_ms is word 3 of a slot
 
 
 def capacity_for(count: int) -> int:
@@ -141,6 +143,32 @@ class ShardIndex:
             if key_hash > DELETED:
                 yield slot, key_hash, file_id, offset, record_len, expire_at_ms
 
+    def expired_slots(self, start, end, now_ms):
+        """``(entries with an expiry, [slots expired at now_ms])`` among the slots in [start, end).
+
+        Reads only the slot words, no record: what the active expiry sweep needs.
+        """
+        words = self._words
+        with_expiry, expired = 0, []
+        at = HEADER_WORDS + start * SLOT_WORDS
+        for slot in range(start, min(end, self.capacity)):
+            if words[at + HASH_WORD] > DELETED:
+                expire_at_ms = words[at + _EXPIRE_WORD]
+                if expire_at_ms:
+                    with_expiry += 1
+                    if expire_at_ms <= now_ms:
+                        expired.append(slot)
+            at += SLOT_WORDS
+        return with_expiry, expired
+
+    @property
+    def files_generation(self) -> int:
+        return self._words[FILES_GENERATION_WORD]
+
+    def bump_files_generation(self):
+        """Tell readers that data files were deleted, so they drop their maps of them (docs/storage.md)."""
+        self._words[FILES_GENERATION_WORD] += 1
+
     # -- writes ----------------------------------------------------------------
 
     def replace(self, slot, file_id, offset, record_len, expire_at_ms):
@@ -221,11 +249,11 @@ class ShardIndex:
         if words[base + HASH_WORD] != key_hash:
             words[base + HASH_WORD] = key_hash
         words[base + 2] = offset | (record_len << 32)
-        words[base + 3] = expire_at_ms
+        words[base + _EXPIRE_WORD] = expire_at_ms
         words[base] = ((seq + 2) & _SEQ_MASK) | (file_id << 32)  # even: consistent again
 
     def write_counts(self):
-        """Store count and deleted in the header (the rest of it never changes for a live table)."""
+        """Store count and deleted in the header (besides files_generation, the rest never changes for a live table)."""
         COUNTS.pack_into(self._buf, COUNTS_AT, self.count, self.deleted)
 
     def reserve(self, extra):
@@ -255,6 +283,7 @@ class ShardIndex:
             count += 1
         fresh.count = count
         fresh.write_counts()
+        fresh._words[FILES_GENERATION_WORD] = self._words[FILES_GENERATION_WORD]
         fresh._words = None
         self._words.release()
         old_buf = self._buf

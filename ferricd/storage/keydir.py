@@ -6,12 +6,21 @@ same 64-bit hash stay distinct.
 """
 
 import logging
+from array import array
 
 from ferric_ipc.file_layout import RECORD_KEY_LEN_AT
 from ferric_ipc.keys import key_hash64
 from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.index import ShardIndex
-from ferricd.storage.records import FLAG_TOMBSTONE, HEADER_BYTES, decode, key_matches, record_key, record_seq
+from ferricd.storage.records import (
+    FLAG_TOMBSTONE,
+    FLAG_TTL_ONLY,
+    HEADER_BYTES,
+    decode,
+    key_matches,
+    record_key,
+    record_seq,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,9 @@ class KeyDirectory:
         self.files = files
         self.live_bytes = dict(live_bytes or {})  # file_id -> bytes of records the index points at
         self.corrupt_dropped = 0  # slots dropped because their record failed its CRC
+        # key_hash, file_id, offset of entries that recovery loaded with an expiry already past: whether
+        # they are gone is decided once every record is applied (a later TTL-only record may extend them).
+        self._expired_at_load = array("Q")
 
     def __len__(self):
         return self.index.count
@@ -92,20 +104,55 @@ class KeyDirectory:
         _hash, file_id, _offset, record_len, _expire = self.index.remove(slot)
         self.live_bytes[file_id] -= record_len
 
+    def set_expiry(self, found, expire_at_ms):
+        """Give the entry ``find()`` returned a new expiry; it keeps pointing at its value's record."""
+        slot, file_id, offset, record_len, _old_expire = found
+        self.index.replace(slot, file_id, offset, record_len, expire_at_ms)
+
+    def find_at(self, key_hash, file_id, offset):
+        """``(slot, expire_at_ms)`` of the entry pointing at the record at ``file_id``/``offset``, or None.
+
+        A record's position names one key, so no key bytes need comparing.
+        """
+        for slot, entry_file, entry_offset, _record_len, expire_at_ms in self.index.candidates(key_hash):
+            if entry_file == file_id and entry_offset == offset:
+                return slot, expire_at_ms
+        return None
+
+    def move(self, key_hash, old_file, old_offset, new_file, new_offset, record_len):
+        """Point the entry at ``old_file``/``old_offset`` at a copy of its record; False if it moved on meanwhile.
+
+        The entry keeps its expire_at_ms (a TTL change made after the copy was taken stays).
+        """
+        for slot, entry_file, entry_offset, old_len, expire_at_ms in self.index.candidates(key_hash):
+            if entry_file == old_file and entry_offset == old_offset:
+                self.index.replace(slot, new_file, new_offset, record_len, expire_at_ms)
+                self.live_bytes[old_file] -= old_len
+                self.live_bytes[new_file] = self.live_bytes.get(new_file, 0) + record_len
+                return True
+        return False
+
     def load_file(self, file_id, entries, now_ms):
         """Apply a file's entries ``(key_hash, seq, expire_at_ms, offset, record_len, flags)`` in file order.
 
         A key not yet in the table takes the index's bulk-insert fast path;
-        deletes, expired records and hash matches take ``load``, which reads
-        and compares keys. Returns how many entries were applied.
+        deletes and hash matches take ``load``, which reads and compares keys;
+        TTL-only records take ``load_expiry``. Records already expired are
+        loaded like any other and noted for ``drop_expired_at_load``. Returns
+        how many entries were applied.
         """
         index = self.index
-        insert_absent, load = index.insert_absent, self.load
+        insert_absent, load, expired = index.insert_absent, self.load, self._expired_at_load
         applied = live = 0
         self.live_bytes.setdefault(file_id, 0)  # the slow path may move bytes out of this file first
         for key_hash, seq, expire_at_ms, offset, record_len, flags in entries:
             applied += 1
-            is_delete = flags & FLAG_TOMBSTONE or 0 < expire_at_ms <= now_ms
+            if flags & FLAG_TTL_ONLY:
+                self.load_expiry(key_hash, seq, expire_at_ms, file_id, offset, record_len, now_ms)
+                continue
+            is_delete = flags & FLAG_TOMBSTONE
+            if 0 < expire_at_ms <= now_ms:
+                expired.extend((key_hash, file_id, offset))
             if not is_delete and insert_absent(key_hash, file_id, offset, record_len, expire_at_ms):
                 live += record_len
             else:
@@ -117,9 +164,9 @@ class KeyDirectory:
     def load(self, key_hash, seq, expire_at_ms, file_id, offset, record_len, is_delete, key=None):
         """Apply one record met during recovery; a record older than the entry it meets loses.
 
-        ``is_delete`` covers tombstones and records already expired: both
-        hide any older value of the key. ``key`` is read from the record when
-        not given (hint entries carry only the hash).
+        ``is_delete``: a tombstone, which hides any older value of the key.
+        ``key`` is read from the record when not given (hint entries carry
+        only the hash).
         """
         for candidate in self.index.candidates(key_hash):
             slot, old_file, old_offset, old_len, _old_expire = candidate
@@ -141,6 +188,39 @@ class KeyDirectory:
         if not is_delete:
             self.index.insert(key_hash, file_id, offset, record_len, expire_at_ms)
             self.live_bytes[file_id] = self.live_bytes.get(file_id, 0) + record_len
+
+    def load_expiry(self, key_hash, seq, expire_at_ms, file_id, offset, record_len, now_ms):
+        """Apply a TTL-only record met during recovery to the value of its key.
+
+        It applies only if the key's entry is older (a newer value carries its
+        own expiry); with no entry (deleted) there is nothing to change. An
+        expiry already past is noted for ``drop_expired_at_load``.
+        """
+        key = None
+        for candidate in self.index.candidates(key_hash):
+            _slot, old_file, old_offset, _old_len, _old_expire = candidate
+            if key is None:
+                key = record_key(self.files.read(file_id, offset, record_len))
+            if not key_matches(self.files.read(old_file, old_offset, HEADER_BYTES + len(key)), key):
+                self._drop_if_corrupt(candidate)
+                continue
+            if self._drop_if_corrupt(candidate) or seq < record_seq(self.files.read(old_file, old_offset, HEADER_BYTES)):
+                return
+            self.set_expiry(candidate, expire_at_ms)
+            if 0 < expire_at_ms <= now_ms:
+                self._expired_at_load.extend((key_hash, old_file, old_offset))
+            return
+
+    def drop_expired_at_load(self, now_ms):
+        """After every file is loaded: drop the entries whose (final) expiry has passed; returns how many."""
+        noted, self._expired_at_load = self._expired_at_load, array("Q")
+        dropped = 0
+        for at in range(0, len(noted), 3):
+            found = self.find_at(noted[at], noted[at + 1], noted[at + 2])
+            if found is not None and 0 < found[1] <= now_ms:
+                self.drop(found[0])
+                dropped += 1
+        return dropped
 
     def keys(self, now_ms):
         """Yield every key not expired at ``now_ms``, reading each from its (CRC-checked) record."""

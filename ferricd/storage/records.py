@@ -7,7 +7,8 @@ A record, little-endian (HEADER, 29 bytes, then the key and value)::
     4       8        seq           per-shard monotonic write counter (ordering never uses the clock)
     12      8        expire_at_ms  absolute wall-clock ms, 0 = never
     20      1        flags         FLAG_TOMBSTONE marks a delete (no value bytes); FLAG_BATCH_MORE: the
-                               next record belongs to the same atomic batch
+                               next record belongs to the same atomic batch; FLAG_TTL_ONLY: sets
+                               the key's expire_at_ms and nothing else (no value bytes)
     21      4        key_len
     25      4        value_len
     29      key_len  key
@@ -21,7 +22,7 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from ferric_ipc.file_layout import FLAG_BATCH_MORE, FLAG_TOMBSTONE, RECORD_HEADER, RECORD_HEADER_BYTES
+from ferric_ipc.file_layout import FLAG_BATCH_MORE, FLAG_TOMBSTONE, FLAG_TTL_ONLY, RECORD_HEADER, RECORD_HEADER_BYTES
 from ferric_ipc.keys import MAX_KEY_BYTES
 from ferricd.storage.errors import CorruptDataError
 
@@ -32,7 +33,8 @@ HEADER_BYTES = RECORD_HEADER_BYTES  # 29
 _CHECKED = struct.Struct("<QQBII")  # the header after the crc: what the crc starts with
 _CRC = struct.Struct("<I")
 
-KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_BATCH_MORE
+KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_BATCH_MORE | FLAG_TTL_ONLY
+_NO_VALUE_FLAGS = FLAG_TOMBSTONE | FLAG_TTL_ONLY  # records that carry no value bytes
 
 assert HEADER_BYTES == 29
 
@@ -172,7 +174,7 @@ class RecordScanner:
         crc, seq, expire_at_ms, flags, key_len, value_len = HEADER.unpack_from(data, pos)
         if flags & ~KNOWN_FLAGS or key_len > MAX_KEY_BYTES:
             return None
-        if flags & FLAG_TOMBSTONE and value_len:
+        if flags & _NO_VALUE_FLAGS and (value_len or flags & _NO_VALUE_FLAGS == _NO_VALUE_FLAGS):
             return None
         end = pos + HEADER_BYTES + key_len + value_len
         if end > len(data) or zlib.crc32(data[pos + 4:end]) != crc:

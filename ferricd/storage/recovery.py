@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 from ferric_ipc.keys import key_hash64
 from ferricd.storage.atomic_files import fsync_directory
-from ferricd.storage.datafiles import data_path, hint_path, list_data_file_ids
+from ferricd.storage.datafiles import DATA_SUFFIX, HINT_SUFFIX, data_path, hint_path, list_data_file_ids
 from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.hints import HintBuilder, read_hint
 from ferricd.storage.index import ShardIndex, capacity_for
@@ -122,6 +122,7 @@ def _rebuild(directory, ids, files, now_ms, epoch, file_mode, tables, report):
             report.next_seq = max(report.next_seq, hint.max_seq + 1)
         else:
             _scan(directory, file_id, keydir, now_ms, file_mode, report, is_last=position == len(ids) - 1)
+    keydir.drop_expired_at_load(now_ms)
     index = keydir.index
     if index.capacity > 2 * capacity_for(index.count):  # many overwrites: give the memory back
         index.rebuild(capacity_for(index.count))
@@ -176,9 +177,13 @@ def _scan(directory, file_id, keydir, now_ms, file_mode, report, is_last):
 
 
 def _remove_temp_files(directory):
+    """Remove unfinished atomic writes (``*.tmp``: merge outputs, hints) and hints whose data file is gone."""
     removed = False
-    for name in os.listdir(directory):
-        if name.endswith(".tmp"):
+    names = set(os.listdir(directory))
+    for name in names:
+        stem, suffix = os.path.splitext(name)
+        # A hint left without its data file (a crash while files were removed) could be taken for a later file's.
+        if suffix == ".tmp" or (suffix == HINT_SUFFIX and f"{stem}{DATA_SUFFIX}" not in names):
             os.unlink(os.path.join(directory, name))
             removed = True
     if removed:

@@ -25,6 +25,13 @@ class StoreSettings:
     fsync_interval_ms: int = 1000  # for fsync = "interval"
     file_mode: int = 0o640  # data, hint and snapshot files
     snapshot_on_close: bool = True  # write the key directory on close, for fast restarts
+    # Merge (docs/storage.md, "Merge" gives the reasons for these defaults). It starts on its own once
+    # both thresholds are passed: disk use then stays under about 2x the live bytes, plus the floor.
+    merge_auto: bool = True  # False: merges run only when asked for (ferricctl compact)
+    merge_trigger_dead_percent: int = 50  # dead bytes as a share of all the shard's data bytes
+    merge_trigger_dead_bytes: int = 16 * MiB  # ... and at least this many dead bytes
+    merge_slice_ms: int = 1  # merge work between two rounds of requests: what a request may wait for it
+    expiry_sweep_slots: int = 4096  # key directory slots the active expiry sweep checks per tick
 
     def __post_init__(self):
         for field in fields(self):
@@ -39,3 +46,11 @@ class StoreSettings:
             raise ValueError("max_value_bytes must be between 0 and 4 GiB minus 128 KiB")
         if self.fsync_interval_ms <= 0:
             raise ValueError("fsync_interval_ms must be positive")
+        if not 1 <= self.merge_trigger_dead_percent <= 100:
+            raise ValueError("merge_trigger_dead_percent must be between 1 and 100")
+        if self.merge_trigger_dead_bytes < 0:
+            raise ValueError("merge_trigger_dead_bytes must be 0 or more")
+        if self.merge_slice_ms <= 0:
+            raise ValueError("merge_slice_ms must be positive")
+        if self.expiry_sweep_slots <= 0:
+            raise ValueError("expiry_sweep_slots must be positive")

@@ -269,7 +269,7 @@ def test_never_leaves_syncing_to_close(open_store, fdatasync_calls):
         (lambda s: s.delete(3), TypeError, "^key must be str or bytes"),
         (lambda s: s.put(b"k" * 65537, b"v"), LimitError, "limited to 65536 bytes"),
         (lambda s: s.put("k", b"v" * 1025), LimitError, "accepts at most 1024"),
-        (lambda s: s.write_batch([Put("a", b"1"), ("b", b"2")]), TypeError, r"^ops\[1\] must be Put or Delete"),
+        (lambda s: s.write_batch([Put("a", b"1"), ("b", b"2")]), TypeError, r"^ops\[1\] must be Put, Delete or Expire"),
         (lambda s: s.write_batch([Put("a", b"1"), Put("b", b"v" * 2000)]), LimitError, r"ops\[1\]\.value"),
     ],
 )
