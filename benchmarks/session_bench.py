@@ -170,6 +170,14 @@ def summary_us(samples):
 # -- 2: requests/s under gunicorn ------------------------------------------------------------------
 
 
+def control_socket_flags():
+    """Gunicorn >= 25 opens a control socket at one path per user: parallel masters would take it from each other."""
+    import gunicorn.config
+
+    settings = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in settings else []
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -186,7 +194,8 @@ class Gunicorn:
         self.log = open(os.path.join(base, f"gunicorn-{backend}.log"), "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--worker-class", "sync",
-             "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", "session_bench:bench_app()"],
+             "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", *control_socket_flags(),
+             "session_bench:bench_app()"],
             cwd=HERE, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -27,6 +27,14 @@ REQUESTS_PER_SESSION = 40
 PAIRS = 25
 
 
+def control_socket_flags():
+    """Gunicorn >= 25 opens a control socket at one path per user: parallel masters would take it from each other."""
+    import gunicorn.config
+
+    settings = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in settings else []
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -39,7 +47,7 @@ class Gunicorn:
     def __init__(self, run_dir, log_path, preload):
         self.port = free_port()
         argv = [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--worker-class", "sync",
-                "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", APP]
+                "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", *control_socket_flags(), APP]
         if preload:
             argv.insert(3, "--preload")
         env = dict(os.environ, FERRIC_RUN_DIR=run_dir)
