@@ -63,6 +63,11 @@ class Database:
     def _count(self, connection, cursor, statement, parameters, context, executemany):
         self.statements.append(statement)
 
+    @property
+    def url_text(self) -> str:
+        """The URL for another process, password included."""
+        return make_url(self.url).render_as_string(hide_password=False)
+
     def selects(self) -> int:
         """How many SELECTs reached the database so far."""
         return sum(1 for statement in self.statements if statement.lstrip().upper().startswith("SELECT"))

@@ -132,3 +132,29 @@ class AuditLog(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(primary_key=True)
     message: Mapped[str] = mapped_column(String(200))
+
+
+@cacheable
+class Box(Base):
+    """Counters in boxes: what the multi-process race test writes and reads."""
+
+    __tablename__ = "boxes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    counters: Mapped[list["Counter"]] = relationship(order_by="Counter.id")
+
+
+@cacheable
+class Counter(Base):
+    __tablename__ = "counters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    box_id: Mapped[int] = mapped_column(ForeignKey("boxes.id"))
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@cacheable(strategy="nonstrict_read_write")
+class SlowNote(Base):
+    """Read by the stampede test without a lease (nonstrict_read_write takes none)."""
+
+    __tablename__ = "slow_notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
