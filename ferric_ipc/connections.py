@@ -28,8 +28,8 @@ from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutE
 from ferric_ipc.file_layout import socket_path, stream_path
 
 _FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
-# While a shard restarts (hundreds of ms), the pause before trying its socket again: it doubles
-# from the first to the last, so hundreds of waiting processes do not poll the socket file in step.
+# While a shard restarts (hundreds of ms), the pause before trying its socket again (both transports):
+# it doubles from the first to the last, so hundreds of waiting processes do not poll the socket in step.
 _FIRST_RECONNECT_PAUSE_S = 0.005
 _MAX_RECONNECT_PAUSE_S = 0.05
 _READ_CHUNK_BYTES = 64 * 1024
@@ -339,6 +339,10 @@ class ZmqShardConnection(ShardConnection):
             # missing socket is a shard restarting, and ZeroMQ connects as soon as it binds again.
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.linger = 0
+            # While the shard restarts, ZeroMQ tries its socket again with the stream's backoff
+            # (its default is every 100 ms), keeping the request queued until it connects.
+            self._socket.reconnect_ivl = int(_FIRST_RECONNECT_PAUSE_S * 1000)
+            self._socket.reconnect_ivl_max = int(_MAX_RECONNECT_PAUSE_S * 1000)
             self._socket.connect(self.endpoint)
         ids, frames = self._frames(requests)
         for frame in frames:

@@ -26,6 +26,7 @@ from ferric_ipc.errors import FerricConnectionError, FerricTimeoutError
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.stream_server import MAX_OUTBOX_BYTES
 from tests.daemon.conftest import keys_on_shard
+from tests.daemon.test_supervision import RESTART_TIMEOUT_MS
 
 
 def pack(obj):
@@ -307,7 +308,7 @@ def test_a_write_the_dying_shard_never_read_goes_to_its_successor_once(make_daem
     resets the connection (instead of ending it) because bytes were left unread, so the client
     knows nothing was applied and sends the write to the restarted shard, which applies it once."""
     daemon = make_daemon(shards=1)
-    client = daemon.client(timeout_ms=3000, transport="unix")
+    client = daemon.client(timeout_ms=RESTART_TIMEOUT_MS, transport="unix")
     assert client.incr(b"st:unread") == 1
     pid = client.hello()["pid"]
     os.kill(pid, signal.SIGSTOP)
@@ -316,7 +317,7 @@ def test_a_write_the_dying_shard_never_read_goes_to_its_successor_once(make_daem
     # the shard dead and go to its successor all the same.
     time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
-    caller.join(10)
+    caller.join(2 * RESTART_TIMEOUT_MS / 1000)
     assert outcome == {"value": 2}
     assert client.hello()["pid"] != pid
     assert client.get(b"st:unread") == b"2"
@@ -402,7 +403,7 @@ def test_a_write_to_a_restarted_shard_is_sent_again_on_a_new_connection(make_dae
     """A connection whose shard died refuses the send outright: nothing was delivered, so the write
     goes to the new shard, once."""
     daemon = make_daemon(shards=1)
-    client = daemon.client(timeout_ms=3000, transport="unix")
+    client = daemon.client(timeout_ms=RESTART_TIMEOUT_MS, transport="unix")
     assert client.incr(b"st:resend") == 1
     old_pid = client.hello()["pid"]
     os.kill(old_pid, signal.SIGKILL)
