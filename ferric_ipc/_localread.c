@@ -29,14 +29,15 @@
 #define STATE_LIVE 0
 #define SLOT_BYTES 32
 #define SLOT_SEQ_AT 0
-#define SLOT_FILE_AT 4
+#define SLOT_FILE_ID_AT 4
 #define SLOT_HASH_AT 8
 #define SLOT_OFFSET_AT 16
-#define SLOT_LEN_AT 20
+#define SLOT_RECORD_LEN_AT 20
 #define SLOT_EXPIRE_AT 24
 #define HASH_EMPTY 0
 #define RESERVED_HASHES 2
 #define RECORD_HEADER_BYTES 29 /* crc u32, seq u64, expire u64, flags u8, key_len u32, value_len u32 */
+#define RECORD_CRC_BYTES 4 /* the crc32 field leads; the CRC covers every byte after it */
 #define RECORD_FLAGS_AT 20
 #define RECORD_KEY_LEN_AT 21
 #define RECORD_VALUE_LEN_AT 25
@@ -45,6 +46,12 @@
  * as a round trip to the shard would take, then let the shard answer. The Python path's SEQ_SPINS
  * iterations take about as long. */
 #define SEQ_WAIT_NS 50000
+
+/* read_slot takes file_id and record_len as the high halves of the 64-bit words at SLOT_SEQ_AT
+ * and SLOT_OFFSET_AT, and every slot load is of an aligned word. */
+_Static_assert(SLOT_FILE_ID_AT == SLOT_SEQ_AT + 4 && SLOT_SEQ_AT % 8 == 0, "file_id: high half of word 0");
+_Static_assert(SLOT_RECORD_LEN_AT == SLOT_OFFSET_AT + 4 && SLOT_OFFSET_AT % 8 == 0, "record_len: high half");
+_Static_assert(SLOT_HASH_AT % 8 == 0 && SLOT_EXPIRE_AT % 8 == 0, "64-bit slot fields are aligned words");
 
 /* Unaligned little-endian loads from mapped bytes. The slot words are 8-byte aligned (the map is
  * page-aligned and every field sits inside its own aligned word), so the seqlock loads are atomic. */
@@ -235,7 +242,7 @@ static slot_outcome read_slot(const unsigned char *slot, const unsigned char *ke
             if (keep_waiting(&waiting_since_ns)) continue;
             break;
         }
-        uint64_t seq_and_file = load_relaxed64(slot); /* seq | file_id */
+        uint64_t seq_and_file = load_relaxed64(slot + SLOT_SEQ_AT); /* seq | file_id */
         uint64_t stored_hash = load_relaxed64(slot + SLOT_HASH_AT);
         uint64_t position = load_relaxed64(slot + SLOT_OFFSET_AT); /* offset | record_len */
         uint64_t expire_at_ms = load_relaxed64(slot + SLOT_EXPIRE_AT);
@@ -275,7 +282,7 @@ static slot_outcome read_slot(const unsigned char *slot, const unsigned char *ke
                 (uint64_t)RECORD_HEADER_BYTES + stored_key_len + value_len != record_len ||
                 (record[RECORD_FLAGS_AT] & FLAG_TOMBSTONE) ||
                 memcmp(record + RECORD_HEADER_BYTES, key, (size_t)key_len) != 0 ||
-                record_crc32(record + 4, record_len - 4) != le32(record)) {
+                record_crc32(record + RECORD_CRC_BYTES, record_len - RECORD_CRC_BYTES) != le32(record)) {
                 /* another key with this hash, or a record that does not check out: ask the shard */
                 result = Py_NewRef(FALLBACK);
             } else if (expire_at_ms && expire_at_ms <= (uint64_t)now_ms) { /* unsigned, as Python compares */
@@ -429,12 +436,15 @@ PyMODINIT_FUNC PyInit__localread(void) {
     SLOW = Py_NewRef(Py_None);
     /* Compared with index_layout/file_layout at import: a mismatch disables this module. */
     PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "HEADER_BYTES", HEADER_BYTES, "STATE_AT", STATE_AT, "CAPACITY_AT", CAPACITY_AT,
-        "STATE_LIVE", STATE_LIVE, "SLOT_BYTES", SLOT_BYTES, "HASH_WORD_AT", SLOT_HASH_AT,
-        "EMPTY", HASH_EMPTY, "RESERVED_HASHES", RESERVED_HASHES,
-        "RECORD_HEADER_BYTES", RECORD_HEADER_BYTES, "FLAG_TOMBSTONE", FLAG_TOMBSTONE,
-        "RECORD_KEY_LEN_AT", RECORD_KEY_LEN_AT);
+        "STATE_LIVE", STATE_LIVE, "SLOT_BYTES", SLOT_BYTES,
+        "SLOT_SEQ_AT", SLOT_SEQ_AT, "SLOT_FILE_ID_AT", SLOT_FILE_ID_AT, "SLOT_HASH_AT", SLOT_HASH_AT,
+        "SLOT_OFFSET_AT", SLOT_OFFSET_AT, "SLOT_RECORD_LEN_AT", SLOT_RECORD_LEN_AT,
+        "SLOT_EXPIRE_AT", SLOT_EXPIRE_AT, "EMPTY", HASH_EMPTY, "RESERVED_HASHES", RESERVED_HASHES,
+        "RECORD_HEADER_BYTES", RECORD_HEADER_BYTES, "RECORD_CRC_BYTES", RECORD_CRC_BYTES, "RECORD_FLAGS_AT", RECORD_FLAGS_AT,
+        "RECORD_KEY_LEN_AT", RECORD_KEY_LEN_AT, "RECORD_VALUE_LEN_AT", RECORD_VALUE_LEN_AT,
+        "FLAG_TOMBSTONE", FLAG_TOMBSTONE);
     if (layout == NULL || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         Py_DECREF(module);

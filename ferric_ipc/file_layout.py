@@ -5,15 +5,30 @@ import struct
 
 DAEMON_FILE = "ferricd.json"  # in run_dir: {"shards", "protocol", "pid", "data_dir"}, written by the supervisor
 
-#: A data record's header (docs/storage.md): crc32, seq, expire_at_ms, flags, key_len, value_len.
+#: A data record: this header, then ``key_len`` key bytes, then ``value_len`` value bytes.
+#: Little-endian, no padding (docs/storage.md)::
+#:
+#:     offset  size  field
+#:     0       4     crc32         zlib.crc32 of every byte after this field
+#:     4       8     seq           per-shard write counter: the higher seq wins (never the clock)
+#:     12      8     expire_at_ms  absolute wall-clock ms, 0 = never
+#:     20      1     flags         FLAG_TOMBSTONE, FLAG_BATCH_MORE, FLAG_TTL_ONLY
+#:     21      4     key_len
+#:     25      4     value_len
 RECORD_HEADER = struct.Struct("<IQQBII")
 RECORD_HEADER_BYTES = RECORD_HEADER.size  # 29
+#: The crc32 field, and the rest of the header after it, which is where the CRC starts.
+RECORD_CRC = struct.Struct(RECORD_HEADER.format[:2])
+RECORD_CHECKED = struct.Struct("<" + RECORD_HEADER.format[2:])
+# Where each header field starts, from the format above: 0, 4, 12, 20, 21, 25.
+_, RECORD_SEQ_AT, RECORD_EXPIRE_AT, RECORD_FLAGS_AT, RECORD_KEY_LEN_AT, RECORD_VALUE_LEN_AT = (
+    struct.calcsize(RECORD_HEADER.format[:end]) for end in range(1, 7)
+)
 FLAG_TOMBSTONE = 0x01
 #: More records of the same atomic batch follow this one; recovery keeps a batch only once its last record is read.
 FLAG_BATCH_MORE = 0x02
 #: The record changes only its key's expire_at_ms (0 = none): no value bytes; the key keeps the value it had.
 FLAG_TTL_ONLY = 0x04
-RECORD_KEY_LEN_AT = 21  # offset of key_len in the header (value_len follows it)
 
 
 def socket_path(run_dir, shard_id):

@@ -48,8 +48,12 @@ HEADER_WORDS = HEADER_BYTES // 8
 SLOT_BYTES = 32
 SLOT_WORDS = SLOT_BYTES // 8
 SLOT = struct.Struct("<IIQIIQ")  # seq, file_id, key_hash, offset, record_len, expire_at_ms
-SLOT_SEQ = struct.Struct("<I")
-HASH_WORD = 1  # key_hash is word 1 of a slot
+# Where each slot field starts, from the format above: 0, 4, 8, 16, 20, 24.
+SLOT_SEQ_AT, SLOT_FILE_ID_AT, SLOT_HASH_AT, SLOT_OFFSET_AT, SLOT_RECORD_LEN_AT, SLOT_EXPIRE_AT = (
+    struct.calcsize(SLOT.format[:end]) for end in range(1, 7)
+)
+SLOT_SEQ = struct.Struct(SLOT.format[:2])
+HASH_WORD = SLOT_HASH_AT // 8  # key_hash is word 1 of a slot
 
 EMPTY = 0
 DELETED = 1
@@ -66,7 +70,7 @@ MAX_LOAD = 0.75
 TARGET_LOAD = 0.55
 MIN_CAPACITY = 64
 
-assert HEADER_BYTES == 64 and SLOT.size == SLOT_BYTES
+assert HEADER_BYTES == 64 and SLOT.size == SLOT_BYTES and SLOT_HASH_AT % 8 == 0
 
 
 def table_bytes(capacity: int) -> int:

@@ -10,9 +10,17 @@ Each shard publishes its key directory as ``run_dir/shard-K.idx`` (layout in
 5. re-reads the slot's seq: if it moved, the slot was rewritten meanwhile, retry.
 
 Anything unexpected (no index file, no permission, bad magic, a seq stuck odd,
-a record that does not check out, a table retired twice in a row) returns
-FALLBACK, and the caller asks the shard over ZeroMQ. A local answer is
-never a guess: it is either verified or not given.
+a record that does not check out, a table retired twice in a row, a data
+file that is gone) returns FALLBACK, and the caller asks the shard over
+ZeroMQ. A local answer is never a guess: it is either verified or not given.
+
+Merges delete data files (docs/storage.md, "Hand-over to mapped readers").
+A deleted file stays readable through a map made before, so nobody faults,
+but its disk space is freed only once every map of it is gone: a reader
+looks at the table's files_generation with its path check (every
+_RECHECK_PATH_MS while it reads), drops every data file it has open when the
+number changed (they re-open on demand), and never keeps a file it opened
+after the file was unlinked.
 
 Correct on x86-64 (TSO), where plain loads are not reordered with each other;
 the seq re-checks are what makes a torn copy impossible to accept.
@@ -27,12 +35,14 @@ import mmap
 import os
 import struct
 import threading
+import weakref
 import zlib
 
 from ferric_ipc import native
-from ferric_ipc.file_layout import RECORD_HEADER, RECORD_HEADER_BYTES, data_file_name, index_path
+from ferric_ipc.file_layout import RECORD_CRC, RECORD_HEADER, RECORD_HEADER_BYTES, data_file_name, index_path
 from ferric_ipc.index_layout import (
     EMPTY,
+    FILES_GENERATION_WORD,
     HASH_WORD,
     HEADER,
     HEADER_WORDS,
@@ -55,6 +65,7 @@ if native.extension is not None:
     native.extension.configure(MISSING, FALLBACK, _SLOW)
 
 _RECORD_HEADER_BYTES = RECORD_HEADER_BYTES
+_RECORD_CRC_BYTES = RECORD_CRC.size  # the CRC covers the record after its own field
 _STATE_WORD = STATE_AT // 8  # the header word whose high half is the state (little-endian)
 _STATE = struct.Struct("<I")
 _REMAP_STEP_BYTES = 4 << 10  # re-map a growing data file once it grew this much; pread until then
@@ -73,11 +84,17 @@ class _DataFile:
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Closed when the last reference goes: a reader dropping its files never closes a
+        # descriptor another thread is still reading through (or one the number was reused for).
+        self._closer = weakref.finalize(self, os.close, self.fd)
         self.mapping = (memoryview(b""), 0)
+        self.unlinked = False
         self._remap()
 
     def _remap(self):
-        size = os.fstat(self.fd).st_size
+        stat = os.fstat(self.fd)
+        size = stat.st_size
+        self.unlinked = stat.st_nlink == 0
         if size > self.mapping[1]:
             self.mapping = (memoryview(mmap.mmap(self.fd, size, prot=mmap.PROT_READ)), size)
 
@@ -94,7 +111,7 @@ class _DataFile:
 
     def close(self):
         self.mapping = (memoryview(b""), 0)
-        os.close(self.fd)
+        self._closer()
 
 
 class LocalShardReader:
@@ -112,6 +129,7 @@ class LocalShardReader:
         self._table = None
         self._files = {}  # file_id -> _DataFile, for the epoch of the current table
         self._views = {}  # file_id -> the mapped view of self._files[file_id], for the C lookup
+        self._files_generation = None  # the table's files_generation when self._files was last emptied
         self._path_checked_ms = 0
         self._native_lookup = native.extension.lookup if native.extension is not None else None
 
@@ -124,15 +142,20 @@ class LocalShardReader:
                 table = self._table
                 return table if table is not None and _is_live(table[0]) else None
             table = _map_table(self.path)
-            if table is not None and (stale is None or table[3] != stale[3]):
-                # Another run of the shard: file ids may have been reused for other files.
+            if table is not None:
+                # Another table: possibly another run of the shard, whose file ids may name other
+                # files, or a grown one that counts files_generation on; either way start afresh.
                 self._files, self._views = {}, {}
+                self._files_generation = table[1][FILES_GENERATION_WORD]
             self._table = table
             return table if table is not None and _is_live(table[0]) else None
 
     def _same_file(self, table, now_ms):
-        """Whether ``table`` is still the file at the index path (the caller checks every _RECHECK_PATH_MS)."""
+        """Whether ``table`` is still the file at the index path (checked every _RECHECK_PATH_MS); first drops
+        this reader's data files if the shard deleted some since."""
         self._path_checked_ms = now_ms
+        if table[1][FILES_GENERATION_WORD] != self._files_generation:
+            self._drop_files(table)
         try:
             return os.stat(self.path).st_ino == table[4]
         except OSError:
@@ -142,9 +165,19 @@ class LocalShardReader:
         with self._lock:
             data_file = self._files.get(file_id)
             if data_file is None:
-                data_file = self._files[file_id] = _DataFile(os.path.join(self.shard_dir, data_file_name(file_id)))
-                self._views[file_id] = data_file.mapping[0]
+                data_file = _DataFile(os.path.join(self.shard_dir, data_file_name(file_id)))
+                if not data_file.unlinked:  # a file a merge just deleted serves this read only
+                    self._files[file_id] = data_file
+                    self._views[file_id] = data_file.mapping[0]
             return data_file
+
+    def _drop_files(self, table):
+        """The shard deleted data files: let go of every one this reader has, so their space is freed."""
+        with self._lock:
+            generation = table[1][FILES_GENERATION_WORD]
+            if self._table is table and generation != self._files_generation:
+                self._files, self._views = {}, {}
+                self._files_generation = generation
 
     def _share_mapping(self, file_id, data_file):
         """Let the C lookup see ``data_file``'s current mapping, unless the epoch moved on meanwhile."""
@@ -228,7 +261,7 @@ class LocalShardReader:
                 # Another key with the same 64-bit hash (about never), or a file that is not what
                 # the table thinks: either way the shard, not a guess, must answer.
                 return FALLBACK
-            if zlib.crc32(memoryview(record)[4:]) != crc:
+            if zlib.crc32(memoryview(record)[_RECORD_CRC_BYTES:]) != crc:
                 return FALLBACK  # damaged: the shard decides what to do about it
             if expire_at_ms and expire_at_ms <= now_ms:
                 return MISSING

@@ -7,33 +7,53 @@ to rule it out when chasing a problem); the pure-Python paths answer the same.
 
 import os
 
-from ferric_ipc.file_layout import FLAG_TOMBSTONE, RECORD_HEADER_BYTES, RECORD_KEY_LEN_AT
+from ferric_ipc.file_layout import (
+    FLAG_TOMBSTONE,
+    RECORD_CRC,
+    RECORD_FLAGS_AT,
+    RECORD_HEADER_BYTES,
+    RECORD_KEY_LEN_AT,
+    RECORD_VALUE_LEN_AT,
+)
 from ferric_ipc.index_layout import (
     CAPACITY_AT,
     EMPTY,
-    HASH_WORD,
     HEADER_BYTES,
     RESERVED_HASHES,
     SLOT_BYTES,
+    SLOT_EXPIRE_AT,
+    SLOT_FILE_ID_AT,
+    SLOT_HASH_AT,
+    SLOT_OFFSET_AT,
+    SLOT_RECORD_LEN_AT,
+    SLOT_SEQ_AT,
     STATE_AT,
     STATE_LIVE,
 )
 
 DISABLE_VARIABLE = "FERRIC_PURE_PYTHON"
 
-#: The layout facts the C code hard-codes; it is used only if it agrees with every one.
+#: Every layout fact the C code hard-codes; it is used only if it agrees with every one.
 EXPECTED_LAYOUT = {
     "HEADER_BYTES": HEADER_BYTES,
     "STATE_AT": STATE_AT,
     "CAPACITY_AT": CAPACITY_AT,
     "STATE_LIVE": STATE_LIVE,
     "SLOT_BYTES": SLOT_BYTES,
-    "HASH_WORD_AT": HASH_WORD * 8,
+    "SLOT_SEQ_AT": SLOT_SEQ_AT,
+    "SLOT_FILE_ID_AT": SLOT_FILE_ID_AT,
+    "SLOT_HASH_AT": SLOT_HASH_AT,
+    "SLOT_OFFSET_AT": SLOT_OFFSET_AT,
+    "SLOT_RECORD_LEN_AT": SLOT_RECORD_LEN_AT,
+    "SLOT_EXPIRE_AT": SLOT_EXPIRE_AT,
     "EMPTY": EMPTY,
     "RESERVED_HASHES": RESERVED_HASHES,
     "RECORD_HEADER_BYTES": RECORD_HEADER_BYTES,
-    "FLAG_TOMBSTONE": FLAG_TOMBSTONE,
+    "RECORD_CRC_BYTES": RECORD_CRC.size,
+    "RECORD_FLAGS_AT": RECORD_FLAGS_AT,
     "RECORD_KEY_LEN_AT": RECORD_KEY_LEN_AT,
+    "RECORD_VALUE_LEN_AT": RECORD_VALUE_LEN_AT,
+    "FLAG_TOMBSTONE": FLAG_TOMBSTONE,
 }
 
 

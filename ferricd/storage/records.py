@@ -1,42 +1,36 @@
-"""Data record format: encoding, checked reads, and the scan that recovers a file's valid records.
+"""Data records: encoding, checked reads, and the scan that recovers a file's valid records.
 
-A record, little-endian (HEADER, 29 bytes, then the key and value)::
-
-    offset  size     field
-    0       4        crc32         zlib.crc32 of every byte after this field
-    4       8        seq           per-shard monotonic write counter (ordering never uses the clock)
-    12      8        expire_at_ms  absolute wall-clock ms, 0 = never
-    20      1        flags         FLAG_TOMBSTONE marks a delete (no value bytes); FLAG_BATCH_MORE: the
-                               next record belongs to the same atomic batch; FLAG_TTL_ONLY: sets
-                               the key's expire_at_ms and nothing else (no value bytes)
-    21      4        key_len
-    25      4        value_len
-    29      key_len  key
-    ...     value_len value
-
-This module knows bytes and offsets only; it never calls into the engine.
+The byte layout is ``ferric_ipc.file_layout.RECORD_HEADER`` (clients read
+records too): a 29-byte header (crc32, seq, expire_at_ms, flags, key_len,
+value_len), then the key, then the value. This module knows bytes and
+offsets only; it never calls into the engine.
 """
 
 import logging
-import struct
 import zlib
 from typing import NamedTuple
 
-from ferric_ipc.file_layout import FLAG_BATCH_MORE, FLAG_TOMBSTONE, FLAG_TTL_ONLY, RECORD_HEADER, RECORD_HEADER_BYTES
+from ferric_ipc.file_layout import (
+    FLAG_BATCH_MORE,
+    FLAG_TOMBSTONE,
+    FLAG_TTL_ONLY,
+    RECORD_CHECKED,
+    RECORD_CRC,
+    RECORD_FLAGS_AT,
+    RECORD_HEADER,
+    RECORD_HEADER_BYTES,
+)
 from ferric_ipc.keys import MAX_KEY_BYTES
 from ferricd.storage.errors import CorruptDataError
 
 log = logging.getLogger(__name__)
 
 HEADER = RECORD_HEADER  # crc32, seq, expire_at_ms, flags, key_len, value_len (shared with clients)
-HEADER_BYTES = RECORD_HEADER_BYTES  # 29
-_CHECKED = struct.Struct("<QQBII")  # the header after the crc: what the crc starts with
-_CRC = struct.Struct("<I")
+HEADER_BYTES = RECORD_HEADER_BYTES
+_CRC_BYTES = RECORD_CRC.size  # the CRC covers everything after it
 
 KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_BATCH_MORE | FLAG_TTL_ONLY
 _NO_VALUE_FLAGS = FLAG_TOMBSTONE | FLAG_TTL_ONLY  # records that carry no value bytes
-
-assert HEADER_BYTES == 29
 
 
 class Record(NamedTuple):
@@ -64,9 +58,9 @@ class ScannedRecord(NamedTuple):
 
 def encode(seq: int, expire_at_ms: int, flags: int, key: bytes, value: bytes) -> bytes:
     """The bytes of one record; its length is the ``record_len`` the index stores."""
-    checked = _CHECKED.pack(seq, expire_at_ms, flags, len(key), len(value))
+    checked = RECORD_CHECKED.pack(seq, expire_at_ms, flags, len(key), len(value))
     crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(checked)))
-    return b"".join((_CRC.pack(crc), checked, key, value))
+    return b"".join((RECORD_CRC.pack(crc), checked, key, value))
 
 
 def decode(data) -> Record:
@@ -79,7 +73,7 @@ def decode(data) -> Record:
     crc, seq, expire_at_ms, flags, key_len, value_len = HEADER.unpack_from(data, 0)
     if HEADER_BYTES + key_len + value_len != len(data):
         raise CorruptDataError("record length does not match its header")
-    if zlib.crc32(data[4:]) != crc:
+    if zlib.crc32(data[_CRC_BYTES:]) != crc:
         raise CorruptDataError("record CRC mismatch")
     key_end = HEADER_BYTES + key_len
     return Record(seq, expire_at_ms, flags, bytes(data[HEADER_BYTES:key_end]), bytes(data[key_end:]))
@@ -177,7 +171,7 @@ class RecordScanner:
         if flags & _NO_VALUE_FLAGS and (value_len or flags & _NO_VALUE_FLAGS == _NO_VALUE_FLAGS):
             return None
         end = pos + HEADER_BYTES + key_len + value_len
-        if end > len(data) or zlib.crc32(data[pos + 4:end]) != crc:
+        if end > len(data) or zlib.crc32(data[pos + _CRC_BYTES:end]) != crc:
             return None
         return end - pos, seq, expire_at_ms, flags, key_len
 
@@ -188,8 +182,7 @@ class RecordScanner:
             return None  # zero-filled tail (a crash after the file grew): nothing to find
         # Search byte by byte rather than trusting the damaged header's lengths: a flipped
         # length bit can point exactly at a later record and hide the good ones before it.
-        flags_at = HEADER_BYTES - 9  # the flags byte: anything outside KNOWN_FLAGS cannot start a record
         for candidate in range(pos + 1, size - HEADER_BYTES + 1):
-            if data[candidate + flags_at] <= KNOWN_FLAGS and self._valid_at(candidate) is not None:
+            if data[candidate + RECORD_FLAGS_AT] <= KNOWN_FLAGS and self._valid_at(candidate) is not None:
                 return candidate
         return None
