@@ -79,12 +79,14 @@ OPS = {
     "scan": 3,  # prefix, cursor, count
     "delete_prefix": 3,  # prefix, cursor, table_capacity | None: one bounded step
     "info": 0,
+    "merge": 0,  # start merging the shard's data files now; answers like merge_status
+    "merge_status": 0,
     "batch": 1,  # [[op, args], ...]: many requests in one frame, answered in one frame
     "multi": 1,  # [[op, args], ...]: one shard's transaction, all or none
 }
 
 #: Ops that change nothing, so a client may resend them after a timeout.
-IDEMPOTENT_OPS = frozenset({"ping", "hello", "get", "mget", "exists", "pttl", "scan", "info"})
+IDEMPOTENT_OPS = frozenset({"ping", "hello", "get", "mget", "exists", "pttl", "scan", "info", "merge_status"})
 
 #: Ops a transaction (``multi``) may hold: single-shard reads and writes of named keys.
 TRANSACTION_OPS = frozenset({

@@ -27,8 +27,9 @@ class ShardCommands:
     and are stored absolute (``expire_at_ms``) on the shard's clock.
     """
 
-    def __init__(self, store, shard_id, shard_count, epoch, clock):
+    def __init__(self, store, shard_id, shard_count, epoch, clock, housekeeping=None):
         self.store = store
+        self.housekeeping = housekeeping  # the shard's merges (ferricd.housekeeping), for merge and merge_status
         self.shard_id = shard_id
         self.shard_count = shard_count
         self.epoch = epoch
@@ -117,12 +118,7 @@ class ShardCommands:
     def op_expire(self, key, ttl_ms):
         if ttl_ms is None:
             raise CommandError("expire needs ttl_ms; use persist to remove an expiry")
-        found = self.store.get_with_expiry(self._key(key))
-        if found is None:
-            return False
-        # Rewrites the value until the store has a TTL-only record.
-        self.store.put(key, found[0], self._expire_at(ttl_ms))
-        return True
+        return self.store.set_expiry(self._key(key), self._expire_at(ttl_ms))  # a TTL-only record: O(key) bytes
 
     def op_getex(self, key, ttl_ms, persist):
         """The value of ``key`` (None if missing), giving it a new TTL (or none, with ``persist``)."""
@@ -136,15 +132,15 @@ class ShardCommands:
             return None
         expire_at_ms = 0 if persist else (found[1] if ttl_ms is None else self._expire_at(ttl_ms))
         if expire_at_ms != found[1]:
-            self.store.put(key, found[0], expire_at_ms)
+            self.store.set_expiry(key, expire_at_ms)
         return found[0]
 
     def op_persist(self, key):
-        found = self.store.get_with_expiry(self._key(key))
+        key = self._key(key)
+        found = self.store.get_with_expiry(key)
         if found is None or found[1] == 0:
             return False
-        self.store.put(key, found[0], 0)
-        return True
+        return self.store.set_expiry(key, 0)
 
     def op_pttl(self, key):
         """Milliseconds left; -1 if the key never expires, -2 if it is missing (Redis PTTL)."""
@@ -299,6 +295,19 @@ class ShardCommands:
         next_cursor, doomed = self.store.scan(prefix, cursor, _MAX_SCAN_COUNT, SCAN_SLOTS_PER_CALL)
         deleted = sum(self.store.write_batch([Delete(key) for key in doomed])) if doomed else 0
         return [next_cursor, deleted, self.store.table_capacity]
+
+    def op_merge(self):
+        """Start a merge of this shard now (or join the one running); ``op_merge_status``'s answer."""
+        return self._housekeeping().request_merge()
+
+    def op_merge_status(self):
+        """The running merge's progress, or idle; and a summary of the last merge that ended."""
+        return self._housekeeping().status()
+
+    def _housekeeping(self):
+        if self.housekeeping is None:
+            raise CommandError("this shard runs no background work, so it cannot merge", "BAD_ARGS")
+        return self.housekeeping
 
     def op_info(self):
         with self._process.oneshot():

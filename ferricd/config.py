@@ -30,12 +30,17 @@ DEFAULTS = {
         "fsync": "always",  # always | interval | never
         "fsync_interval_ms": 1_000,
         "snapshot_on_close": True,
+        "merge_auto": True,  # merge on its own once both triggers below are passed
+        "merge_trigger_dead_percent": 50,  # dead bytes as a share of the shard's data bytes
+        "merge_trigger_dead_bytes": "16MiB",  # ... and at least this many dead bytes
+        "merge_slice_ms": 1,  # merge work between two rounds of requests
+        "expiry_sweep_slots": 4096,  # key directory slots the active expiry sweep checks per tick
     },
 }
 
 _SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$")
-_SIZE_OPTIONS = {"max_file_bytes", "max_value_bytes"}
+_SIZE_OPTIONS = {"max_file_bytes", "max_value_bytes", "merge_trigger_dead_bytes"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 
 

@@ -1,4 +1,4 @@
-"""ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, delete-prefix, info) or check a stopped data directory."""
+"""ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, delete-prefix, info, compact) or check a stopped data directory."""
 
 import argparse
 import os
@@ -6,6 +6,7 @@ import sys
 
 from ferric_ipc.client import RUN_DIR_ENV, Client
 from ferric_ipc.errors import FerricError
+from ferricd.compact import compact
 from ferricd.storage.check import check_shard, shard_directories
 
 INFO_COLUMNS = [  # (field, heading, format)
@@ -111,6 +112,8 @@ def main(argv=None):
     sub.add_parser("keys", help="list keys with a prefix").add_argument("prefix")
     sub.add_parser("delete-prefix", help="delete every key with a prefix").add_argument("prefix")
     sub.add_parser("info", help="per-shard statistics")
+    compacter = sub.add_parser("compact", help="merge data files now: reclaim overwritten, deleted and expired records")
+    compacter.add_argument("--shard", type=int, help="only this shard (default: every shard, one after another)")
     sub.add_parser("check", help="verify a stopped data directory").add_argument("data_dir")
     importer = sub.add_parser("import-flask-session", help="copy Flask-Session 0.6-0.8 sessions from Redis")
     importer.add_argument("--redis-url", required=True, help="where Flask-Session stored them, e.g. redis://localhost")
@@ -122,6 +125,9 @@ def main(argv=None):
             return check(args.data_dir)
         if args.command == "import-flask-session":
             return import_flask_session(args)
+        if args.command == "compact":
+            with Client(args.run_dir, timeout_ms=args.timeout_ms) as client:
+                return compact(client, args.shard)
         with Client(args.run_dir, timeout_ms=args.timeout_ms) as client:
             print(run(args, client))
         return 0

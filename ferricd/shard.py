@@ -25,6 +25,7 @@ from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
 from ferricd.exit_codes import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
 from ferricd.heartbeat import HeartbeatWriter
+from ferricd.housekeeping import Housekeeping
 from ferricd.storage import BitcaskStore
 from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.index_file import IndexFiles
@@ -32,7 +33,7 @@ from ferricd.storage.lock import DirectoryLock
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.stream_server import FrameTooLarge, OutOfDescriptors, StreamListener
 
-TICK_MS = 100  # housekeeping (interval fsync, stop flag) at least this often
+TICK_MS = 100  # housekeeping (interval fsync, expiry sweep, merge checks, stop flag) at least this often
 MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long
 FD_WARNING_INTERVAL_S = 10  # out of descriptors: say so at most this often
 # Plain ints: pyzmq's are IntFlag members, and enum arithmetic costs microseconds per request.
@@ -56,6 +57,7 @@ class ShardServer:
         self.endpoint = f"ipc://{socket_path(config.run_dir, shard_id)}"
         self.stream_endpoint = stream_path(config.run_dir, shard_id)
         self.store = self.tables = self._socket_lock = self._context = self._socket = self._listener = None
+        self.housekeeping = None
         self._poller = self._listener_fd = self._heartbeat = None
         self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
         self._fd_warned_at = float("-inf")
@@ -77,7 +79,9 @@ class ShardServer:
         )
         self.tables.publish(self.store.index_buffer)
         log.info("recovered: %s", " ".join(f"{k}={v}" for k, v in vars(self.store.recovery).items()))
-        self.commands = ShardCommands(self.store, self.shard_id, self.config.shards, epoch, wall_clock_ms)
+        self.housekeeping = Housekeeping(self.store, self.config.run_dir)
+        self.commands = ShardCommands(self.store, self.shard_id, self.config.shards, epoch, wall_clock_ms,
+                                      self.housekeeping)
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -99,9 +103,11 @@ class ShardServer:
             # Requests already received (but left for lack of reply room or past the per-commit
             # limit) are served without waiting for the poll.
             runnable = any(connection.reply_room > 0 for connection in self._waiting)
-            ready = self._poller.poll(0 if runnable else TICK_MS)
+            ready = self._poller.poll(0 if runnable else self.housekeeping.poll_timeout_ms(TICK_MS))
             if ready or runnable:
                 self.handle_ready(ready)
+            # Between two rounds of requests: a bounded slice of merge and expiry work (merge_slice_ms).
+            self.housekeeping.run()
             self.store.sync_if_due()
             self._heartbeat.beat()
             if self._listener_paused_until is not None and time.monotonic() >= self._listener_paused_until:
@@ -310,6 +316,8 @@ class ShardServer:
                     pass
             if self.store is not None:
                 self.store.close()
+            if self.housekeeping is not None:
+                self.housekeeping.close()
         finally:
             # Whatever happened above, clients must stop trusting this shard's table.
             if self.tables is not None:

@@ -154,6 +154,7 @@ class Merge:
         self.inputs = list(input_ids)  # ascending: the order they are copied and deleted in
         self.outputs = []
         self.state = COPYING
+        self.blocked = False  # the last step stopped to wait (for the worker thread, or a test pause)
         self.error = None
         self.bytes_total = sum(keydir.live_bytes.get(file_id, 0) for file_id in self.inputs)  # live bytes at start
         self.input_bytes = sum(files.sizes[file_id] for file_id in self.inputs)
@@ -179,7 +180,7 @@ class Merge:
     def progress(self):
         """What ``merge_status`` reports while the merge runs."""
         return {
-            "state": self.state,
+            "phase": self.state,
             "bytes_total": self.bytes_total,
             "bytes_copied": self.bytes_copied,
             "records_copied": self.records_copied,
@@ -198,6 +199,7 @@ class Merge:
         ``error``), leaving every file consistent.
         """
         deadline = time.perf_counter() + budget_s
+        self.blocked = False
         try:
             while self.running:
                 if self.state == COPYING:
@@ -208,7 +210,10 @@ class Merge:
                     moving = self._switch(deadline)
                 else:
                     moving = self._job.done and self._deleted()
-                if not moving or time.perf_counter() >= deadline:
+                if not moving:
+                    self.blocked = True
+                    break
+                if time.perf_counter() >= deadline:
                     break
             if self.state == COPYING and self._output is not None:
                 self._output.flush()
@@ -355,7 +360,8 @@ class Merge:
         halfway = total // 6 * 3
         while at < total:
             if at == halfway and self._points.paused("switching"):
-                break
+                self._switched = at
+                return False
             source, target = moves[at + 1], moves[at + 2]
             move(moves[at], source >> 32, source & _U32, output.file_id, target >> 32, target & _U32)
             at += 3
@@ -363,7 +369,7 @@ class Merge:
                 break
         self._switched = at
         if at < total:
-            return False
+            return True  # out of time: step() ends the slice
         self._output = None
         self.state = COPYING
         return True
