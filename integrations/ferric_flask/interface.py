@@ -9,6 +9,7 @@ from flask.sessions import SessionInterface
 
 from ferric_flask.defaults import ON_UNAVAILABLE_CHOICES, Defaults, milliseconds
 from ferric_flask.errors import SessionStoreUnavailable, SessionTooLarge
+from ferric_flask.refresh_schedule import RefreshSchedule
 from ferric_flask.serializer import SessionSerializer
 from ferric_flask.session import FerricSession, UnavailableSession
 from ferric_flask.session_ids import SessionIds
@@ -59,6 +60,7 @@ class FerricSessionInterface(SessionInterface):
         self.prefix = prefix
         self.permanent = bool(permanent)
         self.refresh_interval_ms = milliseconds(refresh_interval_ms, "refresh_interval_ms")
+        self.refresh = RefreshSchedule(self.refresh_interval_ms)
         self.max_bytes = max_bytes
         self.on_unavailable = on_unavailable
         self.ids = SessionIds(id_bytes, sign_ids)
@@ -205,7 +207,7 @@ class FerricSessionInterface(SessionInterface):
             changed = {field: data for field, data in encoded.items() if loaded.get(field) != data}
             removed = [field for field in loaded if field not in encoded]
         if changed or removed:
-            remaining_ms = -1 if session.new else self.client.pttl(key)  # a local read
+            moves = True if session.new else self._expiry_moves(key, ttl_ms)
             # The user index first: if the session write then fails, an index entry that lives a little
             # longer or lists one id too many is harmless, while a session missing from its index would
             # survive a logout everywhere. And once the session is written, nothing after it can fail.
@@ -214,21 +216,30 @@ class FerricSessionInterface(SessionInterface):
             # writing its changed fields would bring back a fragment of it.
             if not self.client.patch(key, set=changed, delete=removed, ttl_ms=ttl_ms, create=session.new,
                                      encode=_as_is):
+                self.refresh.forget(key)
                 return None
-            return session.new or "_permanent" in changed or self._moved(remaining_ms, ttl_ms)
+            self.refresh.written(key, ttl_ms)
+            return session.new or "_permanent" in changed or moves is not False
         if not app.config["SESSION_REFRESH_EACH_REQUEST"]:
+            return False
+        moves = self._expiry_moves(key, ttl_ms)
+        if not moves:
+            return moves  # False: not due; None: gone
+        self._update_user_index(session, ttl_ms)  # first, as above
+        if not self.client.expire(key, ttl_ms):  # a TTL-only write
+            return None
+        self.refresh.written(key, ttl_ms)
+        return True
+
+    def _expiry_moves(self, key, ttl_ms):
+        """Whether setting ``key``'s TTL to ``ttl_ms`` moves its expiry by more than the refresh interval (None:
+        ``key`` is gone). A local read of the remaining TTL, skipped while the schedule knows the answer is no."""
+        if self.refresh.not_due(key):
             return False
         remaining_ms = self.client.pttl(key)  # a local read
         if remaining_ms == -2:
             return None
-        if not self._moved(remaining_ms, ttl_ms):
-            return False
-        self._update_user_index(session, ttl_ms)  # first, as above
-        return self.client.expire(key, ttl_ms) or None  # a TTL-only write
-
-    def _moved(self, remaining_ms, ttl_ms):
-        """Whether setting the TTL to ``ttl_ms`` moves the expiry by more than the refresh interval."""
-        return remaining_ms < 0 or ttl_ms - remaining_ms > min(self.refresh_interval_ms, ttl_ms // 2)
+        return self.refresh.refresh_due(key, remaining_ms, ttl_ms)
 
     def _update_user_index(self, session, ttl_ms):
         """Before a write that sets the session's TTL to ``ttl_ms``: keep its user's index entry right."""

@@ -7,6 +7,7 @@ import pytest
 
 import ferric_flask
 from ferric_flask import SessionStoreUnavailable
+from tests.fake_clock import FakeClock
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def build_app(client, **config):
     app.config.update(SECRET_KEY="test secret", TESTING=False, PROPAGATE_EXCEPTIONS=False)
     app.config.update(config)
     interface = ferric_flask.init_app(app, client=client)
+    interface.refresh.clock_ms = FakeClock()  # tests move time with .advance(ms)
     session = flask.session
 
     @app.get("/noop")

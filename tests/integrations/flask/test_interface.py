@@ -267,17 +267,30 @@ def test_signed_ids_survive_a_secret_key_rotation_through_fallbacks(make_app):
 # -- TTLs ------------------------------------------------------------------------------------------
 
 
+def age(app, store, key, by_ms):
+    """Let ``by_ms`` pass for session ``key``: its TTL in the store and the interface's clock both move."""
+    store.expire(key, store.pttl(key) - by_ms)
+    app.session_interface.refresh.clock_ms.advance(by_ms)
+
+
 def test_ttl_is_permanent_session_lifetime(web, store):
     web.get("/set/a/1")
     ttl_ms = store.pttl(f"sess:{sid_of(web)}")
     assert LIFETIME_S * 1000 - 60_000 < ttl_ms <= LIFETIME_S * 1000
 
 
-def test_unmodified_session_refreshes_ttl_with_a_ttl_only_write_once_per_interval(web, store, calls):
+def test_unmodified_session_refreshes_ttl_with_a_ttl_only_write_once_per_interval(app_and_calls, web, store,
+                                                                                  calls):
     web.get("/set/a/1")
     key = f"sess:{sid_of(web)}"
     raw = store.get(key)
-    store.expire(key, (LIFETIME_S - 120) * 1000)  # as if the last write was two minutes ago (interval: one)
+    calls.calls.clear()
+    web.get("/read")
+    assert calls.writes() == {} and calls.calls["pttl"] == 0  # this worker just wrote it: not due, no read
+    age(app_and_calls[0], store, key, 30_000)
+    web.get("/read")
+    assert calls.writes() == {} and calls.calls["pttl"] == 0  # half the interval: still certainly not due
+    age(app_and_calls[0], store, key, 90_000)  # two minutes since the write (interval: one)
     calls.calls.clear()
     web.get("/read")
     assert calls.writes() == {"expire": 1}
@@ -288,17 +301,31 @@ def test_unmodified_session_refreshes_ttl_with_a_ttl_only_write_once_per_interva
     assert calls.writes() == {}
 
 
-def test_the_cookie_is_sent_again_only_when_the_store_expiry_moves(web, store):
+def test_the_cookie_is_sent_again_only_when_the_store_expiry_moves(app_and_calls, web, store):
+    app = app_and_calls[0]
     first = web.get("/set/a/1")
     assert "Expires=" in first.headers["Set-Cookie"]
     key = f"sess:{sid_of(web)}"
     assert "Set-Cookie" not in web.get("/read").headers  # read-only, TTL fresh
     assert "Set-Cookie" not in web.get("/set/a/2").headers  # a change that barely moves the expiry
-    store.expire(key, (LIFETIME_S - 120) * 1000)
+    age(app, store, key, 120_000)
     refreshed = web.get("/read")
     assert "Expires=" in refreshed.headers["Set-Cookie"]  # the TTL refresh re-sends the cookie with it
-    store.expire(key, (LIFETIME_S - 120) * 1000)
+    age(app, store, key, 120_000)
     assert "Expires=" in web.get("/set/a/3").headers["Set-Cookie"]
+
+
+def test_another_worker_refreshes_a_session_that_aged(make_app, store):
+    app, _ = make_app(PERMANENT_SESSION_LIFETIME=LIFETIME_S)
+    web = app.test_client()
+    web.get("/set/a/1")
+    key = f"sess:{sid_of(web)}"
+    store.expire(key, (LIFETIME_S - 120) * 1000)  # written two minutes ago, by someone else
+    other_worker, calls = make_app(PERMANENT_SESSION_LIFETIME=LIFETIME_S)
+    other = other_worker.test_client()
+    other.set_cookie("session", sid_of(web))
+    other.get("/read")
+    assert calls.writes() == {"expire": 1}
 
 
 def test_making_a_session_non_permanent_resends_the_cookie_without_expiry(web):
@@ -312,7 +339,7 @@ def test_no_refresh_when_refresh_each_request_is_off(make_app, store):
     web = app.test_client()
     web.get("/set/a/1")
     key = f"sess:{sid_of(web)}"
-    store.expire(key, (LIFETIME_S - 600) * 1000)
+    age(app, store, key, 600_000)
     calls.calls.clear()
     response = web.get("/read")
     assert calls.writes() == {}
@@ -325,10 +352,13 @@ def test_refresh_interval_is_configurable(make_app, store):
     web = app.test_client()
     web.get("/set/a/1")
     key = f"sess:{sid_of(web)}"
-    store.expire(key, (LIFETIME_S - 120) * 1000)
+    age(app, store, key, 120_000)
     calls.calls.clear()
     web.get("/read")
     assert calls.writes() == {}  # two minutes is within a ten-minute interval
+    age(app, store, key, 600_000)
+    web.get("/read")
+    assert calls.writes() == {"expire": 1}
 
 
 def test_an_expired_session_is_a_new_empty_one(make_app, store):
