@@ -1,87 +1,213 @@
-"""ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, delete-prefix, info, compact) or check a stopped data directory."""
+"""ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, delete-prefix, info, monitor, compact) or check a stopped data directory."""
 
 import argparse
+import importlib.util
+import json
 import os
+import signal
 import sys
+import time
+from importlib import metadata
 
+from ferric_ipc import native
 from ferric_ipc.client import RUN_DIR_ENV, Client
-from ferric_ipc.errors import FerricError
+from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError
 from ferricd.compact import compact
+from ferricd.key_text import KeyTextError, parse_key, render_key
 from ferricd.storage.check import check_shard, shard_directories
 
-INFO_COLUMNS = [  # (field, heading, format)
-    ("shard", "shard", "{}"),
-    ("pid", "pid", "{}"),
-    ("keys", "keys", "{:,}"),
-    ("live_bytes", "live", "{:,}"),
-    ("dead_bytes", "dead", "{:,}"),
-    ("files", "files", "{}"),
-    ("puts", "puts", "{:,}"),
-    ("gets", "gets", "{:,}"),
-    ("hits", "hits", "{:,}"),
-    ("misses", "misses", "{:,}"),
-    ("rss_bytes", "rss", "{:,}"),
-    ("cpu_seconds", "cpu s", "{:.2f}"),
-    ("open_files", "fds", "{}"),
-    ("uptime_s", "up s", "{}"),
+#: Exit codes, as scripts see them (also in --help).
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1  # get: no such key; check: damage found
+EXIT_USAGE = 2  # bad arguments (argparse's own code too)
+EXIT_UNREACHABLE = 3  # no ferricd at the run directory, or it did not answer in time
+EXIT_REFUSED = 4  # ferricd answered with an error (bad request, limit, storage failure)
+
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}  success
+  {EXIT_NOT_FOUND}  get: the key does not exist (nothing is printed); check: damage was found
+  {EXIT_USAGE}  bad arguments
+  {EXIT_UNREACHABLE}  ferricd is not running at the run directory, or did not answer within --timeout-ms
+  {EXIT_REFUSED}  ferricd refused the request (the message says why)
+
+keys and values: printable UTF-8 is shown as itself; a backslash is shown as \\\\ and any other byte
+as \\xNN. Arguments accept the same escapes, so every key ferricctl prints can be pasted back."""
+
+
+def human_bytes(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172_800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86_400} d"
+
+
+def _share(part, whole):
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+INFO_COLUMNS = [  # (heading, cell of one shard's info dict); totals add the numeric fields
+    ("shard", lambda s: str(s["shard"])),
+    ("pid", lambda s: str(s.get("pid", ""))),
+    ("keys", lambda s: f"{s.get('keys', 0):,}"),
+    ("live", lambda s: human_bytes(s.get("live_bytes", 0))),
+    ("dead", lambda s: human_bytes(s.get("dead_bytes", 0))),
+    ("dead %", lambda s: _share(s.get("dead_bytes", 0), s.get("data_bytes", 0))),
+    ("files", lambda s: str(s.get("files", 0))),
+    ("requests", lambda s: f"{s.get('requests', 0):,}"),
+    ("hit %", lambda s: _share(s.get("hits", 0), s.get("gets", 0))),
+    ("rss", lambda s: human_bytes(s.get("rss_bytes", 0))),
+    ("cpu", lambda s: f"{s.get('cpu_seconds', 0):.1f} s"),
+    ("fds", lambda s: str(s.get("open_files", ""))),
+    ("up", lambda s: human_seconds(s.get("uptime_s", 0))),
 ]
+_SUMMED = ("keys", "live_bytes", "dead_bytes", "data_bytes", "files", "requests", "hits", "gets", "rss_bytes",
+           "cpu_seconds")
 
 
-def format_info(shards):
-    """A readable table of ``Client.info()``: one row per shard, then totals."""
-    rows = [[fmt.format(shard.get(name, "")) for name, _, fmt in INFO_COLUMNS] for shard in shards]
-    total = {name: sum(s.get(name, 0) for s in shards) for name, _, _ in INFO_COLUMNS[2:11]}
-    rows.append(["all", ""] + [fmt.format(total[name]) for name, _, fmt in INFO_COLUMNS[2:11]] + ["", "", ""])
-    header = [heading for _, heading, _ in INFO_COLUMNS]
+def format_table(header, rows):
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in [header, *rows])
 
 
-def _show(value):
-    if value is None:
-        return "(nil)"
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return repr(value)
+def format_info(shards, local_reads):
+    """A readable table of ``Client.info()``: one row per shard, then totals, then what the numbers count."""
+    rows = [[cell(shard) for _, cell in INFO_COLUMNS] for shard in shards]
+    total = {name: sum(shard.get(name, 0) for shard in shards) for name in _SUMMED}
+    total_row = [cell({"shard": "all", "pid": "", **total}) for _, cell in INFO_COLUMNS]
+    total_row[-2:] = ["", ""]
+    rows.append(total_row)
+    notes = [
+        "keys: entries in each shard's key directory (expired keys stay until the expiry sweep or a read "
+        "removes them); live: bytes of the records they point at; dead: bytes of overwritten, deleted and "
+        "expired records that a merge reclaims (ferricctl compact).",
+        "requests: requests the shard served since it started; hit %: of the gets it served (local reads "
+        "never reach it).",
+        f"local reads in this client: {local_reads}",
+    ]
+    return format_table([heading for heading, _ in INFO_COLUMNS], rows) + "\n\n" + "\n".join(notes)
 
 
-def run(args, client):
+def local_reads_mode():
+    """How a client on this machine reads keys without a round trip."""
+    if native.extension is not None:
+        return "C extension (ferric_ipc._localread)"
+    if os.environ.get(native.DISABLE_VARIABLE, "") not in ("", "0"):
+        reason = f"turned off by {native.DISABLE_VARIABLE}"
+    elif importlib.util.find_spec("ferric_ipc._localread") is None:
+        reason = "the C extension was not built: install gcc and python3-dev, then reinstall ferricstore"
+    else:
+        reason = "the C extension was built from another version: reinstall ferricstore"
+    return f"pure Python, 3-4x slower per read ({reason})"
+
+
+def run(args, client, out):
+    """Run one client command; returns the exit code."""
     command = args.command
     if command == "ping":
         client.ping()
-        return f"pong ({client.shard_count} shards)"
-    if command == "get":
-        return _show(client.get(args.key))
-    if command == "set":
-        return "OK" if client.set(args.key, args.value, ttl_ms=args.ttl_ms) else "not set"
-    if command == "del":
-        return str(client.delete(*args.keys))
-    if command == "ttl":
-        return str(client.ttl(args.key))
-    if command == "pttl":
-        return str(client.pttl(args.key))
-    if command == "keys":
-        return "\n".join(_show(key) for key in sorted(client.scan_iter(args.prefix)))
-    if command == "delete-prefix":
-        return str(client.delete_prefix(args.prefix))
-    if command == "info":
-        return format_info(client.info())
-    raise AssertionError(command)
+        print(f"pong ({client.shard_count} {'shard' if client.shard_count == 1 else 'shards'})", file=out)
+    elif command == "get":
+        value = client.get(args.key)
+        if value is None:
+            print(f"ferricctl: no such key: {render_key(args.key)}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        if args.raw:
+            out.flush()
+            sys.stdout.buffer.write(value)
+        else:
+            print(render_key(value), file=out)
+    elif command == "set":
+        print("OK" if client.set(args.key, args.value, ttl_ms=args.ttl_ms) else "not set", file=out)
+    elif command == "del":
+        print(client.delete(*args.keys), file=out)
+    elif command == "ttl":
+        print(client.ttl(args.key), file=out)
+    elif command == "pttl":
+        print(client.pttl(args.key), file=out)
+    elif command == "keys":
+        for key in sorted(client.scan_iter(args.prefix)):
+            print(render_key(key), file=out)
+    elif command == "delete-prefix":
+        print(client.delete_prefix(args.prefix), file=out)
+    elif command == "info":
+        shards = client.info()
+        if args.json:
+            print(json.dumps({"shards": shards, "local_reads": local_reads_mode()}, indent=2), file=out)
+        else:
+            print(format_info(shards, local_reads_mode()), file=out)
+    elif command == "monitor":
+        monitor(client, args.interval, args.count, out)
+    else:
+        raise AssertionError(command)
+    return EXIT_OK
 
 
-def check(data_dir):
-    """Verify every shard directory of a stopped daemon; returns the exit code (0 clean, 1 damage)."""
+def monitor(client, interval_s, count, out):
+    """Refresh per-shard ops/s, hit rate and ping latency (p50/p99) every ``interval_s``, like redis-cli --stat."""
+    clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+    before, before_at = client.info(), time.monotonic()
+    frames = 0
+    while count is None or frames < count:
+        latencies = {shard: [] for shard in range(client.shard_count)}
+        deadline = time.monotonic() + interval_s
+        while time.monotonic() < deadline:  # sample each shard's round trip for the whole interval
+            for shard in latencies:
+                started = time.perf_counter()
+                client.ping(shard=shard)
+                latencies[shard].append((time.perf_counter() - started) * 1000)
+            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+        after, after_at = client.info(), time.monotonic()
+        elapsed_s = after_at - before_at
+        rows = []
+        for old, new in zip(before, after):
+            shard = new["shard"]
+            samples = sorted(latencies[shard])
+            restarted = old.get("pid") != new.get("pid")
+            served = new["requests"] - (0 if restarted else old["requests"]) - 1  # less our own info request
+            gets = new.get("gets", 0) - (0 if restarted else old.get("gets", 0))
+            hits = new.get("hits", 0) - (0 if restarted else old.get("hits", 0))
+            rows.append([
+                str(shard), f"{max(0, served - len(samples)) / elapsed_s:,.0f}", _share(hits, gets),
+                f"{samples[len(samples) // 2]:.2f}", f"{samples[min(len(samples) - 1, len(samples) * 99 // 100)]:.2f}",
+                f"{new.get('keys', 0):,}", human_bytes(new.get("live_bytes", 0)),
+            ])
+        header = ["shard", "ops/s", "hit %", "p50 ms", "p99 ms", "keys", "live"]
+        stamp = time.strftime("%H:%M:%S")
+        print(f"{clear}{stamp}  every {interval_s:g} s; ops/s leaves out this monitor's pings; "
+              "latency is a ping's round trip", file=out)
+        print(format_table(header, rows), file=out, flush=True)
+        before, before_at = after, after_at
+        frames += 1
+
+
+def check(data_dir, out):
+    """Verify every shard directory of a stopped daemon; returns the exit code."""
     if not os.path.isdir(data_dir):
-        print(f"ferricctl: {data_dir} is not a directory", file=sys.stderr)
-        return 2
+        print(f"ferricctl: {data_dir} is not a directory; give the data directory of a stopped ferricd",
+              file=sys.stderr)
+        return EXIT_USAGE
     directories = shard_directories(data_dir) or [data_dir]
     damaged = False
     for directory in directories:
         report = check_shard(directory)
-        print(report)
+        print(report, file=out)
         damaged |= not report.ok
-    return 1 if damaged else 0
+    print("\nrecords: records in the data files, tombstones (deletes) included; keys: distinct keys among them, "
+          "live or not; corrupt: damaged spans that valid records follow; torn tail: bytes the next start "
+          "truncates from the last file.", file=out)
+    return EXIT_NOT_FOUND if damaged else EXIT_OK
 
 
 def import_flask_session(args):
@@ -91,49 +217,120 @@ def import_flask_session(args):
     except ImportError as exc:
         print(f"ferricctl: import-flask-session needs Flask and redis-py ({exc}); "
               "install them: pip install 'ferricstore[flask]' redis", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return migrate.main(args)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ferricctl", description="Control and inspect ferricd")
-    parser.add_argument("--run-dir", help=f"ferricd's run directory (default ${RUN_DIR_ENV} or ./ferric-run)")
-    parser.add_argument("--timeout-ms", type=int, default=2000)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _key_argument(text):
+    try:
+        return parse_key(text)
+    except KeyTextError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_ms(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of milliseconds")
+    return value
+
+
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value:g} s is outside 0.05 to 3600 seconds")
+    return value
+
+
+def _count(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
+def version():
+    try:
+        return metadata.version("ferricstore")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ferricctl", description="Control and inspect ferricd.", epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ferricctl {version()}")
+    parser.add_argument("--run-dir", help=f"ferricd's run directory (default ${RUN_DIR_ENV}, else ./ferric-run)")
+    parser.add_argument("--timeout-ms", type=_positive_ms, default=2000,
+                        help="longest wait for each shard's answer, in ms (default 2000)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     sub.add_parser("ping", help="check that every shard answers")
-    sub.add_parser("get", help="print a value").add_argument("key")
+    getter = sub.add_parser("get", help="print a value (exit code 1 if the key does not exist)")
+    getter.add_argument("key", type=_key_argument, help="the key (escapes as printed by keys)")
+    getter.add_argument("--raw", action="store_true", help="write the value's bytes as they are, no newline")
     setter = sub.add_parser("set", help="set a value")
-    setter.add_argument("key")
-    setter.add_argument("value")
-    setter.add_argument("--ttl-ms", type=int)
-    sub.add_parser("del", help="delete keys, print how many existed").add_argument("keys", nargs="+")
-    sub.add_parser("ttl", help="seconds until a key expires (-1 never, -2 missing)").add_argument("key")
-    sub.add_parser("pttl", help="milliseconds until a key expires (-1 never, -2 missing)").add_argument("key")
-    sub.add_parser("keys", help="list keys with a prefix").add_argument("prefix")
-    sub.add_parser("delete-prefix", help="delete every key with a prefix").add_argument("prefix")
-    sub.add_parser("info", help="per-shard statistics")
+    setter.add_argument("key", type=_key_argument, help="the key")
+    setter.add_argument("value", type=_key_argument, help="the value (the same escapes as keys)")
+    setter.add_argument("--ttl-ms", type=_positive_ms, help="expire the key after this many milliseconds")
+    deleter = sub.add_parser("del", help="delete keys, print how many existed")
+    deleter.add_argument("keys", nargs="+", type=_key_argument, help="the keys")
+    sub.add_parser("ttl", help="seconds until a key expires (-1 never, -2 missing)").add_argument(
+        "key", type=_key_argument, help="the key")
+    sub.add_parser("pttl", help="milliseconds until a key expires (-1 never, -2 missing)").add_argument(
+        "key", type=_key_argument, help="the key")
+    sub.add_parser("keys", help="list keys, sorted (all of them, or those with a prefix)").add_argument(
+        "prefix", nargs="?", default=b"", type=_key_argument, help="only keys starting with this")
+    sub.add_parser("delete-prefix", help="delete every key with a prefix, print how many").add_argument(
+        "prefix", type=_key_argument, help="the prefix (an empty one, '', deletes everything)")
+    info = sub.add_parser("info", help="per-shard statistics, with what each number counts")
+    info.add_argument("--json", action="store_true", help="print the raw statistics as JSON, for scripts")
+    watcher = sub.add_parser("monitor", help="refresh per-shard ops/s, hit rate and latency, like redis-cli --stat")
+    watcher.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between refreshes (default 1)")
+    watcher.add_argument("--count", type=_count, help="stop after this many refreshes (default: until Ctrl-C)")
     compacter = sub.add_parser("compact", help="merge data files now: reclaim overwritten, deleted and expired records")
     compacter.add_argument("--shard", type=int, help="only this shard (default: every shard, one after another)")
-    sub.add_parser("check", help="verify a stopped data directory").add_argument("data_dir")
+    sub.add_parser("check", help="verify a stopped data directory (exit code 1 if damaged)").add_argument(
+        "data_dir", help="the daemon's data directory")
     importer = sub.add_parser("import-flask-session", help="copy Flask-Session 0.6-0.8 sessions from Redis")
     importer.add_argument("--redis-url", required=True, help="where Flask-Session stored them, e.g. redis://localhost")
     importer.add_argument("--key-prefix", help="Flask-Session's SESSION_KEY_PREFIX (default session:)")
     importer.add_argument("--prefix", help="ferric_flask's FERRIC_SESSION_PREFIX (default sess:)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    # A closed pipe (ferricctl keys | head -1) ends ferricctl quietly, as it ends any Unix tool.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
     try:
         if args.command == "check":
-            return check(args.data_dir)
+            return check(args.data_dir, out)
         if args.command == "import-flask-session":
             return import_flask_session(args)
-        if args.command == "compact":
-            with Client(args.run_dir, timeout_ms=args.timeout_ms) as client:
-                return compact(client, args.shard)
         with Client(args.run_dir, timeout_ms=args.timeout_ms) as client:
-            print(run(args, client))
-        return 0
+            if args.command == "compact":
+                return compact(client, args.shard)
+            return run(args, client, out)
+    except (FerricConnectionError, FerricTimeoutError) as exc:
+        print(f"ferricctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except FerricError as exc:
         print(f"ferricctl: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

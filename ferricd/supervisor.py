@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 
 from ferric_ipc.file_layout import DAEMON_FILE, socket_path, stream_path
 from ferric_ipc.protocol import PROTOCOL_VERSION, TRANSPORT_UNIX, TRANSPORT_ZMQ
@@ -86,18 +88,22 @@ class Supervisor:
 
     def start(self):
         config = self.config
+        created = [path for path in (config.data_dir, config.run_dir) if not os.path.exists(path)]
         os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
         os.makedirs(config.run_dir, mode=0o750, exist_ok=True)
         try:
-            self._locks = [DirectoryLock(config.data_dir, LOCK_NAME), DirectoryLock(config.run_dir, LOCK_NAME)]
+            self._locks = [DirectoryLock(config.data_dir, LOCK_NAME, "data directory"),
+                           DirectoryLock(config.run_dir, LOCK_NAME, "run directory")]
         except DirectoryLockedError as exc:
             self._release_locks()
+            _remove_created(created)
             log.error("another ferricd is running: %s", exc)
             return EXIT_IN_USE
         try:
             self.shard_count = resolve_shard_count(config.data_dir, config.shards)
         except ConfigError as exc:
             self._release_locks()
+            _remove_created(created)
             log.error("%s", exc)
             return EXIT_CONFIG_ERROR
         self.slots = [ShardProcess(shard_id) for shard_id in range(self.shard_count)]
@@ -113,8 +119,8 @@ class Supervisor:
             file_mode=0o644,
         )
         log.info(
-            "ferricd %d: %d %s; data in %s; sockets in %s",
-            os.getpid(), self.shard_count, _plural(self.shard_count, "shard"), os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
+            "starting %d %s; data in %s; sockets in %s",
+            self.shard_count, _plural(self.shard_count, "shard"), os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
         )
         return 0
 
@@ -231,7 +237,8 @@ class Supervisor:
         if healthy == len(self.slots):
             if not self.ready:
                 self.ready = True
-                log.info("ready: %d %s serving in %s", healthy, _plural(healthy, "shard"), self.config.run_dir)
+                log.info("ready: %d %s serving in %s", healthy, _plural(healthy, "shard"),
+                         os.path.abspath(self.config.run_dir))
                 systemd.notify(f"READY=1\nSTATUS={healthy}/{len(self.slots)} shards up")
             if self._watchdog_s and now >= self._next_watchdog_at:
                 systemd.notify("WATCHDOG=1")
@@ -327,6 +334,19 @@ def resolve_shard_count(data_dir, configured):
     return recorded
 
 
+def _version():
+    try:
+        return metadata.version("ferricstore")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _remove_created(paths):
+    """A start that failed leaves nothing behind: remove the directories it created (with its lock files)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _plural(count, noun):
     return noun if count == 1 else noun + "s"
 
@@ -342,6 +362,7 @@ def describe_exit(returncode):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferricd", description="FerricStore cache daemon")
+    parser.add_argument("--version", action="version", version=f"ferricd {_version()}")
     parser.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
     parser.add_argument("--data-dir", help="where shard data lives (default ./ferric-data)")
     parser.add_argument("--run-dir", help="where sockets live (default ./ferric-run)")

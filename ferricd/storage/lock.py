@@ -16,9 +16,10 @@ class DirectoryLock:
     The file holds the owner's pid so a refused opener can name it.
     """
 
-    def __init__(self, directory, lock_name=LOCK_NAME):
+    def __init__(self, directory, lock_name=LOCK_NAME, role="data directory"):
         self.path = os.path.join(directory, lock_name)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        # O_NOFOLLOW: a symlink planted in place of the lock never makes us write through it.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -26,7 +27,7 @@ class DirectoryLock:
             os.close(fd)
             raise DirectoryLockedError(
                 f"{directory} is in use by pid {holder}; stop that process first, "
-                "or give this one another data directory"
+                f"or give this one another {role}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

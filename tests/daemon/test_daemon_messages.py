@@ -1,0 +1,37 @@
+"""What ferricd says when it starts, stops or cannot start, and what it leaves behind."""
+
+import os
+import subprocess
+import sys
+
+from tests.daemon_process import short_tempdir
+
+
+def test_one_shard_is_one_shard_and_paths_are_absolute(make_daemon):
+    daemon = make_daemon(shards=1)
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+    assert "starting 1 shard;" in log and "ready: 1 shard serving in /" in log
+    assert "1 shards" not in log
+    assert f"data in {os.path.abspath(daemon.data_dir)}" in log
+
+
+def test_a_run_directory_clash_names_the_run_directory(make_daemon):
+    first = make_daemon(shards=1)
+    second = make_daemon(shards=1, run_dir=first.run_dir, start=False)
+    second.start(wait=False)
+    assert second.process.wait(timeout=30) == 1
+    log = second.stderr()
+    assert f"{first.run_dir} is in use by pid" in log and "another run directory" in log
+
+
+def test_a_failed_start_removes_the_directories_it_created(make_daemon):
+    first = make_daemon(shards=1)
+    base = short_tempdir()
+    new_data = os.path.join(base, "new-data")
+    done = subprocess.run([sys.executable, "-m", "ferricd", "--data-dir", new_data, "--run-dir", first.run_dir],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert not os.path.exists(new_data), "the data directory this start created is gone again"
+    assert os.path.exists(first.run_dir), "a directory that existed before is left alone"
+    os.rmdir(base)
