@@ -30,6 +30,24 @@ FLAG_BATCH_MORE = 0x02
 #: The record changes only its key's expire_at_ms (0 = none): no value bytes; the key keeps the value it had.
 FLAG_TTL_ONLY = 0x04
 
+#: A shard's access times (docs/storage.md, "Eviction"): this 64-byte header, then ``buckets`` bytes (a power
+#: of two), each the clock's value when a key hashing to it was last used. A reader that finds key K copies
+#: the byte at ACCESS_CLOCK_AT into byte ``key_hash64(K) & (buckets - 1)`` (only if it differs); the shard
+#: advances the clock. state is index_layout's STATE_LIVE, or STATE_RETIRED once the file was replaced.
+#:
+#:     offset  size  field
+#:     0       8     magic    ACCESS_MAGIC
+#:     8       4     version  ACCESS_VERSION
+#:     12      4     state
+#:     16      8     buckets
+#:     24      1     clock    wraps around at 256
+ACCESS_HEADER = struct.Struct("<8sIIQB39x")
+ACCESS_HEADER_BYTES = ACCESS_HEADER.size  # 64
+ACCESS_MAGIC = b"FERACC01"
+ACCESS_VERSION = 1
+ACCESS_STATE_AT = 12
+ACCESS_CLOCK_AT = 24
+
 
 def socket_path(run_dir, shard_id):
     """Shard K's ROUTER socket: ``ipc://`` + this path."""
@@ -44,6 +62,11 @@ def stream_path(run_dir, shard_id):
 def index_path(run_dir, shard_id):
     """Shard K's published key directory."""
     return os.path.join(run_dir, f"shard-{shard_id}.idx")
+
+
+def access_path(run_dir, shard_id):
+    """Shard K's access times (ACCESS_HEADER), mapped writable by clients; only while a keyspace evicts."""
+    return os.path.join(run_dir, f"shard-{shard_id}.access")
 
 
 def shard_dir(data_dir, shard_id):

@@ -10,18 +10,24 @@ from ferric_ipc.errors import StorageError, StorageFullError
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
 from ferricd.clock import wall_clock_ms
+from ferricd.storage.access_clock import AccessClock
 from ferricd.storage.datafiles import DataFiles, hint_path
+from ferricd.storage.eviction import SampledEviction
 from ferricd.storage.expiry import ExpirySweep
 from ferricd.storage.hints import HintBuilder
+from ferricd.storage.keyspaces import FSYNC_STRICTNESS, KeyspaceAccounts, KeyspaceTable
 from ferricd.storage.lock import DirectoryLock
 from ferricd.storage.merge import DONE, Merge
-from ferricd.storage.records import FLAG_BATCH_MORE, FLAG_TOMBSTONE, FLAG_TTL_ONLY, encode
+from ferricd.storage.records import FLAG_BATCH_MORE, FLAG_TOMBSTONE, FLAG_TTL_ONLY, HEADER_BYTES, encode
 from ferricd.storage.recovery import recover
 from ferricd.storage.settings import StoreSettings
 from ferricd.storage.snapshot import write_snapshot
 
 log = logging.getLogger(__name__)
 
+_ALWAYS, _INTERVAL = FSYNC_STRICTNESS["always"], FSYNC_STRICTNESS["interval"]
+#: Slots the eviction hand may look at per write (each live one costs a read of its key's start).
+EVICTION_SLOTS_PER_CALL = 4096
 
 
 class Put(NamedTuple):
@@ -53,18 +59,24 @@ class BitcaskStore:
     ``expire_at_ms`` on the wall clock (0 = never); an expired key reads as
     missing. A missing key is ``None``, never an exception.
 
-    Durability follows ``settings.fsync``: with ``"always"`` every write call
-    (a whole ``write_batch`` included) has reached the disk when it returns.
+    Durability follows the fsync policy of each written key's keyspace (one
+    keyspace with ``settings.fsync`` unless ``keyspaces`` says otherwise): with
+    ``"always"`` every write call (a whole ``write_batch`` included) has reached
+    the disk when it returns. A write mixing keyspaces is synced as the strictest
+    of them asks.
     """
 
-    def __init__(self, directory, settings=None, clock=wall_clock_ms, epoch=0, tables=None):
+    def __init__(self, directory, settings=None, clock=wall_clock_ms, epoch=0, tables=None, keyspaces=None,
+                 access_path=None):
         """Lock ``directory`` (created if missing) and recover its contents.
 
         Raises DirectoryLockedError naming the pid that holds it. The recovery
         report is in ``self.recovery``. ``epoch`` goes into the key
         directory's header; ``tables`` decides where its buffers live
         (default: process memory; ferricd.storage.index_file.IndexFiles: mapped files
-        clients can read).
+        clients can read). ``keyspaces`` is a KeyspaceTable (default: every key
+        in one keyspace with ``settings.fsync``); if one of them evicts, the
+        access times live in the file ``access_path`` clients mark (default: memory).
         """
         self.settings = settings = settings or StoreSettings()
         self.directory = directory
@@ -84,17 +96,31 @@ class BitcaskStore:
         self._next_file_id = (ids[-1] + 1) if ids else 1
         self._hint = HintBuilder()  # entries of the active file, written out when it closes
         self._last_sync_ms = clock()
-        self._unsynced = False
+        self._unsynced = False  # bytes were written since the last fdatasync
+        self._always_pending = False  # ... among them an fsync="always" write, waiting for its group commit
+        self._interval_pending = False  # ... among them an fsync="interval" write, waiting for sync_if_due
         self._failed = None  # set when an fsync failed: the disk state is then unknown
-        self._sync_policy = {"always": self._sync_unless_grouped, "interval": self.sync_if_due, "never": _no_sync}[
-            settings.fsync
-        ]
         self._grouping = False
         self.counters = dict.fromkeys(("puts", "deletes", "expiry_sets", "gets", "hits", "misses", "expired"), 0)
         self.merge = None  # the running (or last) Merge
         self.merges = 0  # merges that ran to the end
         self._sweep = ExpirySweep()
         self._closed = False
+        self.keyspaces = keyspaces or KeyspaceTable.single(settings.fsync)
+        self.accounts = KeyspaceAccounts(self.keyspaces, self._files)
+        self._access = self._eviction = None
+        self._evicting = False
+        try:
+            self.accounts.count(self._keydir)
+            if self.keyspaces.evictable:
+                self._access = AccessClock(self._keydir.index.capacity, access_path, settings.file_mode)
+                self._eviction = SampledEviction(self._keydir, self.accounts, self._access, self._next_seq)
+        except BaseException:
+            self._keydir.index.close()
+            self._files.close()
+            self._lock.release()
+            raise
+        self._keydir.accounts = self.accounts
 
     # -- reads -----------------------------------------------------------------
 
@@ -111,11 +137,14 @@ class BitcaskStore:
         """
         key = as_key(key)
         self.counters["gets"] += 1
-        hit = self._keydir.lookup(key_hash64(key), key)
+        key_hash = key_hash64(key)
+        hit = self._keydir.lookup(key_hash, key)
         if hit is not None:
             slot, record, expire_at_ms = hit
             if not expire_at_ms or expire_at_ms > self._clock():
                 self.counters["hits"] += 1
+                if self._access is not None:
+                    self._access.touch(key_hash)
                 return record.value, expire_at_ms
             self._keydir.drop(slot)  # lazy expiry; the expired record hides older values on reload
             self.counters["expired"] += 1
@@ -157,7 +186,10 @@ class BitcaskStore:
         """Set ``key`` to ``value``; ``expire_at_ms`` is absolute wall-clock ms, 0 = never."""
         # The batch path minus its per-batch bookkeeping: the most frequent call of all.
         self._check_writable()
-        _op, key, key_hash, value, expire_at_ms = self._prepare(Put(key, value, expire_at_ms), "")
+        prepared = self._prepare(Put(key, value, expire_at_ms), "")
+        if self.keyspaces.refusing:
+            self._check_room([prepared])
+        _op, key, key_hash, value, expire_at_ms = prepared
         seq = self._take_seq()
         self._append([(Put, key, key_hash, seq, expire_at_ms, 0, encode(seq, expire_at_ms, 0, key, value))])
 
@@ -194,6 +226,8 @@ class BitcaskStore:
     def _write(self, ops, single, atomic=False):
         self._check_writable()
         prepared = [self._prepare(op, "" if single else f"ops[{i}].") for i, op in enumerate(ops)]
+        if self.keyspaces.refusing:
+            self._check_room(prepared)
         results, pending = [], []
         exists = {}  # key -> exists after the ops so far in this batch
         for op_type, key, key_hash, value, expire_at_ms in prepared:
@@ -238,6 +272,19 @@ class BitcaskStore:
             raise ValueError(f"{name}expire_at_ms must be between 0 (never) and 2**63-1")
         return type(op), key, key_hash64(key), value, expire_at_ms
 
+    def _check_room(self, prepared):
+        """Raise KeyspaceFullError if the prepared puts would take a keyspace that never evicts past its share."""
+        keyspaces, growth = self.keyspaces, {}
+        for op_type, key, key_hash, value, _expire_at_ms in prepared:
+            if op_type is Put:
+                number = keyspaces.of(key)
+                if number in keyspaces.refusing:
+                    found = self._keydir.find(key_hash, key)
+                    grown = HEADER_BYTES + len(key) + len(value) - (found[3] if found is not None else 0)
+                    growth[number] = growth.get(number, 0) + grown
+        if growth:
+            self.accounts.check_room(growth)
+
     def _exists(self, key_hash, key):
         found = self._keydir.find(key_hash, key)
         return found is not None and (not found[4] or found[4] > self._clock())
@@ -254,6 +301,7 @@ class BitcaskStore:
         """
         limit = self.settings.max_file_bytes
         segment, segment_bytes, placed, applied = [], 0, [], 0
+        strictness = self._fsync_strictness(pending)
         try:
             if atomic and pending:
                 total = sum(len(item[-1]) for item in pending)
@@ -275,12 +323,32 @@ class BitcaskStore:
                 placed += self._write_segment(segment)
             if placed:
                 self._unsynced = True
-                self._sync_policy()
+                self._sync_for(strictness)
         except StorageError as exc:
             self._index(placed[:applied])
             exc.applied = applied
             raise
         self._index(placed)
+        if self._eviction is not None:
+            self.evict_over_limit()
+
+    def _fsync_strictness(self, pending):
+        """The strictest fsync policy among the keyspaces of ``pending``'s keys (FSYNC_STRICTNESS)."""
+        strictness = self.keyspaces.fsync_strictness
+        if len(strictness) == 1:
+            return strictness[0]
+        of = self.keyspaces.of
+        return max((strictness[of(item[1])] for item in pending), default=0)
+
+    def _sync_for(self, strictness):
+        if strictness == _ALWAYS:
+            if self._grouping:
+                self._always_pending = True
+            else:
+                self.sync()
+        elif strictness == _INTERVAL:
+            self._interval_pending = True
+            self.sync_if_due()
 
     def _write_segment(self, segment):
         """Append one file's worth of records in a single write; returns their placements."""
@@ -312,6 +380,9 @@ class BitcaskStore:
             else:
                 keydir.set(key_hash, key, file_id, offset, record_len, expire_at_ms)
                 self.counters["puts"] += 1
+                if self._eviction is not None:
+                    self._access.touch(key_hash)  # a write is a use: a key just written is not evicted first
+                    self._eviction.written(key, record_len, self._next_seq)
 
     def _active(self):
         """The active file, created on the first write after open or after a rotation."""
@@ -334,7 +405,7 @@ class BitcaskStore:
             file_id = self._files.close_active()
         except OSError as exc:
             self._fail(f"fsync of {active.path} failed: {exc}")
-        self._unsynced = False
+        self._unsynced = self._always_pending = self._interval_pending = False
         try:
             self._hint.write(hint_path(self.directory, file_id), self._files.sizes[file_id], self.settings.file_mode)
         except OSError as exc:  # only costs a scan at the next start
@@ -351,16 +422,15 @@ class BitcaskStore:
                 active.sync()
             except OSError as exc:
                 self._fail(f"fdatasync of {active.path} failed: {exc}")
-        self._unsynced = False
+        self._unsynced = self._always_pending = self._interval_pending = False
         self._last_sync_ms = self._clock()
-
-    def _sync_unless_grouped(self):
-        if not self._grouping:
-            self.sync()
 
     @contextmanager
     def group_commit(self):
         """Within this block, fsync="always" writes share one fdatasync, run when the block ends.
+
+        Writes of keyspaces with a weaker policy in the same block reach the
+        disk with that fdatasync too: it syncs the file, not single writes.
 
         For a server loop: apply every ready request inside the block, leave
         it, then reply. A write is durable once the block has ended.
@@ -370,16 +440,16 @@ class BitcaskStore:
             yield self
         finally:
             self._grouping = False
-            if self.settings.fsync == "always" and self._unsynced and not self._closed:
+            if self._always_pending and self._unsynced and not self._closed:
                 self.sync()
 
     def sync_if_due(self):
-        """For fsync="interval": sync if writes are pending and fsync_interval_ms has passed.
+        """For fsync="interval": sync if such writes are pending and fsync_interval_ms has passed.
 
         The shard's loop calls this on its housekeeping tick so that idle
         periods also reach the disk.
         """
-        if self._unsynced and self._clock() - self._last_sync_ms >= self.settings.fsync_interval_ms:
+        if self._interval_pending and self._clock() - self._last_sync_ms >= self.settings.fsync_interval_ms:
             self.sync()
 
     def _fail(self, reason):
@@ -464,6 +534,42 @@ class BitcaskStore:
         self.counters["expired"] += dropped
         return dropped
 
+    def evict_over_limit(self, max_slots=EVICTION_SLOTS_PER_CALL):
+        """Evict from each ``lru`` keyspace holding more than its share of max_bytes; returns how many keys went.
+
+        Looks at no more than ``max_slots`` slots (storage/eviction.py). Every
+        write calls it; so does the shard's housekeeping tick, for what a write
+        left. An evicted key is deleted as by ``delete`` (a tombstone, synced as
+        its keyspace's policy says), so it stays gone after a crash.
+        """
+        if self._eviction is None or self._evicting or self._failed or self._closed:
+            return 0
+        self._access.fit(self._keydir.index.capacity)
+        over = self.accounts.over_limit()
+        if not over:
+            return 0
+        victims, expired = self._eviction.victims(over, max_slots, self._clock())
+        for slot in expired:
+            self._keydir.drop(slot)
+        self.counters["expired"] += len(expired)
+        if not victims:
+            return 0
+        pending = []
+        for key, key_hash, _number in victims:
+            seq = self._take_seq()
+            pending.append((Delete, key, key_hash, seq, 0, FLAG_TOMBSTONE, encode(seq, 0, FLAG_TOMBSTONE, key, b"")))
+        self._evicting = True
+        try:
+            self._append(pending)
+        except StorageError as exc:  # the write that called us did succeed: keep the keys until the next try
+            log.warning("could not evict %d keys: %s", len(victims), exc)
+            return 0
+        finally:
+            self._evicting = False
+        for _key, _key_hash, number in victims:
+            self.accounts.evictions[number] += 1
+        return len(victims)
+
     def _data_and_live_bytes(self):
         sizes = dict(self._files.sizes)
         if self._files.active is not None:
@@ -480,6 +586,8 @@ class BitcaskStore:
         try:
             if self.merging:
                 self.merge.abort()
+            if self._access is not None:
+                self._access.close()
             if not self._failed:
                 self._close_active()
                 if self.settings.snapshot_on_close:
@@ -528,8 +636,5 @@ class BitcaskStore:
             "merging": self.merging,
             "merges": self.merges,
             **self.counters,
+            "keyspaces": self.accounts.summary(),
         }
-
-
-def _no_sync():
-    pass

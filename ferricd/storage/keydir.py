@@ -38,6 +38,8 @@ class KeyDirectory:
         self.files = files
         self.live_bytes = dict(live_bytes or {})  # file_id -> bytes of records the index points at
         self.corrupt_dropped = 0  # slots dropped because their record failed its CRC
+        # keyspaces.KeyspaceAccounts, told of every entry added, resized or removed once recovery is done.
+        self.accounts = None
         # key_hash, file_id, offset of entries that recovery loaded with an expiry already past: whether
         # they are gone is decided once every record is applied (a later TTL-only record may extend them).
         self._expired_at_load = array("Q")
@@ -93,16 +95,22 @@ class KeyDirectory:
             found = self.find(key_hash, key)
         if found is None:
             self.index.insert(key_hash, file_id, offset, record_len, expire_at_ms)
+            if self.accounts is not None:
+                self.accounts.added(key, record_len)
         else:
             slot, old_file, _old_offset, old_len, _old_expire = found
             self.live_bytes[old_file] -= old_len
             self.index.replace(slot, file_id, offset, record_len, expire_at_ms)
+            if self.accounts is not None:
+                self.accounts.resized(key, record_len - old_len)
         self.live_bytes[file_id] = self.live_bytes.get(file_id, 0) + record_len
 
     def drop(self, slot):
         """Remove the entry in ``slot`` (a delete, an expiry, or a record found corrupt)."""
-        _hash, file_id, _offset, record_len, _expire = self.index.remove(slot)
+        _hash, file_id, offset, record_len, _expire = self.index.remove(slot)
         self.live_bytes[file_id] -= record_len
+        if self.accounts is not None:
+            self.accounts.removed(file_id, offset, record_len)
 
     def set_expiry(self, found, expire_at_ms):
         """Give the entry ``find()`` returned a new expiry; it keeps pointing at its value's record."""
@@ -126,6 +134,8 @@ class KeyDirectory:
         """
         for slot, entry_file, entry_offset, old_len, expire_at_ms in self.index.candidates(key_hash):
             if entry_file == old_file and entry_offset == old_offset:
+                if self.accounts is not None and record_len != old_len:
+                    self.accounts.resized_record(old_file, old_offset, record_len - old_len)
                 self.index.replace(slot, new_file, new_offset, record_len, expire_at_ms)
                 self.live_bytes[old_file] -= old_len
                 self.live_bytes[new_file] = self.live_bytes.get(new_file, 0) + record_len

@@ -1,0 +1,138 @@
+"""AccessClock: when each bucket of key hashes was last used, in ticks of a coarse clock; readers write it too.
+
+Every read and write of a key stores the clock's current value (one byte,
+wrapping at 256) in the byte of its bucket, ``key_hash64(key) & (buckets - 1)``.
+The shard advances the clock as its evicting keyspaces turn over (see
+``eviction``), so a key's age in ticks says how much of its keyspace was
+replaced since it was last used. Buckets are indexed by hash, not slot, so
+they stay valid when the key directory's table is rebuilt and need no
+coordination with it. Two keys sharing a bucket share an age (the younger
+wins): there are at least BUCKETS_PER_SLOT buckets per slot of the table, so
+at most about one key in six shares. When the table grows past that, the
+bytes move to a larger buffer, each old byte copied to every bucket it covers.
+
+In a daemon the bytes are the file ``run_dir/shard-K.access`` (layout:
+``ferric_ipc.file_layout.ACCESS_HEADER``), which clients map writable: a local
+read marks its key without a round trip (ferric_ipc.local_reads). The file is
+made under a temporary name and renamed into place complete; the one it
+replaces is marked RETIRED, which tells clients to map the new one. A client
+can only skew the eviction choice, never lose or corrupt data.
+"""
+
+import mmap
+import os
+
+from ferric_ipc.file_layout import (
+    ACCESS_CLOCK_AT,
+    ACCESS_HEADER,
+    ACCESS_HEADER_BYTES,
+    ACCESS_MAGIC,
+    ACCESS_STATE_AT,
+    ACCESS_VERSION,
+)
+from ferric_ipc.index_layout import STATE_LIVE, STATE_RETIRED
+
+MIN_BUCKETS = 4096
+BUCKETS_PER_SLOT = 4  # a table is 55-75 % full, so 5-7 buckets per key
+
+
+def buckets_for(capacity):
+    """The bucket count for a table of ``capacity`` slots: a power of two."""
+    wanted = max(MIN_BUCKETS, BUCKETS_PER_SLOT * capacity)
+    return 1 << (wanted - 1).bit_length()
+
+
+class AccessClock:
+    """The access times of one shard: in memory (``path`` None), or in the file at ``path`` that clients map."""
+
+    def __init__(self, capacity, path=None, file_mode=0o640):
+        self.path = path
+        # Clients write the file: the group needs write permission (run_dir itself decides who gets in).
+        self.file_mode = file_mode | 0o020
+        self._buf = self._times = None
+        self.buckets = 0
+        self.now = 0  # the clock, 0-255
+        if path is not None:
+            _retire_file(path)  # a killed run's file: its readers move on to this run's
+        self._replace(buckets_for(capacity))
+
+    def touch(self, key_hash):
+        """Mark the key with ``key_hash`` as used now (a read or a write)."""
+        at = key_hash & self.mask
+        if self._times[at] != self.now:  # no store when unchanged: the line stays shared between readers' caches
+            self._times[at] = self.now
+
+    def age(self, key_hash):
+        """Ticks since the key with ``key_hash`` (or a key sharing its bucket) was last used, 0-255."""
+        return (self.now - self._times[key_hash & self.mask]) & 0xFF
+
+    def set_age(self, key_hash, age):
+        """Make the key look ``age`` ticks old (the eviction hand keeps old keys from wrapping round to young)."""
+        self._times[key_hash & self.mask] = (self.now - age) & 0xFF
+
+    def tick(self):
+        """Advance the clock by one."""
+        self.now = (self.now + 1) & 0xFF
+        self._buf[ACCESS_CLOCK_AT] = self.now
+
+    def fit(self, capacity):
+        """Grow to ``buckets_for(capacity)`` if the table grew past the current size."""
+        if buckets_for(capacity) > self.buckets:
+            self._replace(buckets_for(capacity))
+
+    def _replace(self, buckets):
+        nbytes = ACCESS_HEADER_BYTES + buckets
+        if self.path is None:
+            buf = bytearray(nbytes)
+        else:
+            temp = f"{self.path}.{os.getpid()}.new"
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_mode)
+            try:
+                os.fchmod(fd, self.file_mode)  # the umask must not take the group's write permission away
+                os.ftruncate(fd, nbytes)
+                buf = mmap.mmap(fd, nbytes)
+            except BaseException:
+                os.close(fd)
+                os.unlink(temp)
+                raise
+            os.close(fd)
+        ACCESS_HEADER.pack_into(buf, 0, ACCESS_MAGIC, ACCESS_VERSION, STATE_LIVE, buckets, self.now)
+        fresh = memoryview(buf)[ACCESS_HEADER_BYTES:]
+        if self._times is not None:
+            # Bucket i of the old size covers buckets i, i + old, i + 2 * old, ... of the new one.
+            old = bytes(self._times)
+            fresh[:] = old * (buckets // len(old))
+        if self.path is not None:
+            os.replace(temp, self.path)
+        self._close_current()
+        self._buf, self._times, self.buckets, self.mask = buf, fresh, buckets, buckets - 1
+
+    def _close_current(self):
+        """Retire the current buffer (readers of its file re-open the path) and let it go."""
+        if self._buf is None:
+            return
+        self._buf[ACCESS_STATE_AT:ACCESS_STATE_AT + 4] = STATE_RETIRED.to_bytes(4, "little")
+        self._times.release()
+        if self.path is not None:
+            self._buf.close()
+        self._buf = self._times = None
+
+    def close(self):
+        """Retire and remove the file: with no shard serving, no reader should mark it."""
+        if self._buf is None:
+            return
+        self._close_current()
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _retire_file(path):
+    try:
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as old:
+            if len(old) >= ACCESS_HEADER_BYTES and old[:len(ACCESS_MAGIC)] == ACCESS_MAGIC:
+                old[ACCESS_STATE_AT:ACCESS_STATE_AT + 4] = STATE_RETIRED.to_bytes(4, "little")
+    except (OSError, ValueError):  # none, unreadable, or empty: nothing to retire
+        pass
