@@ -29,7 +29,6 @@ class Housekeeping:
         self.store = store
         self._monotonic = monotonic
         self._lock_fd = os.open(os.path.join(run_dir, MERGE_LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._locked = False
         self._next_merge_id = 1
         self._requested = None  # merge id a client asked for, not started yet
         self._current = None  # {"merge_id", "before": stats, ...} of the running merge
@@ -41,11 +40,12 @@ class Housekeeping:
     # -- the shard loop's side ---------------------------------------------------
 
     def poll_timeout_ms(self, idle_ms):
-        """How long the shard may wait for requests: not at all while a merge can move, briefly while it waits."""
+        """How long the shard may wait for requests: not at all while a merge can move, briefly while it waits
+        for its worker thread. (A merge waiting for another shard's lock is retried once a tick.)"""
         merge = self.store.merge
         if merge is not None and merge.running:
             return 1 if merge.blocked else 0
-        return 0 if self._requested is not None and not self._locked else idle_ms
+        return idle_ms
 
     def run(self):
         """One slice: a sweep slice when one is due, then a merge slice, or a merge started if one is due."""
@@ -102,7 +102,6 @@ class Housekeeping:
             if self._requested is None:
                 self._requested = self._take_merge_id()  # wanted: wait for the other shard's merge
             return
-        self._locked = True
         merge_id = self._requested or self._take_merge_id()
         self._requested = None
         before = self.store.stats()
@@ -137,7 +136,6 @@ class Housekeeping:
 
     def _unlock(self):
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        self._locked = False
 
 
 def _summary(merge_id, state, before, after, merge, error):
