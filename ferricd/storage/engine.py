@@ -505,8 +505,8 @@ class BitcaskStore:
         inputs = self._files.closed_ids()
         if not inputs:
             return None
-        self.merge = Merge(self.directory, self._files, self._keydir, inputs, self._merge_output_id, self._clock,
-                           self.settings, self.counters, points)
+        self.merge = Merge(self.directory, self._files, self._keydir, inputs, self._merge_output_id, self.sync,
+                           self._clock, self.settings, self.counters, points)
         return self.merge
 
     def merge_step(self, budget_s):

@@ -138,15 +138,18 @@ class Merge:
     """One merge of a shard's closed files, advanced by ``step`` until it is DONE or ABORTED.
 
     ``new_file_id()`` is the engine's: it hands out the next file id and closes
-    the active file, so later writes go to a higher id. ``counters`` is the
-    engine's operation counters (expired keys dropped by the merge count there).
+    the active file, so later writes go to a higher id. ``sync_writes()``
+    fdatasyncs the active file. ``counters`` is the engine's operation
+    counters (expired keys dropped by the merge count there).
     """
 
-    def __init__(self, directory, files, keydir, input_ids, new_file_id, clock, settings, counters, points=None):
+    def __init__(self, directory, files, keydir, input_ids, new_file_id, sync_writes, clock, settings, counters,
+                 points=None):
         self.directory = directory
         self._files = files
         self._keydir = keydir
         self._new_file_id = new_file_id
+        self._sync_writes = sync_writes
         self._clock = clock
         self._settings = settings
         self._counters = counters
@@ -389,6 +392,9 @@ class Merge:
                           file_id, live)
                 break
             retired.append(file_id)
+        # Writes that made input records dead must be on disk before those records go: with fsync
+        # "never" or "interval" a crash could otherwise lose both the new value and the old one.
+        self._sync_writes()
         for file_id in retired:
             self._files.forget(file_id)
         self._retired = retired
