@@ -7,7 +7,7 @@ import uuid
 import zoneinfo
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferric_ipc.routing import hash_tag
@@ -20,9 +20,10 @@ scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**200), max_valu
            | st.floats(allow_nan=False) | st.text() | st.binary() | st.uuids()
            | st.binary().map(CodecValue))
 tuples = st.recursive(st.tuples(scalars), lambda inner: st.lists(inner | scalars, max_size=4).map(tuple),
-                      max_leaves=12)
+                      max_leaves=8)
 
 
+@settings(max_examples=60)
 @given(tuples)
 def test_tuple_encoding_round_trips(items):
     decoded = unpack(pack(items))
@@ -30,6 +31,7 @@ def test_tuple_encoding_round_trips(items):
     assert [type(x) for x in decoded] == [type(x) for x in items]
 
 
+@settings(max_examples=60)
 @given(tuples, tuples)
 def test_different_tuples_never_share_an_encoding_or_a_prefix(a, b):
     if a != b or [type(x) for x in a] != [type(x) for x in b]:
@@ -135,6 +137,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20)
 
 
+@settings(max_examples=60)
 @given(json_values)
 def test_json_values_round_trip(value):
     assert CODEC.loads(CODEC.dumps(value)) == value

@@ -5,10 +5,12 @@ import logging
 import pytest
 
 from ferric_sqlalchemy import QueryCache, cache_store
-from ferric_sqlalchemy.throttled_log import RateLimitedWarnings
 from tests.integrations.sqlalchemy.conftest import DAEMON_CONFIG
 from tests.integrations.sqlalchemy.models import User
 from tests.integrations.sqlalchemy.seed import seed
+
+# What happens when ferricd is away does not depend on the database: SQLite only, each test has a daemon of its own.
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def test_after_an_outage_nothing_stored_before_it_is_served(outage):
     assert name_of(db, 3) == "also away"
 
 
-def test_a_writer_that_could_not_invalidate_does_so_when_ferricd_answers(outage, ferricd):
+def test_a_writer_that_could_not_invalidate_does_so_when_ferricd_answers(outage):
     """Another process kept serving from the cache while ours could not reach ferricd for a moment."""
     daemon, db = outage
     seed(db)
@@ -101,16 +103,3 @@ def test_cache_only_during_an_outage_is_a_miss(outage):
     with db.Session() as session:
         assert session.get(User, 2, execution_options={"ferric_cache": "cache_only"}) is None
     assert db.selects() == 0
-
-
-def test_warnings_are_rate_limited_per_kind(caplog):
-    now = [0.0]
-    warn = RateLimitedWarnings(interval_s=60, clock=lambda: now[0])
-    caplog.set_level(logging.WARNING, "ferric_sqlalchemy")
-    for _ in range(5):
-        warn("a", "first kind")
-    warn("b", "second kind")
-    now[0] = 61
-    warn("a", "first kind again")
-    messages = [record.getMessage() for record in caplog.records]
-    assert messages == ["first kind", "second kind", "first kind again (4 more like this in the last 60 s)"]
