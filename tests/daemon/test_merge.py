@@ -242,7 +242,10 @@ def test_sigkill_at_every_merge_point_loses_nothing_acknowledged(make_daemon):
             # The shard kills itself exactly at the point.
             with open(hook, "w") as f:
                 f.write(f"{point} kill")
-            call(client, 0, "merge")
+            try:
+                client._call(0, "merge", [])
+            except FerricError:  # the shard may die before its answer leaves: asking again would kill the next
+                pass
         new_shard_pid(client, 0, pid)
         os.unlink(hook)
         if os.path.exists(hook + ".reached"):
