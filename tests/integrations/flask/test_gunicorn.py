@@ -20,8 +20,8 @@ APP = "tests.integrations.flask.gunicorn_app:make_app()"
 WORKERS = 4
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 15
-REQUEST_TIMEOUT_S = 15
-RETRY_TIMEOUT_S = 30
+REQUEST_TIMEOUT_S = 60  # generous: the machine may be busy; a hang still ends the test
+RETRY_TIMEOUT_S = 60
 SESSIONS = 8
 REQUESTS_PER_SESSION = 40
 PAIRS = 25
@@ -67,10 +67,14 @@ class Gunicorn:
             try:
                 with urllib.request.urlopen(self.url("/health"), timeout=1) as response:
                     if response.status == 200:
-                        return
+                        break
             except OSError:
                 time.sleep(0.1)
-        pytest.fail(f"gunicorn not answering within {START_TIMEOUT_S} s:\n{self.output()}")
+        else:
+            pytest.fail(f"gunicorn not answering within {START_TIMEOUT_S} s:\n{self.output()}")
+        # Every worker booted: WORKERS requests held at once, each by its own sync worker.
+        gather = f"/gather/{self.port}-ready/{WORKERS}"
+        assert at_once([lambda: Browser(self).request(gather)] * WORKERS) == [{"ok": True}] * WORKERS
 
     def output(self):
         with open(self.log_path, "rb") as f:
@@ -100,10 +104,12 @@ class Browser:
         self.server = server
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.workers = set()
+        self.failed_attempts = 0
 
     def request(self, path, form=None, retry_unavailable=False):
         """The JSON answer to ``path`` (a POST of ``form`` if given). With ``retry_unavailable``, a 503
-        (ferricd restarting: nothing was written) or a refused connection is retried until it succeeds."""
+        (ferricd restarting) or a refused connection is retried for up to RETRY_TIMEOUT_S, and counted in
+        ``failed_attempts``: a write that timed out may still have landed, so the attempt may have counted."""
         data = None if form is None else urllib.parse.urlencode(form).encode()
         deadline = time.monotonic() + RETRY_TIMEOUT_S
         while True:
@@ -115,6 +121,7 @@ class Browser:
                 unavailable = not isinstance(exc, urllib.error.HTTPError) or exc.code == 503
                 if not (retry_unavailable and unavailable) or time.monotonic() > deadline:
                     raise
+                self.failed_attempts += 1
                 time.sleep(0.02)
 
 
@@ -143,27 +150,21 @@ class Load:
         self.condition = threading.Condition()
         self.paused = False
         self.idle = 0
-        self.threads = [threading.Thread(target=self._visit, args=(index,)) for index in range(SESSIONS)]
+        # Daemon threads: a failed test must not leave the interpreter waiting for them at exit.
+        self.threads = [threading.Thread(target=self._visit, args=(index,), daemon=True) for index in range(SESSIONS)]
 
     def _visit(self, index):
         browser = self.browsers[index]
-        visits = ambiguous = 0
+        visits = 0
         try:
             for request in range(REQUESTS_PER_SESSION):
                 self._wait_while_paused()
-                while True:
-                    try:
-                        answer = browser.request("/")["visits"]
-                        break
-                    except (urllib.error.HTTPError, ConnectionError) as exc:
-                        # ferricd is restarting: a write that timed out may still have landed, so this
-                        # request may have counted; never more than once per failed attempt.
-                        if isinstance(exc, urllib.error.HTTPError) and exc.code != 503:
-                            raise
-                        ambiguous += 1
-                        time.sleep(0.02)
+                failed_before = browser.failed_attempts
+                answer = browser.request("/", retry_unavailable=True)["visits"]
+                # Each failed attempt (ferricd restarting) may have counted once, never more.
+                ambiguous = browser.failed_attempts - failed_before
                 assert visits < answer <= visits + 1 + ambiguous, (visits, answer, ambiguous)
-                visits, ambiguous = answer, 0
+                visits = answer
                 self.done[index] = request + 1
             browser.visits = visits
         except BaseException as exc:  # reported by the main thread
@@ -201,7 +202,8 @@ class Load:
 
     def join(self):
         for thread in self.threads:
-            thread.join()
+            thread.join(timeout=REQUESTS_PER_SESSION * RETRY_TIMEOUT_S)
+        assert not any(thread.is_alive() for thread in self.threads), "the load did not finish"
 
 
 def test_counters_are_exact_across_workers_and_no_session_is_lost_through_restarts_and_a_reload(server, ferricd):
@@ -234,15 +236,33 @@ def test_simultaneous_requests_of_one_session_keep_both_changes(server):
         browser.request("/login", {"user": f"pair{pair}"})
         browser.request("/cart", {"item": "seed"})
         tag = f"{server.port}-{pair}"
-        threads = [threading.Thread(target=browser.request, args=(f"/meet/{tag}/set/{key}",))
-                   for key in ("left", "right")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        assert at_once([lambda key=key: browser.request(f"/meet/{tag}/set/{key}") for key in ("left", "right")]) \
+            == [{"ok": True}, {"ok": True}]
         fields = browser.request("/session")
         assert (fields["user"], fields["cart"], fields.get("left"), fields.get("right")) == (
             f"pair{pair}", ["seed"], tag, tag)
+
+
+def at_once(calls):
+    """Run ``calls`` in parallel threads; their results in order, or the first exception raised."""
+    results = [None] * len(calls)
+
+    def run(position):
+        try:
+            results[position] = calls[position]()
+        except BaseException as exc:  # raised below, in the test's thread
+            results[position] = exc
+
+    threads = [threading.Thread(target=run, args=(position,), daemon=True) for position in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=2 * REQUEST_TIMEOUT_S)
+    assert not any(thread.is_alive() for thread in threads), "requests did not finish"
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def wait_for(condition, timeout_s=120):
