@@ -7,15 +7,15 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, Self, TypeVar, overload
 
 import msgpack
 import zmq
 
 from ferric_ipc import protocol
-from ferric_ipc.connections import StreamShardConnection, ZmqShardConnection
+from ferric_ipc.connections import ShardConnection, StreamShardConnection, ZmqShardConnection
 from ferric_ipc.errors import (
     CommandError,
     FerricConnectionError,
@@ -26,8 +26,8 @@ from ferric_ipc.errors import (
 )
 from ferric_ipc.file_layout import DAEMON_FILE, shard_dir
 from ferric_ipc.keys import as_key, as_value, key_hash64
-from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
-from ferric_ipc.routing import hash_tag, shard_for
+from ferric_ipc.local_reads import FALLBACK, MISSING, Found, LocalShardReader
+from ferric_ipc.routing import hash_tag, shard_for, shard_for_hashed
 
 RUN_DIR_ENV = "FERRIC_RUN_DIR"
 LOCAL_READS_SAFE = platform.machine().lower() in ("x86_64", "amd64")
@@ -49,7 +49,7 @@ class _ForkCount:
     value = 0
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     _ForkCount.value += 1
 
 
@@ -64,10 +64,24 @@ class Lease(NamedTuple):
     ttl_ms: int
 
 
-class _Commands:
+class _RunNow:
+    """Type marker: a ``_Commands`` whose operations run at once and return their results (Client)."""
+
+
+class _Queue:
+    """Type marker: a ``_Commands`` whose operations are queued and return it (Pipeline, Transaction)."""
+
+
+_Mode = TypeVar("_Mode", _RunNow, _Queue)
+_Queued = TypeVar("_Queued", bound="_Commands[_Queue]")
+
+
+class _Commands(Generic[_Mode]):
     """Operations on one key (or keys of one shard). ``Client`` runs them now, ``Pipeline`` and ``Transaction`` queue them.
 
     Every ``ttl_ms`` takes a positive int of milliseconds or a ``datetime.timedelta``.
+    Each operation's overloads give its result on a Client and the queue itself on a
+    Pipeline or Transaction (so queued calls chain); they exist for type checkers only.
     """
 
     def _submit(self, key: bytes, op: str, args: list[Any]) -> Any:
@@ -89,16 +103,33 @@ class _Commands:
             )
         return data
 
+    @overload
+    def get(self: "_Commands[_RunNow]", key: Key) -> bytes | None: ...
+    @overload
+    def get(self: _Queued, key: Key) -> _Queued: ...
+
     def get(self, key: Key) -> Any:
         """The value of ``key`` as bytes, or None."""
         key = as_key(key)
         return self._submit(key, "get", [key])
+
+    @overload
+    def set(self: "_Commands[_RunNow]", key: Key, value: Value, ttl_ms: TTL = None, nx: bool = False,
+            xx: bool = False) -> bool: ...
+    @overload
+    def set(self: _Queued, key: Key, value: Value, ttl_ms: TTL = None, nx: bool = False,
+            xx: bool = False) -> _Queued: ...
 
     def set(self, key: Key, value: Value, ttl_ms: TTL = None, nx: bool = False, xx: bool = False) -> Any:
         """Set ``key``; ``ttl_ms`` expires it; ``nx`` only if missing, ``xx`` only if present. True if set."""
         key = as_key(key)
         data, ttl = as_value(value, _UNBOUNDED_VALUE), _ttl(ttl_ms)
         return self._submit(key, "set", [key, self._fits(data), ttl, bool(nx), bool(xx)])
+
+    @overload
+    def getex(self: "_Commands[_RunNow]", key: Key, ttl_ms: TTL = None, persist: bool = False) -> bytes | None: ...
+    @overload
+    def getex(self: _Queued, key: Key, ttl_ms: TTL = None, persist: bool = False) -> _Queued: ...
 
     def getex(self, key: Key, ttl_ms: TTL = None, persist: bool = False) -> Any:
         """The value of ``key`` (None if missing), giving it a new TTL, or none with ``persist`` (Redis GETEX).
@@ -110,6 +141,11 @@ class _Commands:
             raise TypeError("getex takes ttl_ms or persist=True, not both")
         return self._submit(key, "getex", [key, _ttl(ttl_ms), bool(persist)])
 
+    @overload
+    def expire(self: "_Commands[_RunNow]", key: Key, ttl_ms: TTL) -> bool: ...
+    @overload
+    def expire(self: _Queued, key: Key, ttl_ms: TTL) -> _Queued: ...
+
     def expire(self, key: Key, ttl_ms: TTL) -> Any:
         """Expire ``key`` in ``ttl_ms``, leaving its value alone; False if it is missing."""
         key = as_key(key)
@@ -117,15 +153,30 @@ class _Commands:
             raise TypeError("expire needs ttl_ms; use persist() to remove an expiry")
         return self._submit(key, "expire", [key, _ttl(ttl_ms)])
 
+    @overload
+    def persist(self: "_Commands[_RunNow]", key: Key) -> bool: ...
+    @overload
+    def persist(self: _Queued, key: Key) -> _Queued: ...
+
     def persist(self, key: Key) -> Any:
         """Remove the expiry of ``key``; False if it is missing or had none."""
         key = as_key(key)
         return self._submit(key, "persist", [key])
 
+    @overload
+    def pttl(self: "_Commands[_RunNow]", key: Key) -> int: ...
+    @overload
+    def pttl(self: _Queued, key: Key) -> _Queued: ...
+
     def pttl(self, key: Key) -> Any:
         """Milliseconds until ``key`` expires: -1 if it never does, -2 if it is missing (Redis PTTL)."""
         key = as_key(key)
         return self._submit(key, "pttl", [key])
+
+    @overload
+    def incr(self: "_Commands[_RunNow]", key: Key, delta: int = 1, ttl_ms: TTL = None) -> int: ...
+    @overload
+    def incr(self: _Queued, key: Key, delta: int = 1, ttl_ms: TTL = None) -> _Queued: ...
 
     def incr(self, key: Key, delta: int = 1, ttl_ms: TTL = None) -> Any:
         """Add ``delta`` to the decimal integer in ``key`` (missing counts as 0); returns the new value.
@@ -138,10 +189,20 @@ class _Commands:
             raise TypeError(f"delta must be int, not {type(delta).__name__}")
         return self._submit(key, "incr", [key, delta, _ttl(ttl_ms)])
 
+    @overload
+    def exists(self: "_Commands[_RunNow]", *keys: Key) -> int: ...
+    @overload
+    def exists(self: _Queued, *keys: Key) -> _Queued: ...
+
     def exists(self, *keys: Key) -> Any:
         """How many of ``keys`` exist (queued, they must all live on one shard)."""
         encoded = self._one_shard("exists", keys)
         return self._submit(encoded[0], "exists", [encoded])
+
+    @overload
+    def delete(self: "_Commands[_RunNow]", *keys: Key) -> int: ...
+    @overload
+    def delete(self: _Queued, *keys: Key) -> _Queued: ...
 
     def delete(self, *keys: Key) -> Any:
         """Delete ``keys``; how many existed (queued, they must all live on one shard)."""
@@ -157,15 +218,32 @@ class _Commands:
                                "one {hash tag}", "WRONG_SHARD")
         return encoded
 
+    @overload
+    def getdel(self: "_Commands[_RunNow]", key: Key) -> bytes | None: ...
+    @overload
+    def getdel(self: _Queued, key: Key) -> _Queued: ...
+
     def getdel(self, key: Key) -> Any:
         """Delete ``key`` and return the value it had (None if missing)."""
         key = as_key(key)
         return self._submit(key, "getdel", [key])
 
+    @overload
+    def delete_if(self: "_Commands[_RunNow]", key: Key, expected: Value) -> bool: ...
+    @overload
+    def delete_if(self: _Queued, key: Key, expected: Value) -> _Queued: ...
+
     def delete_if(self, key: Key, expected: Value) -> Any:
         """Delete ``key`` only if it holds ``expected`` (compare-and-delete, atomic on the shard). True if deleted."""
         key = as_key(key)
         return self._submit(key, "delete_if", [key, as_value(expected, _UNBOUNDED_VALUE, "expected")])
+
+    @overload
+    def set_if(self: "_Commands[_RunNow]", key: Key, value: Value, guard_key: Key, expected: Value | None,
+               ttl_ms: TTL = None) -> bool: ...
+    @overload
+    def set_if(self: _Queued, key: Key, value: Value, guard_key: Key, expected: Value | None,
+               ttl_ms: TTL = None) -> _Queued: ...
 
     def set_if(self, key: Key, value: Value, guard_key: Key, expected: Value | None, ttl_ms: TTL = None) -> Any:
         """Set ``key`` only if ``guard_key`` holds ``expected`` (None: only if ``guard_key`` is missing).
@@ -182,6 +260,15 @@ class _Commands:
                 "WRONG_SHARD",
             )
         return self._submit(key, "set_if", [key, self._fits(value_bytes), guard_key, expected_bytes, ttl])
+
+    @overload
+    def patch(self: "_Commands[_RunNow]", key: Key, set: Mapping[str, Any] | None = None,  # noqa: A002
+              delete: Iterable[str] = (), ttl_ms: TTL = None, create: bool = True,
+              encode: Callable[[Any], bytes] | None = None) -> bool: ...
+    @overload
+    def patch(self: _Queued, key: Key, set: Mapping[str, Any] | None = None,  # noqa: A002
+              delete: Iterable[str] = (), ttl_ms: TTL = None, create: bool = True,
+              encode: Callable[[Any], bytes] | None = None) -> _Queued: ...
 
     def patch(self, key: Key, set: Mapping[str, Any] | None = None, delete: Iterable[str] = (),  # noqa: A002
               ttl_ms: TTL = None, create: bool = True, encode: Callable[[Any], bytes] | None = None) -> Any:
@@ -215,6 +302,11 @@ class _Commands:
                 raise TypeError(f"patch fields are str, not {type(field).__name__} ({field!r})")
         return self._submit(key, "patch", [key, fields, removed, _ttl(ttl_ms), bool(create)])
 
+    @overload
+    def lease(self: "_Commands[_RunNow]", key: Key, ttl_ms: TTL, token: bytes | None = None) -> Lease: ...
+    @overload
+    def lease(self: _Queued, key: Key, ttl_ms: TTL, token: bytes | None = None) -> _Queued: ...
+
     def lease(self, key: Key, ttl_ms: TTL, token: bytes | None = None) -> Any:
         """Take ``key`` as a lease for ``ttl_ms`` if it is free: a Lease, ``acquired`` with a new unique token.
 
@@ -229,12 +321,17 @@ class _Commands:
         token = _new_token() if token is None else as_value(token, _UNBOUNDED_VALUE, "token")
         return self._submit(key, "lease", [key, token, _ttl(ttl_ms)])
 
+    @overload
+    def release(self: "_Commands[_RunNow]", key: Key, token: bytes) -> bool: ...
+    @overload
+    def release(self: _Queued, key: Key, token: bytes) -> _Queued: ...
+
     def release(self, key: Key, token: bytes) -> Any:
         """Give up a lease taken with ``token``; False if it had expired or someone else holds it now."""
         return self.delete_if(key, token)
 
 
-class Client(_Commands):
+class Client(_Commands[_RunNow]):
     """Talks to the ferricd whose run directory is ``run_dir``.
 
     ``run_dir`` defaults to $FERRIC_RUN_DIR, else ``./ferric-run``. Keys and
@@ -258,7 +355,8 @@ class Client(_Commands):
     where this process may not read the daemon's files.
     """
 
-    def __init__(self, run_dir=None, timeout_ms=DEFAULT_TIMEOUT_MS, local_reads=None, transport=None):
+    def __init__(self, run_dir: str | os.PathLike[str] | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 local_reads: bool | None = None, transport: str | None = None) -> None:
         self.run_dir = os.path.abspath(run_dir or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
         if type(timeout_ms) is not int or timeout_ms <= 0:
             raise TypeError("timeout_ms must be a positive int")
@@ -270,22 +368,22 @@ class Client(_Commands):
         self.timeout_ms = timeout_ms
         self._transport_asked = transport
         #: The transport in use, once the daemon's ferricd.json was read.
-        self.transport = None
+        self.transport: str | None = None
         # The seqlock read relies on x86-64's ordering of plain loads: elsewhere, ask the shard.
         self.local_reads = LOCAL_READS_SAFE if local_reads is None else bool(local_reads)
         #: Reads answered from the mapped index ("local") and sent to a shard instead ("fallback").
         self.read_counts = {"local": 0, "fallback": 0}
         self._lock = threading.Lock()
         self._forks = -1  # _ForkCount.value when this process's sockets were made; -1: not yet
-        self._connections = {}
-        self._readers = {}
-        self._shard_count = None
-        self._data_dir = None
+        self._connections: dict[int, ShardConnection] = {}
+        self._readers: dict[int, LocalShardReader] = {}
+        self._shard_count: int | None = None
+        self._data_dir: str | None = None
         self._value_limit = _UNBOUNDED_VALUE
 
     # -- plumbing --------------------------------------------------------------
 
-    def _connection(self, shard_id):
+    def _connection(self, shard_id: int) -> ShardConnection:
         if self._forks != _ForkCount.value:
             self._reset_after_fork()
         connection = self._connections.get(shard_id)
@@ -301,7 +399,7 @@ class Client(_Commands):
                     self._connections[shard_id] = connection
         return connection
 
-    def _reset_after_fork(self):
+    def _reset_after_fork(self) -> None:
         # Never touch the parent's context or sockets here: they belong to the parent's
         # ZeroMQ I/O threads, which do not exist in this process. Drop them and start over.
         with self._lock:
@@ -316,7 +414,7 @@ class Client(_Commands):
             self._shard_count = None
 
     @property
-    def shard_count(self):
+    def shard_count(self) -> int:
         """Number of shards, read once from the daemon's ``ferricd.json`` in the run directory."""
         if self._forks != _ForkCount.value:
             self._reset_after_fork()
@@ -324,7 +422,7 @@ class Client(_Commands):
             path = os.path.join(self.run_dir, DAEMON_FILE)
             try:
                 with open(path, "rb") as f:
-                    daemon = json.load(f)
+                    daemon: Any = json.load(f)
             except FileNotFoundError:
                 raise FerricConnectionError(
                     f"no ferricd at {self.run_dir} ({DAEMON_FILE} is missing): start ferricd "
@@ -345,13 +443,14 @@ class Client(_Commands):
                     "upgrade the client and the daemon together"
                 )
             self.transport = self._pick_transport(daemon.get("transports") or [protocol.TRANSPORT_ZMQ])
-            self._shard_count = int(daemon["shards"])
+            self._shard_count = shard_count = int(daemon["shards"])
             self._data_dir = daemon.get("data_dir")
             limit = daemon.get("max_value_bytes")
             self._value_limit = limit if type(limit) is int and limit > 0 else _UNBOUNDED_VALUE
+            return shard_count
         return self._shard_count
 
-    def _pick_transport(self, offered):
+    def _pick_transport(self, offered: list[str]) -> str:
         if self._transport_asked is None:
             return protocol.TRANSPORT_UNIX if protocol.TRANSPORT_UNIX in offered else protocol.TRANSPORT_ZMQ
         if self._transport_asked not in offered:
@@ -361,7 +460,7 @@ class Client(_Commands):
             )
         return self._transport_asked
 
-    def _shard_of(self, key):
+    def _shard_of(self, key: bytes) -> int:
         return shard_for(key, self.shard_count)
 
     def _max_value_bytes(self) -> int:
@@ -374,30 +473,29 @@ class Client(_Commands):
     def _call_raw(self, shard_id: int, op: str, args: list[Any], retry: bool) -> Any:
         return self._connection(shard_id).call([(op, args)], self.timeout_ms, retry)[0]
 
-    def _submit(self, key, op, args):
+    def _submit(self, key: bytes, op: str, args: list[Any]) -> Any:
         return self._call(self._shard_of(key), op, args)
 
-    def _by_shard(self, keys):
+    def _by_shard(self, keys: list[bytes]) -> dict[int, list[tuple[int, bytes]]]:
         """``{shard: [(position, key), ...]}`` for encoded keys."""
         return self._by_shard_positions(dict(enumerate(keys)))
 
-    def _by_shard_positions(self, keys):
+    def _by_shard_positions(self, keys: dict[int, bytes]) -> dict[int, list[tuple[int, bytes]]]:
         """``{shard: [(position, key), ...]}`` for ``{position: encoded key}``."""
-        groups = {}
+        groups: dict[int, list[tuple[int, bytes]]] = {}
         for position, key in keys.items():
             groups.setdefault(self._shard_of(key), []).append((position, key))
         return groups
 
     # -- local reads -------------------------------------------------------------
 
-    def _read_locally(self, key):
+    def _read_locally(self, key: bytes) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
         if not self.local_reads:
             return FALLBACK
         shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
         key_hash = key_hash64(key)
-        # One hash serves both routing and the index when the key has no {hash tag}.
-        shard_id = (key_hash64(hash_tag(key)) if b"{" in key else key_hash) % shards
+        shard_id = shard_for_hashed(key, key_hash, shards)  # one hash for routing and the index, without a tag
         reader = self._readers.get(shard_id)
         if reader is None:
             if self._data_dir is None:
@@ -410,12 +508,12 @@ class Client(_Commands):
         self.read_counts["fallback" if found is FALLBACK else "local"] += 1
         return found
 
-    def get(self, key):
+    def get(self, key: Key) -> bytes | None:
         """The value of ``key`` as bytes, or None."""
         key = as_key(key)
         found = self._read_locally(key)
         if found is FALLBACK:
-            return self._submit(key, "get", [key])
+            return self._submit(key, "get", [key])  # type: ignore[no-any-return]  # bytes | None on the wire
         return None if found is MISSING else found[0]
 
     def pttl(self, key: Key) -> int:
@@ -435,22 +533,22 @@ class Client(_Commands):
 
     # -- operations over many keys or shards ------------------------------------
 
-    def ping(self, shard=None):
+    def ping(self, shard: int | None = None) -> bool:
         """True when ``shard`` (default: every shard) answers."""
         for shard_id in range(self.shard_count) if shard is None else [shard]:
             self._call(shard_id, "ping", [])
         return True
 
-    def hello(self, shard=0):
+    def hello(self, shard: int = 0) -> dict[str, Any]:
         """``{"protocol", "shards", "shard", "epoch", "max_value_bytes", "pid"}`` of one shard."""
-        return self._call(shard, "hello", [])
+        return self._call(shard, "hello", [])  # type: ignore[no-any-return]  # a map on the wire
 
-    def mget(self, keys):
+    def mget(self, keys: Iterable[Key]) -> list[bytes | None]:
         """Values of ``keys`` in order (None for missing ones)."""
-        keys = [as_key(key) for key in keys]
-        values = [None] * len(keys)
+        encoded = [as_key(key) for key in keys]
+        values: list[bytes | None] = [None] * len(encoded)
         remote = []
-        for position, key in enumerate(keys):
+        for position, key in enumerate(encoded):
             found = self._read_locally(key)
             if found is FALLBACK:
                 remote.append(position)
@@ -458,14 +556,13 @@ class Client(_Commands):
                 values[position] = found[0]
         if not remote:
             return values
-        keys = {position: keys[position] for position in remote}
-        for shard_id, group in self._by_shard_positions(keys).items():
+        for shard_id, group in self._by_shard_positions({position: encoded[position] for position in remote}).items():
             found = self._call(shard_id, "mget", [[key for _, key in group]])
             for (position, _), value in zip(group, found):
                 values[position] = value
         return values
 
-    def mset(self, mapping, ttl_ms=None):
+    def mset(self, mapping: Mapping[Key, Value], ttl_ms: TTL = None) -> bool:
         """Set every key of ``mapping``; each shard writes its part as one batch (one write, one fsync).
 
         It is not a transaction: a local reader elsewhere may see some keys of
@@ -480,25 +577,27 @@ class Client(_Commands):
             self._call(shard_id, "mset", [[list(pairs[position]) for position, _ in group], ttl])
         return True
 
-    def delete(self, *keys):
+    def delete(self, *keys: Key) -> int:
         """Delete ``keys``; returns how many existed."""
-        keys = [as_key(key) for key in keys]
-        return sum(self._call(shard_id, "delete", [[k for _, k in group]]) for shard_id, group in self._by_shard(keys).items())
+        encoded = [as_key(key) for key in keys]
+        groups = self._by_shard(encoded).items()
+        return sum(self._call(shard_id, "delete", [[k for _, k in group]]) for shard_id, group in groups)
 
-    def exists(self, *keys):
+    def exists(self, *keys: Key) -> int:
         """How many of ``keys`` exist (a key named twice counts twice)."""
-        keys = [as_key(key) for key in keys]
+        encoded = [as_key(key) for key in keys]
         local, remote = 0, {}
-        for position, key in enumerate(keys):
+        for position, key in enumerate(encoded):
             found = self._read_locally(key)
             if found is FALLBACK:
                 remote[position] = key
             else:
                 local += found is not MISSING
         groups = self._by_shard_positions(remote).items()
-        return local + sum(self._call(shard_id, "exists", [[k for _, k in group]]) for shard_id, group in groups)
+        counted: int = sum(self._call(shard_id, "exists", [[k for _, k in group]]) for shard_id, group in groups)
+        return local + counted
 
-    def scan(self, prefix=b"", cursor=0, count=100):
+    def scan(self, prefix: Key = b"", cursor: int = 0, count: int = 100) -> tuple[int, list[bytes]]:
         """``(next_cursor, keys)``: a page of keys starting with ``prefix``; cursor 0 starts and ends a scan."""
         prefix = as_key(prefix, "prefix")
         if type(cursor) is not int or cursor < 0:
@@ -512,7 +611,7 @@ class Client(_Commands):
             return next_slot * shards + shard_id, keys
         return (shard_id + 1 if shard_id + 1 < shards else 0), keys
 
-    def scan_iter(self, prefix=b"", count=100):
+    def scan_iter(self, prefix: Key = b"", count: int = 100) -> Iterator[bytes]:
         """Yield every key starting with ``prefix``."""
         cursor = 0
         while True:
@@ -540,7 +639,7 @@ class Client(_Commands):
                     break
         return deleted
 
-    def info(self):
+    def info(self) -> list[dict[str, Any]]:
         """Per-shard statistics: one dict per shard, in shard order."""
         return [self._call(shard_id, "info", []) for shard_id in range(self.shard_count)]
 
@@ -560,7 +659,7 @@ class Client(_Commands):
         """
         return Lock(self, name, ttl_ms, wait_ms)
 
-    def close(self):
+    def close(self) -> None:
         """Close this process's sockets (another call opens them again)."""
         if self._forks == _ForkCount.value:
             for connection in list(self._connections.values()):
@@ -570,14 +669,14 @@ class Client(_Commands):
             self._connections = {}
             self._readers = {}
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class Pipeline(_Commands):
+class Pipeline(_Commands[_Queue]):
     """Single-key operations queued on a Client and sent together by ``execute()``. Not atomic.
 
     Each shard receives its requests back to back in one frame, which is how a
@@ -638,7 +737,7 @@ class Pipeline(_Commands):
         self.reset()
 
 
-class Transaction(_Commands):
+class Transaction(_Commands[_Queue]):
     """Operations on the keys of one ``{hash tag}``, run on their shard with no other request between them.
 
     ``execute()`` sends them in one request; the shard applies them in order,

@@ -20,6 +20,8 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -39,6 +41,9 @@ _HEADER_BYTES = protocol.STREAM_HEADER.size
 # connect() errors meaning "no shard listens there right now": it is starting or restarting.
 _NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN)
 
+#: What ``call`` sends: ``[(op, args), ...]``.
+Requests = list[tuple[str, list[Any]]]
+
 
 class _NoReply(Exception):
     """A wait for replies ran out (call() decides between resending and timing out).
@@ -46,7 +51,7 @@ class _NoReply(Exception):
     ``maybe_applied`` is False only when the requests certainly never reached a shard whole.
     """
 
-    def __init__(self, maybe_applied=True):
+    def __init__(self, maybe_applied: bool = True) -> None:
         super().__init__()
         self.maybe_applied = maybe_applied
 
@@ -67,13 +72,13 @@ class _Unread(Exception):
 class ShardConnection:
     """Request ids, the retry policy and the lock; subclasses move frames."""
 
-    def __init__(self, shard_id, endpoint):
+    def __init__(self, shard_id: int, endpoint: str) -> None:
         self.shard_id = shard_id
         self.endpoint = endpoint
         self.lock = threading.Lock()
         self._next_id = 1
 
-    def call(self, requests, timeout_ms, retry):
+    def call(self, requests: Requests, timeout_ms: int, retry: bool) -> list[Any]:
         """Send ``[(op, args), ...]`` pipelined; return their results in order.
 
         Error replies become exceptions only after every reply arrived, so
@@ -102,7 +107,14 @@ class ShardConnection:
                     if time.monotonic() >= deadline:
                         raise self._timed_out(timeout_ms, False) from None
 
-    def _timed_out(self, timeout_ms, maybe_applied):
+    def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
+        """Send ``requests`` and return their results; _NoReply or _Lost when that fails."""
+        raise NotImplementedError  # each transport moves frames its own way
+
+    def _close_socket(self) -> None:
+        raise NotImplementedError
+
+    def _timed_out(self, timeout_ms: int, maybe_applied: bool) -> FerricTimeoutError:
         """The timeout error; ``maybe_applied``: a request that changes something may have reached the shard."""
         outcome = (
             "; the request may have reached it, so it may or may not have been applied: check its state "
@@ -113,16 +125,17 @@ class ShardConnection:
             f"check that ferricd is running (systemctl status ferricd){outcome}"
         )
 
-    def _frames(self, requests):
+    def _frames(self, requests: Requests) -> tuple[list[int], list[bytes]]:
         """``(request ids, request frames)``, taking fresh ids."""
-        ids, frames = [], []
+        ids: list[int] = []
+        frames: list[bytes] = []
         for op, args in requests:
             request_id, self._next_id = self._next_id, (self._next_id + 1) % 2**64
             ids.append(request_id)
             frames.append(protocol.request(request_id, op, args))
         return ids, frames
 
-    def close(self):
+    def close(self) -> None:
         with self.lock:
             self._close_socket()
 
@@ -130,11 +143,13 @@ class ShardConnection:
 class _Replies:
     """Replies gathered for a set of request ids, in request order."""
 
-    def __init__(self, ids):
+    def __init__(self, ids: list[int]) -> None:
         self.pending = {request_id: position for position, request_id in enumerate(ids)}
-        self.results = [None] * len(ids)
+        self.results: list[Any] = [None] * len(ids)
 
-    def add(self, frame):
+    def add(self, frame: bytes) -> None:
+        request_id: int | None
+        result: Any
         try:
             request_id, result = protocol.parse_reply(frame)
         except FerricError as error:
@@ -142,7 +157,7 @@ class _Replies:
         if request_id in self.pending:  # anything else is a late reply to an abandoned request
             self.results[self.pending.pop(request_id)] = result
 
-    def value(self):
+    def value(self) -> list[Any]:
         for result in self.results:
             if isinstance(result, FerricError):
                 raise result
@@ -152,13 +167,14 @@ class _Replies:
 class StreamShardConnection(ShardConnection):
     """A Unix stream socket to ``run_dir/shard-K.stream``: two threads woken per round trip, no more."""
 
-    def __init__(self, run_dir, shard_id):
+    def __init__(self, run_dir: str, shard_id: int) -> None:
         self.path = stream_path(run_dir, shard_id)
         super().__init__(shard_id, self.path)
-        self._sock = None
-        self._poll = None  # select.poll on the socket: every wait is bounded by the call's deadline
+        self._sock: socket.socket | None = None
+        # select.poll on the socket: every wait is bounded by the call's deadline
+        self._poll: select.poll | None = None
 
-    def _exchange(self, requests, timeout_ms, deadline):
+    def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
         wait_until = min(deadline, time.monotonic() + timeout_ms / 1000)
         ids, frames = self._frames(requests)
         data = b"".join(protocol.STREAM_HEADER.pack(_frame_length(frame)) + frame for frame in frames)
@@ -193,7 +209,7 @@ class StreamShardConnection(ShardConnection):
             self._close_socket()
             raise
 
-    def _send(self, sock, data, wait_until):
+    def _send(self, sock: socket.socket, data: bytes, wait_until: float) -> int:
         """How many bytes of ``data`` went out before it was all sent or the connection broke.
 
         Raises _NoReply when ``wait_until`` passes first (a stalled shard, or one that drains slowly):
@@ -215,7 +231,7 @@ class StreamShardConnection(ShardConnection):
                 return sent
         return sent
 
-    def _receive(self, sock, replies, wait_until):
+    def _receive(self, sock: socket.socket, replies: _Replies, wait_until: float) -> list[Any]:
         inbox = bytearray()
         answering = False  # bytes came back, so the shard was reading this connection
         while replies.pending:
@@ -238,18 +254,19 @@ class StreamShardConnection(ShardConnection):
             _take_frames(inbox, replies.add)
         return replies.value()
 
-    def _wait(self, events, wait_until):
+    def _wait(self, events: int, wait_until: float) -> None:
         """Until the socket is ready for ``events`` (or hung up); _NoReply once ``wait_until`` passed.
 
         The socket is non-blocking and every wait is a poll() bounded by the time left, which Python
         recomputes when a signal interrupts it: no wait outlives the call's deadline.
         """
+        assert self._poll is not None and self._sock is not None  # only while connected
         self._poll.register(self._sock, events)
         while not self._poll.poll(max(0, int((wait_until - time.monotonic()) * 1000) + 1)):
             if time.monotonic() >= wait_until:
                 raise _NoReply
 
-    def _connect(self, deadline):
+    def _connect(self, deadline: float) -> socket.socket:
         """A connected socket, trying again while the shard (re)starts; _NoReply once ``deadline`` passed."""
         pause_s = _FIRST_RECONNECT_PAUSE_S
         while True:
@@ -273,13 +290,13 @@ class StreamShardConnection(ShardConnection):
             self._poll = select.poll()
             return sock
 
-    def _close_socket(self):
+    def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = self._poll = None
 
 
-def _pause_before_reconnecting(pause_s, wait_until):
+def _pause_before_reconnecting(pause_s: float, wait_until: float) -> float:
     """Sleep ``pause_s`` (less if ``wait_until`` comes first) and return the next pause.
 
     Raises _NoReply, saying nothing was delivered, when ``wait_until`` has passed.
@@ -291,7 +308,7 @@ def _pause_before_reconnecting(pause_s, wait_until):
     return min(2 * pause_s, _MAX_RECONNECT_PAUSE_S)
 
 
-def _frame_length(frame):
+def _frame_length(frame: bytes) -> int:
     if len(frame) > protocol.MAX_STREAM_FRAME_BYTES:
         raise LimitError(
             f"a request of {len(frame)} bytes is over the {protocol.MAX_STREAM_FRAME_BYTES}-byte frame limit; "
@@ -300,18 +317,19 @@ def _frame_length(frame):
     return len(frame)
 
 
-def _is_one_frame(chunk):
+def _is_one_frame(chunk: bytes) -> bool:
     return len(chunk) >= _HEADER_BYTES and protocol.STREAM_HEADER.unpack_from(chunk)[0] == len(chunk) - _HEADER_BYTES
 
 
-def _bytes_missing(inbox):
+def _bytes_missing(inbox: bytearray) -> int:
     """How many more bytes the frame at the start of ``inbox`` needs (0 if its length is not known yet)."""
     if len(inbox) < _HEADER_BYTES:
         return 0
-    return _HEADER_BYTES + protocol.STREAM_HEADER.unpack_from(inbox)[0] - len(inbox)
+    length: int = protocol.STREAM_HEADER.unpack_from(inbox)[0]
+    return _HEADER_BYTES + length - len(inbox)
 
 
-def _take_frames(inbox, emit):
+def _take_frames(inbox: bytearray, emit: Callable[[bytes], None]) -> None:
     """Call ``emit`` with each whole frame at the start of the bytearray ``inbox`` and remove them from it."""
     start = 0
     while len(inbox) - start >= _HEADER_BYTES:
@@ -327,13 +345,13 @@ def _take_frames(inbox, emit):
 class ZmqShardConnection(ShardConnection):
     """One DEALER socket to the shard's ROUTER at ``ipc://run_dir/shard-K.sock``."""
 
-    def __init__(self, context, run_dir, shard_id):
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], run_dir: str, shard_id: int) -> None:
         self.path = socket_path(run_dir, shard_id)
         super().__init__(shard_id, f"ipc://{self.path}")
         self._context = context
-        self._socket = None
+        self._socket: zmq.Socket[bytes] | None = None
 
-    def _exchange(self, requests, timeout_ms, deadline):
+    def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
         if self._socket is None:
             # No check that the socket file exists: while the daemon runs (ferricd.json is there), a
             # missing socket is a shard restarting, and ZeroMQ connects as soon as it binds again.
@@ -363,7 +381,7 @@ class ZmqShardConnection(ShardConnection):
             replies.add(frame)
         return replies.value()
 
-    def _close_socket(self):
+    def _close_socket(self) -> None:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None

@@ -49,31 +49,31 @@ ACCESS_STATE_AT = 12
 ACCESS_CLOCK_AT = 24
 
 
-def socket_path(run_dir, shard_id):
+def socket_path(run_dir: str, shard_id: int) -> str:
     """Shard K's ROUTER socket: ``ipc://`` + this path."""
     return os.path.join(run_dir, f"shard-{shard_id}.sock")
 
 
-def stream_path(run_dir, shard_id):
+def stream_path(run_dir: str, shard_id: int) -> str:
     """Shard K's Unix stream socket (length-prefixed frames, see protocol.STREAM_HEADER)."""
     return os.path.join(run_dir, f"shard-{shard_id}.stream")
 
 
-def index_path(run_dir, shard_id):
+def index_path(run_dir: str, shard_id: int) -> str:
     """Shard K's published key directory."""
     return os.path.join(run_dir, f"shard-{shard_id}.idx")
 
 
-def access_path(run_dir, shard_id):
+def access_path(run_dir: str, shard_id: int) -> str:
     """Shard K's access times (ACCESS_HEADER), mapped writable by clients; only while a keyspace evicts."""
     return os.path.join(run_dir, f"shard-{shard_id}.access")
 
 
-def shard_dir(data_dir, shard_id):
+def shard_dir(data_dir: str, shard_id: int) -> str:
     """Shard K's Bitcask directory."""
     return os.path.join(data_dir, f"shard-{shard_id}")
 
 
-def data_file_name(file_id):
+def data_file_name(file_id: int) -> str:
     """``NNNNNNNNN.data``: ids zero-padded to 9 digits (more past 999999999), compared as integers."""
     return f"{file_id:09d}.data"

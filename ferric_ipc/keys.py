@@ -1,5 +1,6 @@
 """Key and value coercion, size limits and the stable 64-bit key hash shared by client and daemon."""
 
+from collections.abc import Callable
 from hashlib import blake2b
 
 from ferric_ipc import native
@@ -11,9 +12,11 @@ MAX_KEY_BYTES = 64 * 1024
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+#: What ``as_key`` and ``as_value`` accept: text (encoded as UTF-8) or bytes.
+Bytes = str | bytes | bytearray | memoryview
 
 
-def as_key(key, argument="key"):
+def as_key(key: Bytes, argument: str = "key") -> bytes:
     """Return ``key`` as bytes (str is UTF-8 encoded).
 
     Raises TypeError naming ``argument`` for any other type, and
@@ -28,7 +31,7 @@ def as_key(key, argument="key"):
     return data
 
 
-def as_value(value, max_value_bytes, argument="value"):
+def as_value(value: Bytes, max_value_bytes: int, argument: str = "value") -> bytes:
     """Return ``value`` as bytes (str is UTF-8 encoded).
 
     Raises TypeError naming ``argument`` for any other type, and
@@ -43,7 +46,7 @@ def as_value(value, max_value_bytes, argument="value"):
     return data
 
 
-def _as_bytes(obj, argument, expected):
+def _as_bytes(obj: object, argument: str, expected: str) -> bytes:
     if type(obj) is bytes:
         return obj
     if isinstance(obj, str):
@@ -67,4 +70,6 @@ def key_hash64_python(key: bytes) -> int:
 
 
 #: ``key_hash64_python``, computed in C when the extension is built (5x faster, same values).
-key_hash64 = native.extension.key_hash64 if native.extension is not None else key_hash64_python
+key_hash64: Callable[[bytes], int] = (
+    native.extension.key_hash64 if native.extension is not None else key_hash64_python
+)

@@ -31,12 +31,15 @@ retired table, a file not yet mapped or grown past its mapping) and this
 module's Python path takes over, re-opens or re-maps, and answers.
 """
 
+import enum
 import mmap
 import os
 import struct
 import threading
 import weakref
 import zlib
+from collections.abc import Callable
+from typing import Any, Final, Literal
 
 from ferric_ipc import native
 from ferric_ipc.file_layout import RECORD_CRC, RECORD_HEADER, RECORD_HEADER_BYTES, data_file_name, index_path
@@ -57,9 +60,22 @@ from ferric_ipc.index_layout import (
     table_bytes,
 )
 
-FALLBACK = object()  # "cannot answer locally": ask the shard
-MISSING = object()  # verified absent (or expired)
-_SLOW = object()  # from the C lookup: "take the Python path" (it re-opens and re-maps)
+
+class Answer(enum.Enum):
+    """A lookup's answers other than a hit."""
+
+    FALLBACK = "cannot answer locally: ask the shard"
+    MISSING = "verified absent (or expired)"
+    SLOW = "from the C lookup: take the Python path (it re-opens and re-maps)"
+
+
+FALLBACK: Final = Answer.FALLBACK
+MISSING: Final = Answer.MISSING
+_SLOW: Final = Answer.SLOW
+#: What a lookup answers: ``(value, expire_at_ms)``, MISSING or FALLBACK.
+Found = tuple[bytes, int] | Literal[Answer.MISSING, Answer.FALLBACK]
+# A mapped table: (map, its 64-bit words, capacity, epoch, inode).
+_Table = tuple[mmap.mmap, memoryview, int, int, int]
 
 if native.extension is not None:
     native.extension.configure(MISSING, FALLBACK, _SLOW)
@@ -82,23 +98,23 @@ class _DataFile:
     old pair keeps it alive, and it is freed when the last reference goes.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         # Closed when the last reference goes: a reader dropping its files never closes a
         # descriptor another thread is still reading through (or one the number was reused for).
         self._closer = weakref.finalize(self, os.close, self.fd)
-        self.mapping = (memoryview(b""), 0)
+        self.mapping: tuple[memoryview, int] = (memoryview(b""), 0)
         self.unlinked = False
         self._remap()
 
-    def _remap(self):
+    def _remap(self) -> None:
         stat = os.fstat(self.fd)
         size = stat.st_size
         self.unlinked = stat.st_nlink == 0
         if size > self.mapping[1]:
             self.mapping = (memoryview(mmap.mmap(self.fd, size, prot=mmap.PROT_READ)), size)
 
-    def read(self, offset, length):
+    def read(self, offset: int, length: int) -> memoryview | bytes:
         """A zero-copy view (or bytes) of ``length`` bytes at ``offset``."""
         view, mapped = self.mapping
         end = offset + length
@@ -109,7 +125,7 @@ class _DataFile:
             self._remap()
         return data
 
-    def close(self):
+    def close(self) -> None:
         self.mapping = (memoryview(b""), 0)
         self._closer()
 
@@ -122,20 +138,22 @@ class LocalShardReader:
     the tuple, and never closes a map another thread may still be probing.
     """
 
-    def __init__(self, run_dir, shard_dir, shard_id):
+    def __init__(self, run_dir: str, shard_dir: str, shard_id: int) -> None:
         self.path = index_path(run_dir, shard_id)
         self.shard_dir = shard_dir
         self._lock = threading.Lock()
-        self._table = None
-        self._files = {}  # file_id -> _DataFile, for the epoch of the current table
-        self._views = {}  # file_id -> the mapped view of self._files[file_id], for the C lookup
-        self._files_generation = None  # the table's files_generation when self._files was last emptied
+        self._table: _Table | None = None
+        self._files: dict[int, _DataFile] = {}  # file_id -> _DataFile, for the epoch of the current table
+        self._views: dict[int, memoryview] = {}  # file_id -> the mapped view of self._files[file_id], for C
+        self._files_generation: int | None = None  # the table's files_generation when _files was last emptied
         self._path_checked_ms = 0
-        self._native_lookup = native.extension.lookup if native.extension is not None else None
+        self._native_lookup: Callable[[mmap.mmap, bytes, int, int, dict[int, memoryview]], Any] | None = (
+            native.extension.lookup if native.extension is not None else None
+        )
 
     # -- opening ---------------------------------------------------------------
 
-    def _open(self, stale):
+    def _open(self, stale: _Table | None) -> _Table | None:
         """The current LIVE table, re-mapping it if ``stale`` is still the one in use; None if unusable."""
         with self._lock:
             if self._table is not stale:  # another thread re-opened meanwhile
@@ -150,7 +168,7 @@ class LocalShardReader:
             self._table = table
             return table if table is not None and _is_live(table[0]) else None
 
-    def _same_file(self, table, now_ms):
+    def _same_file(self, table: _Table, now_ms: int) -> bool:
         """Whether ``table`` is still the file at the index path (checked every _RECHECK_PATH_MS); first drops
         this reader's data files if the shard deleted some since."""
         self._path_checked_ms = now_ms
@@ -161,7 +179,7 @@ class LocalShardReader:
         except OSError:
             return False
 
-    def _data_file(self, file_id):
+    def _data_file(self, file_id: int) -> _DataFile:
         with self._lock:
             data_file = self._files.get(file_id)
             if data_file is None:
@@ -171,7 +189,7 @@ class LocalShardReader:
                     self._views[file_id] = data_file.mapping[0]
             return data_file
 
-    def _drop_files(self, table):
+    def _drop_files(self, table: _Table) -> None:
         """The shard deleted data files: let go of every one this reader has, so their space is freed."""
         with self._lock:
             generation = table[1][FILES_GENERATION_WORD]
@@ -179,7 +197,7 @@ class LocalShardReader:
                 self._files, self._views = {}, {}
                 self._files_generation = generation
 
-    def _share_mapping(self, file_id, data_file):
+    def _share_mapping(self, file_id: int, data_file: _DataFile) -> None:
         """Let the C lookup see ``data_file``'s current mapping, unless the epoch moved on meanwhile."""
         with self._lock:
             if self._files.get(file_id) is data_file:
@@ -187,16 +205,16 @@ class LocalShardReader:
 
     # -- reading ---------------------------------------------------------------
 
-    def lookup(self, key, key_hash, now_ms):
+    def lookup(self, key: bytes, key_hash: int, now_ms: int) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
         table = self._table
         if self._native_lookup is not None and table is not None and now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
-            found = self._native_lookup(table[0], key, key_hash, now_ms, self._views)
+            found: Found | Literal[Answer.SLOW] = self._native_lookup(table[0], key, key_hash, now_ms, self._views)
             if found is not _SLOW:
                 return found
         return self._lookup_python(key, key_hash, now_ms)
 
-    def _lookup_python(self, key, key_hash, now_ms):
+    def _lookup_python(self, key: bytes, key_hash: int, now_ms: int) -> Found:
         for _attempt in range(2):
             table = self._table
             if (
@@ -208,7 +226,7 @@ class LocalShardReader:
                 if table is None:
                     return FALLBACK
             mapped, words, capacity = table[0], table[1], table[2]
-            found = FALLBACK  # if the probe visits every slot: a full table should not exist
+            found: Found = FALLBACK  # if the probe visits every slot: a full table should not exist
             slot = key_hash % capacity
             for _ in range(capacity):
                 stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
@@ -216,8 +234,9 @@ class LocalShardReader:
                     found = MISSING
                     break
                 if stored == key_hash:
-                    found = self._read_slot(mapped, slot, key, key_hash, now_ms)
-                    if found is not None:
+                    answer = self._read_slot(mapped, slot, key, key_hash, now_ms)
+                    if answer is not None:
+                        found = answer
                         break
                     found = FALLBACK
                 slot += 1
@@ -229,7 +248,7 @@ class LocalShardReader:
                 return found
         return FALLBACK
 
-    def _read_slot(self, mapped, slot, key, key_hash, now_ms):
+    def _read_slot(self, mapped: mmap.mmap, slot: int, key: bytes, key_hash: int, now_ms: int) -> Found | None:
         """The answer if ``slot`` holds ``key``; None if the slot no longer holds ``key_hash``; else FALLBACK."""
         at = table_bytes(slot)
         for _ in range(SEQ_SPINS):
@@ -246,7 +265,8 @@ class LocalShardReader:
                 if end <= mapped_bytes:
                     record = bytes(view[offset:end])
                 else:
-                    record = data_file.read(offset, record_len)  # may re-map a grown file
+                    # May re-map a grown file, and then answer with a view of the new map: copied too.
+                    record = bytes(data_file.read(offset, record_len))
                     if self._native_lookup is not None:
                         self._share_mapping(file_id, data_file)
             except (OSError, ValueError):
@@ -268,7 +288,7 @@ class LocalShardReader:
             return record[value_at:], expire_at_ms
         return FALLBACK  # seq stuck odd: a writer died mid-update, or is very slow
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             self._table = None
             for data_file in self._files.values():
@@ -276,12 +296,13 @@ class LocalShardReader:
             self._files, self._views = {}, {}
 
 
-def _is_live(mapped):
-    return _STATE.unpack_from(mapped, STATE_AT)[0] == STATE_LIVE
+def _is_live(mapped: mmap.mmap) -> bool:
+    state: int = _STATE.unpack_from(mapped, STATE_AT)[0]
+    return state == STATE_LIVE
 
 
-def _map_table(path):
-    """``(map, words, capacity)`` of the index file at ``path``, or None if it is not a usable table."""
+def _map_table(path: str) -> _Table | None:
+    """``(map, words, capacity, epoch, inode)`` of the index file at ``path``, or None if it is not a usable table."""
     try:
         with open(path, "rb") as f:
             inode = os.fstat(f.fileno()).st_ino

@@ -5,7 +5,9 @@ It is built by ``pip install`` where a C compiler is available. Setting
 to rule it out when chasing a problem); the pure-Python paths answer the same.
 """
 
+import importlib
 import os
+from typing import Any, Protocol, cast
 
 from ferric_ipc.file_layout import (
     FLAG_TOMBSTONE,
@@ -57,17 +59,35 @@ EXPECTED_LAYOUT = {
 }
 
 
-def load():
+class Extension(Protocol):
+    """What ``_localread`` offers (its docstrings say more)."""
+
+    LAYOUT: dict[str, int]
+
+    def lookup(self, index_map: object, key: bytes, key_hash: int, now_ms: int, views: dict[int, memoryview]) -> Any:
+        """``(value, expire_at_ms)``, or one of the answers given to ``configure``."""
+
+    def key_hash64(self, key: bytes) -> int:
+        """As ``keys.key_hash64_python``."""
+
+    def crc32(self, data: bytes) -> int:
+        """As ``zlib.crc32``."""
+
+    def configure(self, missing: object, fallback: object, slow: object) -> None:
+        """The objects ``lookup`` returns besides a hit."""
+
+
+def load() -> Extension | None:
     """The extension module, or None."""
     if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
         return None
     try:
-        from ferric_ipc import _localread
+        module = cast(Extension, importlib.import_module("ferric_ipc._localread"))
     except ImportError:
         return None
-    if _localread.LAYOUT != EXPECTED_LAYOUT:
+    if module.LAYOUT != EXPECTED_LAYOUT:
         return None  # built from another version of the layouts: never read with it
-    return _localread
+    return module
 
 
 extension = load()

@@ -22,3 +22,12 @@ def hash_tag(key: bytes) -> bytes:
 def shard_for(key: bytes, shard_count: int) -> int:
     """Shard index of an encoded key; identical in every process and Python version."""
     return key_hash64(hash_tag(key)) % shard_count
+
+
+def shard_for_hashed(key: bytes, key_hash: int, shard_count: int) -> int:
+    """``shard_for(key, shard_count)`` for a key whose ``key_hash64`` is ``key_hash`` already.
+
+    Without a ``{`` the key is its own tag, so ``key_hash`` decides and the key
+    is hashed once for both routing and the index (the local-read path).
+    """
+    return (key_hash if b"{" not in key else key_hash64(hash_tag(key))) % shard_count

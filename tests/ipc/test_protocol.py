@@ -6,7 +6,8 @@ from hypothesis import given, strategies as st
 
 from ferric_ipc import protocol
 from ferric_ipc.errors import CommandError, LimitError, ProtocolError, StorageFullError
-from ferric_ipc.routing import hash_tag, shard_for
+from ferric_ipc.keys import key_hash64
+from ferric_ipc.routing import hash_tag, shard_for, shard_for_hashed
 
 
 def test_request_round_trip():
@@ -64,6 +65,12 @@ def test_hash_tags_follow_the_redis_rule():
     assert hash_tag(b"{}user") == b"{}user"  # an empty tag does not count
     assert hash_tag(b"user{42") == b"user{42"
     assert shard_for(b"{user:42}:cart", 8) == shard_for(b"{user:42}:profile", 8) == shard_for(b"user:42", 8)
+
+
+# Keys built from braces and a few letters hit every case: no tag, an empty tag, an unclosed brace, several tags.
+@given(st.text(alphabet="{}ab", max_size=12).map(str.encode), st.integers(1, 64))
+def test_routing_with_a_known_key_hash_agrees_with_shard_for(key, shard_count):
+    assert shard_for_hashed(key, key_hash64(key), shard_count) == shard_for(key, shard_count)
 
 
 def test_routing_spreads_keys_and_is_pinned():
