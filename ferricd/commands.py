@@ -11,6 +11,7 @@ from ferric_ipc.protocol import MAX_TTL_MS, PROTOCOL_VERSION, STATUS_ERROR, STAT
 from ferric_ipc.routing import shard_for
 from ferricd.map_value import check_field_value, join_fields, split_fields
 from ferricd.storage import Delete, Put
+from ferricd.storage.keyspaces import KeyspaceFullError
 from ferricd.transaction import StagedStore
 
 _MAX_SCAN_COUNT = 10_000
@@ -24,11 +25,14 @@ class ShardCommands:
 
     Errors a client should see are raised as the exceptions the protocol maps
     to codes (``error_code`` gives the code). TTLs arrive relative (``ttl_ms``)
-    and are stored absolute (``expire_at_ms``) on the shard's clock.
+    and are stored absolute (``expire_at_ms``) on the shard's clock. A write
+    that creates or replaces a value without a TTL gets its keyspace's
+    ``default_ttl_ms``, if it has one; ops that keep a key's TTL keep it.
     """
 
     def __init__(self, store, shard_id, shard_count, epoch, clock, housekeeping=None):
         self.store = store
+        self._keyspaces = store.keyspaces  # self.store is a StagedStore during a transaction
         self.housekeeping = housekeeping  # the shard's merges (ferricd.housekeeping), for merge and merge_status
         self.shard_id = shard_id
         self.shard_count = shard_count
@@ -73,7 +77,7 @@ class ShardCommands:
             exists = self.store.get_with_expiry(key) is not None
             if (nx and exists) or (xx and not exists):
                 return False
-        self.store.put(key, value, self._expire_at(ttl_ms))
+        self.store.put(key, value, self._write_expire_at(key, ttl_ms))
         return True
 
     def set_many(self, args_list):
@@ -86,7 +90,8 @@ class ShardCommands:
         for args in args_list:
             key, value, ttl_ms = args[0], args[1], args[2]
             try:
-                put = Put(self._key(key), as_value(value, self.store.settings.max_value_bytes), self._expire_at(ttl_ms))
+                key = self._key(key)
+                put = Put(key, as_value(value, self.store.settings.max_value_bytes), self._write_expire_at(key, ttl_ms))
             except (FerricError, TypeError, ValueError) as exc:
                 answers.append([STATUS_ERROR, [error_code(exc), str(exc)]])
                 continue
@@ -105,8 +110,8 @@ class ShardCommands:
     def op_mset(self, pairs, ttl_ms):
         if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
             raise CommandError("mset takes a list of [key, value] pairs")
-        expire_at_ms = self._expire_at(ttl_ms)
-        self.store.write_batch([Put(self._key(k), v, expire_at_ms) for k, v in pairs])
+        keys = [self._key(k) for k, _v in pairs]
+        self.store.write_batch([Put(k, v, self._write_expire_at(k, ttl_ms)) for k, (_k, v) in zip(keys, pairs)])
         return True
 
     def op_delete(self, keys):
@@ -154,7 +159,7 @@ class ShardCommands:
         if type(delta) is not int or not -(2**63) <= delta < 2**63:
             raise CommandError("delta must be a 64-bit integer")
         key = self._key(key)
-        created_expire_at_ms = self._expire_at(ttl_ms)
+        created_expire_at_ms = self._write_expire_at(key, ttl_ms)
         found = self.store.get_with_expiry(key)
         value, expire_at_ms = found if found is not None else (b"0", created_expire_at_ms)
         try:
@@ -204,7 +209,7 @@ class ShardCommands:
         if found is None:
             if not create:
                 return False
-            fields, expire_at_ms = {}, 0
+            fields, expire_at_ms = {}, self._write_expire_at(key, None)
         else:
             fields, expire_at_ms = split_fields(found[0]), found[1]
         for field in delete_fields:
@@ -269,7 +274,7 @@ class ShardCommands:
             raise CommandError("expected must be bytes or None")
         if self.store.get(guard_key) != expected:
             return False
-        self.store.put(key, value, self._expire_at(ttl_ms))
+        self.store.put(key, value, self._write_expire_at(key, ttl_ms))
         return True
 
     def op_scan(self, prefix, cursor, count):
@@ -339,6 +344,12 @@ class ShardCommands:
             raise CommandError("keys must be a list")
         return [self._key(key) for key in keys]
 
+    def _write_expire_at(self, key, ttl_ms):
+        """``expire_at_ms`` for a new value of ``key``: ``ttl_ms`` from now, or its keyspace's default TTL."""
+        if ttl_ms is None:
+            ttl_ms = self._keyspaces.default_ttl_ms(key) or None
+        return self._expire_at(ttl_ms)
+
     def _expire_at(self, ttl_ms):
         if ttl_ms is None:
             return 0
@@ -351,6 +362,8 @@ def error_code(exc):
     """The protocol error code for an exception raised while running an op."""
     if isinstance(exc, CommandError):
         return exc.code
+    if isinstance(exc, KeyspaceFullError):
+        return "KEYSPACE_FULL"
     if isinstance(exc, LimitError):
         return "LIMIT"
     if isinstance(exc, StorageFullError):

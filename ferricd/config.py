@@ -2,6 +2,8 @@
 
 Every option and its default is in DEFAULTS; docs/configuration.md describes
 each. Sizes may be integers (bytes) or strings such as ``"64MiB"``.
+Keyspaces (``[keyspaces.NAME]``) merge by name: a file's table changes the
+options it names of the embedded keyspace of that name, or adds a keyspace.
 """
 
 import re
@@ -9,7 +11,8 @@ import tomllib
 from dataclasses import dataclass
 
 from ferric_ipc.errors import FerricError
-from ferricd.storage.settings import StoreSettings
+from ferricd.storage.keyspaces import DEFAULT_KEYSPACE, Keyspace, KeyspaceTable
+from ferricd.storage.settings import FSYNC_POLICIES, StoreSettings
 
 DEFAULTS = {
     "daemon": {
@@ -27,8 +30,7 @@ DEFAULTS = {
     "storage": {
         "max_file_bytes": "64MiB",
         "max_value_bytes": "16MiB",
-        "fsync": "always",  # always | interval | never
-        "fsync_interval_ms": 1_000,
+        "fsync_interval_ms": 1_000,  # for keyspaces with fsync = "interval"
         "snapshot_on_close": True,
         "merge_auto": True,  # merge on its own once both triggers below are passed
         "merge_trigger_dead_percent": 50,  # dead bytes as a share of the shard's data bytes
@@ -36,7 +38,22 @@ DEFAULTS = {
         "merge_slice_ms": 1,  # merge work between two rounds of requests
         "expiry_sweep_slots": 4096,  # key directory slots the active expiry sweep checks per tick
     },
+    # A policy per key prefix (docs/configuration.md, "Keyspaces"). The default keyspace holds the keys no
+    # prefix matches, and its values here are what any keyspace gets for an option it leaves out.
+    "keyspaces": {
+        DEFAULT_KEYSPACE: {
+            "prefix": "",  # the start of every key in the keyspace; prefixes may not overlap
+            "fsync": "interval",  # always | interval (every storage.fsync_interval_ms) | never; Redis's everysec
+            "eviction": "none",  # none (refuse writes past max_bytes) | lru
+            "max_bytes": 0,  # bound of the keyspace in the whole daemon (each shard keeps its share); 0 = none
+            "default_ttl_ms": 0,  # the TTL of writes that give none; 0 = none
+        },
+        "sessions": {"prefix": "sess:", "fsync": "always"},  # ferric_flask: never lost, never evicted
+        # ferric_sqlalchemy: rebuilt from the database on a miss, so bounded and never synced
+        "cache": {"prefix": "sa:", "fsync": "never", "eviction": "lru", "max_bytes": "256MiB"},
+    },
 }
+KEYSPACE_OPTIONS = DEFAULTS["keyspaces"][DEFAULT_KEYSPACE]
 
 _SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$")
@@ -60,18 +77,28 @@ class DaemonConfig:
     restart_backoff_max_ms: int
     healthy_after_ms: int
     log_level: str
-    storage: StoreSettings
+    storage: StoreSettings  # its fsync is the default keyspace's
+    keyspaces: tuple  # Keyspace, the default one first
 
     def to_dict(self):
         """Plain data (for handing the resolved settings to a shard process)."""
         daemon = {name: getattr(self, name) for name in DEFAULTS["daemon"]}
         storage = {name: getattr(self.storage, name) for name in DEFAULTS["storage"]}
-        return {"daemon": daemon, "storage": storage}
+        keyspaces = {
+            keyspace.name: {name: getattr(keyspace, name) for name in KEYSPACE_OPTIONS}
+            | {"prefix": keyspace.prefix.decode("utf-8")}
+            for keyspace in self.keyspaces
+        }
+        return {"daemon": daemon, "storage": storage, "keyspaces": keyspaces}
+
+    def keyspace_table(self, shard_count):
+        """The keyspaces as one of ``shard_count`` shards holds them (each keeps its share of max_bytes)."""
+        return KeyspaceTable(self.keyspaces, shard_count)
 
 
 def load_config(path=None, overrides=None) -> DaemonConfig:
     """Defaults, then the file at ``path`` (if given), then ``overrides`` (``{"daemon": {...}}``)."""
-    merged = {section: dict(values) for section, values in DEFAULTS.items()}
+    merged = _copy(DEFAULTS)
     if path is not None:
         _merge(merged, _read_toml(path), source=path)
     _merge(merged, overrides or {}, source="command line")
@@ -80,7 +107,7 @@ def load_config(path=None, overrides=None) -> DaemonConfig:
 
 def from_dict(data) -> DaemonConfig:
     """The inverse of ``DaemonConfig.to_dict``."""
-    merged = {section: dict(values) for section, values in DEFAULTS.items()}
+    merged = _copy(DEFAULTS)
     _merge(merged, data, source="settings")
     return _build(merged)
 
@@ -95,13 +122,24 @@ def _read_toml(path):
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _copy(defaults):
+    return {section: {name: dict(value) if isinstance(value, dict) else value for name, value in values.items()}
+            for section, values in defaults.items()}
+
+
 def _merge(merged, data, source):
     for section, values in data.items():
         if section not in DEFAULTS:
             raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(DEFAULTS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
+        if section == "keyspaces":
+            _merge_keyspaces(merged["keyspaces"], values, source)
+            continue
         for name, value in values.items():
+            if section == "storage" and name == "fsync":
+                _merge_storage_fsync(merged, data, value, source)
+                continue
             if name not in DEFAULTS[section]:
                 raise ConfigError(
                     f"{source}: unknown option {section}.{name}; "
@@ -109,6 +147,29 @@ def _merge(merged, data, source):
                 )
             if value is not None:
                 merged[section][name] = value
+
+
+def _merge_keyspaces(merged, keyspaces, source):
+    for name, options in keyspaces.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source}: keyspaces.{name} must be a table: write [keyspaces.{name}] and its options")
+        target = merged.setdefault(name, {})
+        for option, value in options.items():
+            if option not in KEYSPACE_OPTIONS:
+                raise ConfigError(f"{source}: unknown option keyspaces.{name}.{option}; "
+                                  f"known options of a keyspace: {', '.join(KEYSPACE_OPTIONS)}")
+            target[option] = value
+
+
+def _merge_storage_fsync(merged, data, value, source):
+    """``[storage] fsync``, from before keyspaces: the default keyspace's fsync, as it was every key's."""
+    if "fsync" in data.get("keyspaces", {}).get(DEFAULT_KEYSPACE, {}):
+        raise ConfigError(f"{source}: storage.fsync and keyspaces.default.fsync are the same option: "
+                          "keep keyspaces.default.fsync only")
+    if value not in FSYNC_POLICIES:
+        raise ConfigError(f"storage.fsync must be one of {sorted(FSYNC_POLICIES)}, not {value!r} "
+                          "(it sets keyspaces.default.fsync)")
+    merged["keyspaces"][DEFAULT_KEYSPACE]["fsync"] = value
 
 
 def _build(merged):
@@ -123,12 +184,35 @@ def _build(merged):
     for name in DEFAULTS["daemon"]:
         if name.endswith("_ms") and daemon[name] <= 0:
             raise ConfigError(f"daemon.{name} must be a positive number of milliseconds")
-    storage_values = {name: _size(name, value) if name in _SIZE_OPTIONS else value for name, value in storage.items()}
+    keyspaces = _build_keyspaces(merged["keyspaces"])
+    storage_values = {
+        name: _size(f"storage.{name}", value) if name in _SIZE_OPTIONS else value for name, value in storage.items()
+    }
     try:
-        store_settings = StoreSettings(**storage_values)
+        store_settings = StoreSettings(**storage_values, fsync=keyspaces[0].fsync)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"storage.{exc}") from None
-    return DaemonConfig(**daemon, storage=store_settings)
+    return DaemonConfig(**daemon, storage=store_settings, keyspaces=keyspaces)
+
+
+def _build_keyspaces(merged):
+    keyspaces = []
+    for name, options in merged.items():
+        values = {**KEYSPACE_OPTIONS, **options}
+        values["max_bytes"] = _size(f"keyspaces.{name}.max_bytes", values["max_bytes"])
+        for option, default in KEYSPACE_OPTIONS.items():
+            if type(values[option]) is not type(default) and option != "max_bytes":
+                raise ConfigError(f"keyspaces.{name}.{option} must be {type(default).__name__}, "
+                                  f"not {values[option]!r}")
+        values["prefix"] = values["prefix"].encode("utf-8")
+        try:
+            keyspaces.append(Keyspace(name, **values))
+        except ValueError as exc:
+            raise ConfigError(f"keyspaces.{name}.{exc}") from None
+    try:
+        return KeyspaceTable(keyspaces).keyspaces
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _size(name, value):
@@ -136,5 +220,5 @@ def _size(name, value):
         return value
     match = _SIZE.match(value) if isinstance(value, str) else None
     if not match:
-        raise ConfigError(f"storage.{name} must be bytes or a size like \"64MiB\", not {value!r}")
+        raise ConfigError(f"{name} must be bytes or a size like \"64MiB\", not {value!r}")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]

@@ -81,8 +81,23 @@ def format_table(header, rows):
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in [header, *rows])
 
 
+KEYSPACE_COLUMNS = [  # (heading, cell of one keyspace's row in a shard's info)
+    ("keys", lambda k: f"{k['keys']:,}"),
+    ("bytes", lambda k: human_bytes(k["bytes"])),
+    ("max", lambda k: human_bytes(k["max_bytes"]) if k["max_bytes"] else "-"),
+    ("evictions", lambda k: f"{k['evictions']:,}"),
+]
+
+
+def format_keyspaces(shards):
+    """One row per shard and keyspace: what each keyspace holds there, its share of max_bytes, its evictions."""
+    rows = [[str(shard["shard"]), name, *(cell(row) for _, cell in KEYSPACE_COLUMNS)]
+            for shard in shards for name, row in shard.get("keyspaces", {}).items()]
+    return format_table(["shard", "keyspace", *(heading for heading, _ in KEYSPACE_COLUMNS)], rows)
+
+
 def format_info(shards, local_reads):
-    """A readable table of ``Client.info()``: one row per shard, then totals, then what the numbers count."""
+    """A readable table of ``Client.info()``: per shard, totals, per keyspace, then what the numbers count."""
     rows = [[cell(shard) for _, cell in INFO_COLUMNS] for shard in shards]
     total = {name: sum(shard.get(name, 0) for shard in shards) for name in _SUMMED}
     total_row = [cell({"shard": "all", "pid": "", **total}) for _, cell in INFO_COLUMNS]
@@ -94,9 +109,11 @@ def format_info(shards, local_reads):
         "expired records that a merge reclaims (ferricctl compact).",
         "requests: requests the shard served since it started; hit %: of the gets it served (local reads "
         "never reach it).",
+        "keyspace bytes: whole records (header, key, value); max: the shard's share of the keyspace's max_bytes.",
         f"local reads in this client: {local_reads}",
     ]
-    return format_table([heading for heading, _ in INFO_COLUMNS], rows) + "\n\n" + "\n".join(notes)
+    return "\n\n".join([format_table([heading for heading, _ in INFO_COLUMNS], rows), format_keyspaces(shards),
+                        "\n".join(notes)])
 
 
 def local_reads_mode():

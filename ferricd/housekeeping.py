@@ -40,20 +40,26 @@ class Housekeeping:
     # -- the shard loop's side ---------------------------------------------------
 
     def poll_timeout_ms(self, idle_ms):
-        """How long the shard may wait for requests: not at all while a merge can move, briefly while it waits
-        for its worker thread. (A merge waiting for another shard's lock is retried once a tick.)"""
-        merge = self.store.merge
-        if merge is not None and merge.running:
-            return 1 if merge.blocked else 0
+        """How long the shard may wait for requests before its next slice of work.
+
+        While a merge runs, as long as one slice (merge_slice_ms): a merging shard
+        with nothing else to do alternates slices and equal waits, so it takes
+        about half a core, not a whole one, from the processes it shares the
+        machine with. Requests end the wait at once. (A merge waiting for
+        another shard's lock is retried once a tick.)
+        """
+        if self.store.merging:
+            return min(idle_ms, self.store.settings.merge_slice_ms)
         return idle_ms
 
     def run(self):
-        """One slice: a sweep slice when one is due, then a merge slice, or a merge started if one is due."""
+        """One slice: a sweep and an eviction slice when due, then a merge slice, or a merge started if one is due."""
         now = self._monotonic()
         store = self.store
         if now >= self._next_sweep_s:
             self._next_sweep_s = now + SWEEP_INTERVAL_S
             store.sweep_expired(SWEEP_BUDGET_S)
+            store.evict_over_limit()  # what writes left over their keyspace's bound (a lowered bound, at start)
         if store.merging:
             store.merge_step(store.settings.merge_slice_ms / 1000)
             if not store.merging:

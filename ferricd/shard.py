@@ -19,7 +19,7 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.errors import FerricError, ProtocolError, StorageError
-from ferric_ipc.file_layout import shard_dir, socket_path, stream_path
+from ferric_ipc.file_layout import access_path, shard_dir, socket_path, stream_path
 from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
@@ -75,7 +75,9 @@ class ShardServer:
         self.tables.retire_previous()
         epoch = time.time_ns()
         self.store = BitcaskStore(
-            shard_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch, tables=self.tables
+            shard_dir(self.config.data_dir, self.shard_id), self.config.storage, epoch=epoch, tables=self.tables,
+            keyspaces=self.config.keyspace_table(self.config.shards),
+            access_path=access_path(self.config.run_dir, self.shard_id),
         )
         self.tables.publish(self.store.index_buffer)
         log.info("recovered: %s", " ".join(f"{k}={v}" for k, v in vars(self.store.recovery).items()))

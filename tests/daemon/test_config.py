@@ -15,7 +15,7 @@ def write(tmp_path, text):
 def test_embedded_defaults():
     config = load_config()
     assert (config.data_dir, config.run_dir, config.shards) == ("./ferric-data", "./ferric-run", 0)
-    assert config.storage.max_file_bytes == 64 * 1024 * 1024 and config.storage.fsync == "always"
+    assert config.storage.max_file_bytes == 64 * 1024 * 1024 and config.storage.fsync == "interval"
 
 
 def test_file_then_flags(tmp_path):
@@ -55,7 +55,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_every_default_is_valid():
-    assert set(DEFAULTS) == {"daemon", "storage"}
+    assert set(DEFAULTS) == {"daemon", "storage", "keyspaces"}
     load_config()
 
 
