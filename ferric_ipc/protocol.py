@@ -23,6 +23,7 @@ See docs/protocol.md for every op's arguments and result.
 """
 
 import struct
+from typing import Any
 
 import msgpack
 
@@ -95,7 +96,7 @@ TRANSACTION_OPS = frozenset({
 })
 
 #: error code -> exception class a client raises for it.
-ERROR_CODES = {
+ERROR_CODES: dict[str, type[FerricError]] = {
     "BAD_FRAME": ProtocolError,
     "UNKNOWN_OP": ProtocolError,
     "BAD_ARGS": CommandError,
@@ -109,17 +110,17 @@ ERROR_CODES = {
     "INTERNAL": FerricError,
 }
 
-_packer_options = {"use_bin_type": True}
+_packer_options: dict[str, Any] = {"use_bin_type": True}
 # unpackb bounds every declared length by the frame's own size, so a hostile header cannot
 # make it allocate more than the frame; strict_map_key refuses non-str/bytes map keys.
-_unpack_options = {"raw": False, "strict_map_key": True}
+_unpack_options: dict[str, Any] = {"raw": False, "strict_map_key": True}
 
 
-def pack(obj) -> bytes:
+def pack(obj: object) -> bytes:
     return msgpack.packb(obj, **_packer_options)
 
 
-def unpack(frame: bytes):
+def unpack(frame: bytes) -> Any:
     """Decode one frame; raises ProtocolError for anything that is not exactly one msgpack object."""
     try:
         return msgpack.unpackb(frame, **_unpack_options)
@@ -127,19 +128,19 @@ def unpack(frame: bytes):
         raise ProtocolError(f"malformed frame: {exc}") from None
 
 
-def request(request_id: int, op: str, args: list) -> bytes:
+def request(request_id: int, op: str, args: list[Any]) -> bytes:
     return pack([request_id, op, args])
 
 
-def ok_reply(request_id, result) -> bytes:
+def ok_reply(request_id: int, result: object) -> bytes:
     return pack([request_id, STATUS_OK, result])
 
 
-def error_reply(request_id, code: str, message: str) -> bytes:
+def error_reply(request_id: int | None, code: str, message: str) -> bytes:
     return pack([request_id, STATUS_ERROR, [code, message]])
 
 
-def parse_request(frame: bytes):
+def parse_request(frame: bytes) -> tuple[int, str, list[Any]]:
     """``(request_id, op, args)`` of a request frame.
 
     Raises ProtocolError with ``.request_id`` set (None if unknown) and
@@ -161,7 +162,7 @@ def parse_request(frame: bytes):
     return request_id, op, args
 
 
-def parse_batch_item(item):
+def parse_batch_item(item: object) -> tuple[str, list[Any]]:
     """``(op, args)`` of one request inside a batch; raises ProtocolError with ``.code`` like parse_request."""
     if not (isinstance(item, list) and len(item) == 2):
         raise _request_error(None, "BAD_FRAME", "a batch holds [op, args] pairs")
@@ -173,11 +174,11 @@ def parse_batch_item(item):
     return op, args
 
 
-def batch_results(results):
+def batch_results(results: object) -> list[Any]:
     """The answers in a batch reply: each result, or the exception its error entry maps to."""
     if not isinstance(results, list):
         raise ProtocolError("malformed batch reply: expected a list")
-    answers = []
+    answers: list[Any] = []
     for entry in results:
         if not (isinstance(entry, list) and len(entry) == 2):
             raise ProtocolError("malformed batch reply entry")
@@ -191,7 +192,7 @@ def batch_results(results):
     return answers
 
 
-def _error(request_id, code, text):
+def _error(request_id: int | None, code: str, text: str) -> FerricError:
     error_class = ERROR_CODES.get(code, FerricError)
     error = error_class(text, code) if error_class is CommandError else error_class(text)
     error.code = code
@@ -199,7 +200,7 @@ def _error(request_id, code, text):
     return error
 
 
-def parse_reply(frame: bytes):
+def parse_reply(frame: bytes) -> tuple[int | None, Any]:
     """``(request_id, result)`` of a reply frame; an error reply raises its mapped exception."""
     message = unpack(frame)
     # A request id of None answers a frame too broken to have one.
@@ -213,7 +214,7 @@ def parse_reply(frame: bytes):
     raise ProtocolError(f"malformed reply status {status!r}")
 
 
-def _request_error(request_id, code, message):
+def _request_error(request_id: int | None, code: str, message: str) -> ProtocolError:
     error = ProtocolError(message)
     error.request_id = request_id
     error.code = code
