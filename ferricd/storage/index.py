@@ -126,6 +126,26 @@ class ShardIndex:
             if slot == capacity:
                 slot = 0
 
+    def slot_at(self, key_hash: int, file_id: int, offset: int):
+        """``(slot, expire_at_ms)`` of the slot holding ``key_hash`` and pointing at ``file_id``/``offset``, or None.
+
+        For the shard itself (the table's only writer, so no seqlock is needed): the
+        merge asks this once per record it reads, so it is one tight probe loop.
+        """
+        words = self._words
+        capacity = self.capacity
+        slot = key_hash % capacity
+        while True:
+            base = HEADER_WORDS + slot * SLOT_WORDS
+            stored = words[base + HASH_WORD]
+            if stored == EMPTY:
+                return None
+            if stored == key_hash and words[base] >> 32 == file_id and words[base + 2] & _SEQ_MASK == offset:
+                return slot, words[base + _EXPIRE_WORD]
+            slot += 1
+            if slot == capacity:
+                slot = 0
+
     def entry(self, slot: int):
         """``(key_hash, file_id, offset, record_len, expire_at_ms)`` stored in ``slot``."""
         _seq, file_id, key_hash, offset, record_len, expire_at_ms = SLOT.unpack_from(

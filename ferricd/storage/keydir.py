@@ -122,25 +122,24 @@ class KeyDirectory:
 
         A record's position names one key, so no key bytes need comparing.
         """
-        for slot, entry_file, entry_offset, _record_len, expire_at_ms in self.index.candidates(key_hash):
-            if entry_file == file_id and entry_offset == offset:
-                return slot, expire_at_ms
-        return None
+        return self.index.slot_at(key_hash, file_id, offset)
 
     def move(self, key_hash, old_file, old_offset, new_file, new_offset, record_len):
         """Point the entry at ``old_file``/``old_offset`` at a copy of its record; False if it moved on meanwhile.
 
         The entry keeps its expire_at_ms (a TTL change made after the copy was taken stays).
         """
-        for slot, entry_file, entry_offset, old_len, expire_at_ms in self.index.candidates(key_hash):
-            if entry_file == old_file and entry_offset == old_offset:
-                if self.accounts is not None and record_len != old_len:
-                    self.accounts.resized_record(old_file, old_offset, record_len - old_len)
-                self.index.replace(slot, new_file, new_offset, record_len, expire_at_ms)
-                self.live_bytes[old_file] -= old_len
-                self.live_bytes[new_file] = self.live_bytes.get(new_file, 0) + record_len
-                return True
-        return False
+        found = self.index.slot_at(key_hash, old_file, old_offset)
+        if found is None:
+            return False
+        slot, expire_at_ms = found
+        old_len = self.index.entry(slot)[3]
+        if self.accounts is not None and record_len != old_len:
+            self.accounts.resized_record(old_file, old_offset, record_len - old_len)
+        self.index.replace(slot, new_file, new_offset, record_len, expire_at_ms)
+        self.live_bytes[old_file] -= old_len
+        self.live_bytes[new_file] = self.live_bytes.get(new_file, 0) + record_len
+        return True
 
     def load_file(self, file_id, entries, now_ms):
         """Apply a file's entries ``(key_hash, seq, expire_at_ms, offset, record_len, flags)`` in file order.

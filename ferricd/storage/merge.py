@@ -157,7 +157,6 @@ class Merge:
         self.inputs = list(input_ids)  # ascending: the order they are copied and deleted in
         self.outputs = []
         self.state = COPYING
-        self.blocked = False  # the last step stopped to wait (for the worker thread, or a test pause)
         self.error = None
         self.bytes_total = sum(keydir.live_bytes.get(file_id, 0) for file_id in self.inputs)  # live bytes at start
         self.input_bytes = sum(files.sizes[file_id] for file_id in self.inputs)
@@ -202,7 +201,6 @@ class Merge:
         ``error``), leaving every file consistent.
         """
         deadline = time.perf_counter() + budget_s
-        self.blocked = False
         try:
             while self.running:
                 if self.state == COPYING:
@@ -213,10 +211,7 @@ class Merge:
                     moving = self._switch(deadline)
                 else:
                     moving = self._job.done and self._deleted()
-                if not moving:
-                    self.blocked = True
-                    break
-                if time.perf_counter() >= deadline:
+                if not moving or time.perf_counter() >= deadline:
                     break
             if self.state == COPYING and self._output is not None:
                 self._output.flush()
