@@ -24,14 +24,13 @@ from ferric_ipc.errors import (
     LockNotAcquired,
     ProtocolError,
 )
-from ferric_ipc.file_layout import DAEMON_FILE, shard_dir
+from ferric_ipc.file_layout import DAEMON_FILE, DEFAULT_RUN_DIR, shard_dir
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, Found, LocalShardReader
 from ferric_ipc.routing import hash_tag, shard_for, shard_for_hashed
 
 RUN_DIR_ENV = "FERRIC_RUN_DIR"
 LOCAL_READS_SAFE = platform.machine().lower() in ("x86_64", "amd64")
-DEFAULT_RUN_DIR = "./ferric-run"
 DEFAULT_TIMEOUT_MS = 2_000
 
 # The client checks types and key sizes before sending; the value limit is the daemon's to enforce.

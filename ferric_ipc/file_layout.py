@@ -3,6 +3,8 @@
 import os
 import struct
 
+#: The run directory client and daemon use when told none (the client looks at $FERRIC_RUN_DIR first).
+DEFAULT_RUN_DIR = "./ferric-run"
 DAEMON_FILE = "ferricd.json"  # in run_dir: {"shards", "protocol", "pid", "data_dir"}, written by the supervisor
 
 #: A data record: this header, then ``key_len`` key bytes, then ``value_len`` value bytes.

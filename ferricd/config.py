@@ -1,23 +1,25 @@
 """Daemon configuration: embedded defaults, then the TOML file, then command-line flags.
 
-Every option and its default is in DEFAULTS; docs/configuration.md describes
-each. Sizes may be integers (bytes) or strings such as ``"64MiB"``.
+Every option and its default is in DEFAULTS (the [storage] ones come from
+StoreSettings, their one table); docs/configuration.md describes each.
+Sizes may be integers (bytes) or strings such as ``"64MiB"``.
 Keyspaces (``[keyspaces.NAME]``) merge by name: a file's table changes the
 options it names of the embedded keyspace of that name, or adds a keyspace.
 """
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ferric_ipc.errors import FerricError
+from ferric_ipc.file_layout import DEFAULT_RUN_DIR
 from ferricd.storage.keyspaces import DEFAULT_KEYSPACE, Keyspace, KeyspaceTable
 from ferricd.storage.settings import FSYNC_POLICIES, StoreSettings
 
 DEFAULTS = {
     "daemon": {
         "data_dir": "./ferric-data",  # one shard-K directory per shard
-        "run_dir": "./ferric-run",  # sockets and run-time state; clients need read access
+        "run_dir": DEFAULT_RUN_DIR,  # sockets and run-time state; clients need read access
         "shards": 0,  # 0 = the count recorded in data_dir, or one per CPU core for a new one
         "stop_timeout_ms": 10_000,  # SIGTERM to exit: shards past this are killed
         "heartbeat_timeout_ms": 5_000,  # a shard whose loop has not beaten this long is hung: SIGTERM, SIGKILL at 2x
@@ -27,17 +29,8 @@ DEFAULTS = {
         "healthy_after_ms": 30_000,  # a shard up this long has its failure count reset
         "log_level": "info",
     },
-    "storage": {
-        "max_file_bytes": "64MiB",
-        "max_value_bytes": "16MiB",
-        "fsync_interval_ms": 1_000,  # for keyspaces with fsync = "interval"
-        "snapshot_on_close": True,
-        "merge_auto": True,  # merge on its own once both triggers below are passed
-        "merge_trigger_dead_percent": 50,  # dead bytes as a share of the shard's data bytes
-        "merge_trigger_dead_bytes": "16MiB",  # ... and at least this many dead bytes
-        "merge_slice_ms": 1,  # merge work between two rounds of requests
-        "expiry_sweep_slots": 4096,  # key directory slots the active expiry sweep checks per tick
-    },
+    # Every StoreSettings option but the two set elsewhere; their defaults and units are in that table.
+    "storage": {},  # filled in below from ferricd/storage/settings.py
     # A policy per key prefix (docs/configuration.md, "Keyspaces"). The default keyspace holds the keys no
     # prefix matches, and its values here are what any keyspace gets for an option it leaves out.
     "keyspaces": {
@@ -58,6 +51,23 @@ KEYSPACE_OPTIONS = DEFAULTS["keyspaces"][DEFAULT_KEYSPACE]
 _SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$")
 _SIZE_OPTIONS = {"max_file_bytes", "max_value_bytes", "merge_trigger_dead_bytes"}
+# StoreSettings fields no [storage] option sets: fsync is the default keyspace's, file_mode the daemon's.
+_STORE_SETTINGS_SET_ELSEWHERE = {"fsync", "file_mode"}
+
+
+def _size_text(size_bytes):
+    """A byte count as a config file would write it: ``"64MiB"``, or plain bytes when no unit divides it."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size_bytes and size_bytes % _SIZE_UNITS[unit] == 0:
+            return f"{size_bytes // _SIZE_UNITS[unit]}{unit}"
+    return size_bytes
+
+
+DEFAULTS["storage"] = {
+    field.name: _size_text(field.default) if field.name in _SIZE_OPTIONS else field.default
+    for field in fields(StoreSettings)
+    if field.name not in _STORE_SETTINGS_SET_ELSEWHERE
+}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 
 
