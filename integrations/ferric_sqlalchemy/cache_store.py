@@ -50,6 +50,7 @@ class CacheStore:
         self._down_until = 0.0  # monotonic time before which ferricd is not tried again
         self._outage = False  # ferricd failed since it last answered
         self._unpublished = Invalidation()
+        self._epoch = None
 
     @property
     def client(self) -> Client:
@@ -102,7 +103,22 @@ class CacheStore:
             raise
         with self._lock:
             self._outage = False
+            self._epoch = None  # ferricd may have restarted meanwhile
         self.warn("recovered", "ferricd answers again; entries stored before the outage will not be served")
+
+    def epoch(self) -> bytes:
+        """Shard 0's epoch, which changes whenever ferricd restarts: part of every entry's name.
+
+        Entries and generations are written without fsync ("sa:" is a cache
+        keyspace). A crash of ferricd alone loses nothing (written data is in
+        the page cache), but a crash of the machine can lose a generation
+        change and keep an older entry; naming entries by the epoch they were
+        computed in leaves everything from before a restart unreachable.
+        """
+        epoch = self._epoch
+        if epoch is None:
+            epoch = self._epoch = str(self.client.hello(0)["epoch"]).encode()
+        return epoch
 
     # -- generations ----------------------------------------------------------------------
 

@@ -60,6 +60,11 @@ class Catalog:
                 self._build()
                 self._built_for = signature
 
+    def version(self):
+        """Changes whenever the catalog is rebuilt (callers keep what they derived from it until then)."""
+        self.refresh()
+        return self._built_for
+
     def table(self, name: str) -> TableInfo | None:
         self.refresh()
         return self.tables.get(name)

@@ -119,8 +119,7 @@ def rebuild(session, catalog, rows, objects):
             instances.append(existing)
         else:
             obj = orm_internals.new_instance(mapper)
-            for attribute, value in columns.items():
-                set_committed_value(obj, attribute, value)
+            instance_state(obj).dict.update(columns)  # committed by make_transient_to_detached below
             instances.append(obj)
             new.append(obj)
     fresh_objects = set(map(id, new))

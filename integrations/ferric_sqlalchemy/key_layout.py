@@ -22,11 +22,23 @@ docs/sqlalchemy.md shows the bytes of each.
 
 import uuid
 from hashlib import blake2b
+from typing import NamedTuple
 
 from ferric_sqlalchemy.tuple_keys import CodecValue, pack
 
 _TAG_BYTES = 8  # 16 hex digits
 _KEY_PART_TYPES = (int, str, bytes, float, bool, uuid.UUID)
+
+
+_ENTRY, _LEASE = pack(("e",)), pack(("l",))
+
+
+class Entry(NamedTuple):
+    """An entry's key, the key of the lease on computing it (same tag, so same shard), and that tag."""
+
+    key: bytes
+    lease_key: bytes
+    tag: bytes
 
 
 def tag_of(parts: tuple) -> bytes:
@@ -70,7 +82,11 @@ class KeyLayout:
 
     def row_generation(self, tenant: bytes, table: str, pk: tuple) -> bytes:
         """Changes when the row ``pk`` of ``table`` was written; that row's get depends on it."""
-        return self._key(self.tenant_tag(tenant), ("g", tenant, "row", table, self.pk_part(pk)))
+        return self.row_generation_head(tenant, table) + pack((self.pk_part(pk),))
+
+    def row_generation_head(self, tenant: bytes, table: str) -> bytes:
+        """A row generation key of ``table`` without its primary key part (readers append it per row)."""
+        return self._key(self.tenant_tag(tenant), ("g", tenant, "row", table))
 
     def region_generation(self, region: str) -> bytes:
         """Changes on ``invalidate_region``; every entry of a class in ``region`` depends on it."""
@@ -79,19 +95,17 @@ class KeyLayout:
 
     # -- entries and their leases ----------------------------------------------------------
 
-    def entry_parts(self, tenant: bytes, table: str, kind: str, shape: bytes, selector, generations: bytes) -> tuple:
-        """The tuple of an entry: ``selector`` is the pk tuple of a get or the digest of a query's parameters."""
-        return ("e", tenant, table, kind, shape, selector, generations)
+    def entry_head(self, tenant: bytes, table: str, kind: str, shape: bytes) -> bytes:
+        """The constant first parts of an entry's tuple ("e", tenant, table, kind, shape), encoded."""
+        return pack(("e", tenant, table, kind, shape))
 
-    def entry_key(self, parts: tuple) -> bytes:
-        return self._key(tag_of(parts), parts)
-
-    def lease_key(self, parts: tuple) -> bytes:
-        """The lease on computing the entry ``parts``: same tag (same shard), its own sub-space."""
-        return self._key(tag_of(parts), ("l",) + parts[1:])
-
-    def entry_tag(self, parts: tuple) -> bytes:
-        return tag_of(parts)
+    def entry(self, head: bytes, selector, generations: bytes) -> Entry:
+        """The entry ``head`` + (``selector``, ``generations``): ``selector`` is the pk tuple of a get or the
+        digest of a query's parameters, ``generations`` the digest of the generations it was computed under."""
+        parts = head + pack((selector, generations))
+        tag = blake2b(parts, digest_size=_TAG_BYTES).hexdigest().encode("ascii")
+        start = b"".join((self.prefix, b"{", tag, b"}"))
+        return Entry(start + parts, start + _LEASE + parts[len(_ENTRY):], tag)
 
     def pk_part(self, pk: tuple) -> tuple:
         """A primary key as a tuple part: plain types as they are, others as their codec bytes."""

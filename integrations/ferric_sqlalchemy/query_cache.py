@@ -29,6 +29,7 @@ from ferric_sqlalchemy.key_layout import KeyLayout
 from ferric_sqlalchemy.recording import Recorder
 from ferric_sqlalchemy.shapes import ShapeCache
 from ferric_sqlalchemy.stats import CacheStats
+from ferric_sqlalchemy.tuple_keys import pack
 from ferric_sqlalchemy.tenant import TenantCache
 from ferric_sqlalchemy.throttled_log import RateLimitedWarnings, logger
 from ferric_sqlalchemy.write_tracking import WriteTracker, _table_names
@@ -43,8 +44,8 @@ _FRESH_LEVELS = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 class _Plan:
     """How one execution is looked up: its generation keys, its entry, and the strategy that applies."""
 
-    __slots__ = ("tenant", "shape", "kind", "selector", "keys", "tags", "dependencies", "signature", "strategy",
-                 "ttl_ms", "tables")
+    __slots__ = ("tenant", "shape", "kind", "selector", "head", "keys", "tags", "dependencies", "signature",
+                 "strategy", "ttl_ms", "tables")
 
 
 class QueryCache:
@@ -209,8 +210,7 @@ class QueryCache:
         try:
             values = self.store.read(plan.keys)
             if mode != REFRESH and None not in values[:len(plan.dependencies)]:
-                entry = self._entry_parts(plan, values)
-                data = self.store.get(self.layout.entry_key(entry))
+                data = self.store.get(self._entry(plan, values).key)
                 result = self._hit(state, plan, data, values) if data is not None else None
                 if result is not None:
                     return result
@@ -230,25 +230,24 @@ class QueryCache:
             values = self.store.create_missing(plan.keys, values, plan.tags)
             if None in values[:len(plan.dependencies)]:
                 return self._compute(state, plan, None, store=False)
-            entry = self._entry_parts(plan, values)
+            entry = self._entry(plan, values)
             if not lease:
                 return self._compute(state, plan, values)
-            lease_key = self.layout.lease_key(entry)
-            taken = self.store.lease(lease_key, self.lease_ttl_ms)
+            taken = self.store.lease(entry.lease_key, self.lease_ttl_ms)
             if not taken.acquired:
-                data = self.store.wait_for(self.layout.entry_key(entry), lease_key, self.lease_wait_ms)
+                data = self.store.wait_for(entry.key, entry.lease_key, self.lease_wait_ms)
                 result = self._hit(state, plan, data, values) if data is not None else None
                 return result if result is not None else self._compute(state, plan, values)
-            data = self.store.get(self.layout.entry_key(entry))  # stored between our lookup and our lease
+            data = self.store.get(entry.key)  # stored between our lookup and our lease
             if data is not None:
                 result = self._hit(state, plan, data, values)
                 if result is not None:
-                    self.store.release(lease_key, taken.token)
+                    self.store.release(entry.lease_key, taken.token)
                     return result
         except FerricError as exc:
             self.store.failed(exc)
             return None
-        return self._compute(state, plan, values, lease_key=lease_key, token=taken.token)
+        return self._compute(state, plan, values, lease_key=entry.lease_key, token=taken.token)
 
     def _compute(self, state, plan, values, store=True, lease_key=None, token=None):
         """Run the statement; store the rows if every rule allows it. Returns the result either way."""
@@ -282,9 +281,8 @@ class QueryCache:
                         return False
                 stamp = self._stamp(plan, values) if plan.kind == "get" and not rows else None
                 data = entries.encode(self.codec, self.catalog, keys, attributes, rows, recording.fresh, stamp)
-                entry = self._entry_parts(plan, values)
-                done = self.store.store(self.layout.entry_key(entry), data, plan.ttl_ms,
-                                        self.layout.entry_tag(entry), lease_key, token)
+                entry = self._entry(plan, values)
+                done = self.store.store(entry.key, data, plan.ttl_ms, entry.tag, lease_key, token)
                 if done:
                     self._stats.count("stores", plan.tables)
                 return done
@@ -368,58 +366,87 @@ class QueryCache:
         shape = self.shapes.shape_of(statement, cache_key, bind.dialect)
         if shape.reason is not None:
             return shape.reason
-        infos = []
-        for table in sorted(shape.tables):
-            info = self.catalog.table(table)
-            if info is None:
-                return f"it reads {table}, which no @cacheable class maps"
-            infos.append(info)
-        strategies = {info.strategy for info in infos}
-        strategy = STRATEGIES[next(name for name in STRICTNESS if name in strategies)]
+        tenant = self.tenants.of(bind, state.execution_options.get("schema_translate_map"))
+        layout = shape.layouts.get(tenant)
+        if layout is None or layout.catalog_version != self.catalog.version():
+            layout = shape.layouts[tenant] = _ShapeLayout(self, shape, tenant)
+        if layout.reason is not None:
+            return layout.reason
         values = _parameter_values(cache_key, state.parameters)
         plan = _Plan()
-        plan.tenant = tenant = self.tenants.of(bind, state.execution_options.get("schema_translate_map"))
-        plan.shape, plan.strategy, plan.tables = shape, strategy, shape.tables
-        ttls = [info.ttl_ms for info in infos if info.ttl_ms is not None]
-        plan.ttl_ms = ttl_ms or (min(ttls) if ttls else self.default_ttl_ms)
-        layout = self.layout
-        dependencies = [layout.region_generation(region) for region in sorted({r for i in infos for r in i.regions})]
+        plan.tenant, plan.shape, plan.tables, plan.strategy = tenant, shape, shape.tables, layout.strategy
+        plan.ttl_ms = ttl_ms or layout.ttl_ms or self.default_ttl_ms
         lookup = shape.row_lookup
-        pk = None
-        if lookup is not None:
-            pk = canonical_pk(lookup.columns, [values[position] for position in lookup.positions])
+        pk = None if lookup is None else canonical_pk(lookup.columns, [values[i] for i in lookup.positions])
         try:
-            if pk is not None:
-                plan.kind, plan.selector = "get", layout.pk_part(pk)
-                own = lookup.own_tables
-                dependencies += [layout.bulk_generation(tenant, table) for table in own]
-                if strategy.row_generations:
-                    dependencies.append(layout.row_generation(tenant, lookup.table, pk))
-                dependencies += [layout.table_generation(tenant, table) for table in sorted(shape.tables - set(own))]
-                stamps = [layout.table_generation(tenant, table) for table in own]
+            if pk is not None and layout.get_head is not None:
+                plan.kind, plan.selector, plan.head = "get", self.layout.pk_part(pk), layout.get_head
+                row = [layout.row_head + pack((plan.selector,))] if layout.row_head is not None else []
+                plan.dependencies = layout.get_before_row + row + layout.get_after_row
+                plan.keys = plan.dependencies + layout.stamps
+                plan.tags = layout.get_tags if not row else \
+                    layout.get_tags[:len(layout.get_before_row)] + [layout.tenant_tag] + \
+                    layout.get_tags[len(layout.get_before_row):]
+                plan.signature = layout.get_signature
             else:
-                plan.kind = "query"
+                plan.kind, plan.head = "query", layout.query_head
                 plan.selector = blake2b(self.codec.dumps(values), digest_size=16).digest()
-                dependencies += [layout.table_generation(tenant, table) for table in sorted(shape.tables)]
-                stamps = []
+                plan.dependencies = plan.keys = layout.query_keys
+                plan.tags = layout.query_tags
+                plan.signature = layout.query_signature
         except NotEncodable as exc:
             return f"a parameter has no exact form in the cache: {exc}"
-        plan.dependencies = dependencies
-        plan.keys = dependencies + stamps
-        plan.tags = [_tag_of(key) for key in plan.keys]
-        plan.signature = blake2b(b"".join(dependencies), digest_size=16).digest()
         return plan
 
-    def _entry_parts(self, plan, values):
-        generations = blake2b(plan.signature + msgpack.packb(values[:len(plan.dependencies)]),
+    def _entry(self, plan, values):
+        generations = blake2b(plan.signature + self.store.epoch() + msgpack.packb(values[:len(plan.dependencies)]),
                               digest_size=16).digest()
-        return self.layout.entry_parts(plan.tenant, plan.shape.primary_table, plan.kind, plan.shape.digest,
-                                       plan.selector, generations)
+        return self.layout.entry(plan.head, plan.selector, generations)
 
     @staticmethod
     def _stamp(plan, values) -> bytes:
         """The table generations a cached "no such row" holds for: any insert into the table ends it."""
         return blake2b(msgpack.packb(values[len(plan.dependencies):]), digest_size=16).digest()
+
+
+class _ShapeLayout:
+    """The keys of one statement shape for one tenant that do not depend on its parameters (made once)."""
+
+    def __init__(self, cache, shape, tenant):
+        self.catalog_version = cache.catalog.version()
+        self.reason = None
+        self.get_head = None
+        infos = []
+        for table in sorted(shape.tables):
+            info = cache.catalog.table(table)
+            if info is None:
+                self.reason = f"it reads {table}, which no @cacheable class maps"
+                return
+            infos.append(info)
+        strategies = {info.strategy for info in infos}
+        self.strategy = STRATEGIES[next(name for name in STRICTNESS if name in strategies)]
+        ttls = [info.ttl_ms for info in infos if info.ttl_ms is not None]
+        self.ttl_ms = min(ttls) if ttls else None
+        keys = cache.layout
+        self.tenant_tag = keys.tenant_tag(tenant)
+        regions = [keys.region_generation(region) for region in sorted({r for i in infos for r in i.regions})]
+        self.query_keys = regions + [keys.table_generation(tenant, table) for table in sorted(shape.tables)]
+        self.query_tags = [_tag_of(key) for key in self.query_keys]
+        self.query_signature = blake2b(b"".join(self.query_keys), digest_size=16).digest()
+        self.query_head = keys.entry_head(tenant, shape.primary_table, "query", shape.digest)
+        lookup = shape.row_lookup
+        if lookup is None:
+            return
+        own = lookup.own_tables
+        self.get_head = keys.entry_head(tenant, lookup.table, "get", shape.digest)
+        self.get_before_row = regions + [keys.bulk_generation(tenant, table) for table in own]
+        self.row_head = keys.row_generation_head(tenant, lookup.table) if self.strategy.row_generations else None
+        self.get_after_row = [keys.table_generation(tenant, table) for table in sorted(shape.tables - set(own))]
+        self.stamps = [keys.table_generation(tenant, table) for table in own]
+        self.get_tags = [_tag_of(key) for key in self.get_before_row + self.get_after_row + self.stamps]
+        row_marker = b"row" if self.row_head is not None else b""
+        self.get_signature = blake2b(b"".join(self.get_before_row + [row_marker] + self.get_after_row),
+                                     digest_size=16).digest()
 
 
 def _tag_of(key: bytes) -> bytes:

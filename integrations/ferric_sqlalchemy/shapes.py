@@ -68,7 +68,7 @@ class RowLookup:
 class Shape:
     """One statement shape: ``reason`` is None if it may be cached, else why not."""
 
-    __slots__ = ("digest", "reason", "tables", "nested", "row_lookup", "primary_table", "extras")
+    __slots__ = ("digest", "reason", "tables", "nested", "row_lookup", "primary_table", "extras", "layouts")
 
     def __init__(self, digest=None, reason=None, tables=frozenset(), nested=frozenset(), row_lookup=None,
                  primary_table="", extras=None):
@@ -79,6 +79,7 @@ class Shape:
         self.row_lookup = row_lookup
         self.primary_table = primary_table
         self.extras = extras  # per result column, the objects a Row may be indexed by (entity, column)
+        self.layouts: dict = {}  # tenant -> its keys for this shape (made by the QueryCache; reset by learn)
 
     def learn(self, tables, later_tables) -> None:
         """Add the tables a run read (``later_tables``: by statements after the first, such as eager loads).
@@ -86,9 +87,12 @@ class Shape:
         A row lookup whose later statements read its own tables (a self-referential
         eager load) depends on other rows too, and becomes an ordinary query.
         """
-        self.tables = self.tables | tables | later_tables
+        if not (tables | later_tables) <= self.tables:
+            self.tables = self.tables | tables | later_tables
+            self.layouts = {}
         if self.row_lookup is not None and set(self.row_lookup.own_tables) & later_tables:
             self.row_lookup = None
+            self.layouts = {}
 
 
 class Scan:

@@ -69,11 +69,14 @@ def test_generations_of_a_tenant_share_a_shard_and_entries_spread():
     generations = [LAYOUT.table_generation(TENANT, "users"), LAYOUT.bulk_generation(TENANT, "a{b}c"),
                    LAYOUT.row_generation(TENANT, "x}{", ("{evil}",))]
     assert len({hash_tag(key) for key in generations}) == 1
-    entries = [LAYOUT.entry_key(LAYOUT.entry_parts(TENANT, "users", "get", b"s", (i,), b"g")) for i in range(50)]
+    head = LAYOUT.entry_head(TENANT, "users", "get", b"s")
+    entries = [LAYOUT.entry(head, (i,), b"g").key for i in range(50)]
     assert len({hash_tag(key) for key in entries}) == 50
-    parts = LAYOUT.entry_parts(TENANT, "users", "get", b"s", (1,), b"g")
-    assert hash_tag(LAYOUT.lease_key(parts)) == hash_tag(LAYOUT.entry_key(parts))
-    assert LAYOUT.lease_key(parts) != LAYOUT.entry_key(parts)
+    entry = LAYOUT.entry(head, (1,), b"g")
+    assert hash_tag(entry.lease_key) == hash_tag(entry.key) == entry.tag
+    assert entry.lease_key != entry.key
+    assert unpack(entry.key[entry.key.index(b"}") + 1:]) == ("e", TENANT, "users", "get", b"s", (1,), b"g")
+    assert unpack(entry.lease_key[entry.lease_key.index(b"}") + 1:]) == ("l", TENANT, "users", "get", b"s", (1,), b"g")
 
 
 def test_the_layout_byte_by_byte():

@@ -103,3 +103,25 @@ def test_cache_only_during_an_outage_is_a_miss(outage):
     with db.Session() as session:
         assert session.get(User, 2, execution_options={"ferric_cache": "cache_only"}) is None
     assert db.selects() == 0
+
+
+def test_a_restarted_ferricd_serves_nothing_computed_before_it_restarted(outage):
+    """As after a machine crash that lost a generation change (the cache keyspace is not fsynced): a fresh
+    process must not find entries from before the restart, even though nobody told it of an outage."""
+    daemon, db = outage
+    seed(db)
+    name_of(db)
+    daemon.stop()
+    with db.engine.connect() as connection:  # a write whose invalidation was lost with the machine
+        cursor = connection.connection.cursor()
+        cursor.execute("UPDATE users SET name = 'lost bump' WHERE id = 2")
+        connection.connection.commit()
+    daemon.start()
+    fresh = QueryCache(client=daemon.client())
+    db.cache.detach(db.Session)
+    fresh.attach(db.Session)
+    try:
+        assert name_of(db) == "lost bump"
+    finally:
+        fresh.detach(db.Session)
+        db.cache.attach(db.Session)
