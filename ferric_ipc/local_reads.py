@@ -42,7 +42,20 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from ferric_ipc import native
-from ferric_ipc.file_layout import RECORD_CRC, RECORD_HEADER, RECORD_HEADER_BYTES, data_file_name, index_path
+from ferric_ipc.file_layout import (
+    ACCESS_CLOCK_AT,
+    ACCESS_HEADER,
+    ACCESS_HEADER_BYTES,
+    ACCESS_MAGIC,
+    ACCESS_STATE_AT,
+    ACCESS_VERSION,
+    RECORD_CRC,
+    RECORD_HEADER,
+    RECORD_HEADER_BYTES,
+    access_path,
+    data_file_name,
+    index_path,
+)
 from ferric_ipc.index_layout import (
     EMPTY,
     FILES_GENERATION_WORD,
@@ -76,6 +89,8 @@ _SLOW: Final = Answer.SLOW
 Found = tuple[bytes, int] | Literal[Answer.MISSING, Answer.FALLBACK]
 # A mapped table: (map, its 64-bit words, capacity, epoch, inode).
 _Table = tuple[mmap.mmap, memoryview, int, int, int]
+# The shard's access times, mapped writable: (map, buckets - 1).
+_Access = tuple[mmap.mmap, int]
 
 if native.extension is not None:
     native.extension.configure(MISSING, FALLBACK, _SLOW)
@@ -147,6 +162,8 @@ class LocalShardReader:
         self._views: dict[int, memoryview] = {}  # file_id -> the mapped view of self._files[file_id], for C
         self._files_generation: int | None = None  # the table's files_generation when _files was last emptied
         self._path_checked_ms = 0
+        self.access_path = access_path(run_dir, shard_id)
+        self._access: _Access | None = None  # re-opened with the path check while missing or retired
         self._native_lookup: Callable[[mmap.mmap, bytes, int, int, dict[int, memoryview]], Any] | None = (
             native.extension.lookup if native.extension is not None else None
         )
@@ -174,6 +191,9 @@ class LocalShardReader:
         self._path_checked_ms = now_ms
         if table[1][FILES_GENERATION_WORD] != self._files_generation:
             self._drop_files(table)
+        access = self._access
+        if access is None or _STATE.unpack_from(access[0], ACCESS_STATE_AT)[0] != STATE_LIVE:
+            self._access = _map_access(self.access_path)
         try:
             return os.stat(self.path).st_ino == table[4]
         except OSError:
@@ -206,13 +226,27 @@ class LocalShardReader:
     # -- reading ---------------------------------------------------------------
 
     def lookup(self, key: bytes, key_hash: int, now_ms: int) -> Found:
-        """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64."""
+        """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key and its key_hash64.
+
+        A hit marks the key as used in the shard's access times, if it has them
+        (a keyspace evicts) and this process may write them: eviction then
+        spares keys read here, without a round trip (docs/storage.md, "Eviction").
+        """
         table = self._table
         if self._native_lookup is not None and table is not None and now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
             found: Found | Literal[Answer.SLOW] = self._native_lookup(table[0], key, key_hash, now_ms, self._views)
-            if found is not _SLOW:
-                return found
-        return self._lookup_python(key, key_hash, now_ms)
+            if found is _SLOW:
+                found = self._lookup_python(key, key_hash, now_ms)
+        else:
+            found = self._lookup_python(key, key_hash, now_ms)
+        access = self._access
+        if access is not None and type(found) is tuple:
+            # A plain byte store, racing nobody who matters: the shard only reads it, or pins it old.
+            times, at = access[0], ACCESS_HEADER_BYTES + (key_hash & access[1])
+            clock = times[ACCESS_CLOCK_AT]
+            if times[at] != clock:  # no store when unchanged: the line stays shared between caches
+                times[at] = clock
+        return found
 
     def _lookup_python(self, key: bytes, key_hash: int, now_ms: int) -> Found:
         for _attempt in range(2):
@@ -290,7 +324,7 @@ class LocalShardReader:
 
     def close(self) -> None:
         with self._lock:
-            self._table = None
+            self._table = self._access = None
             for data_file in self._files.values():
                 data_file.close()
             self._files, self._views = {}, {}
@@ -299,6 +333,27 @@ class LocalShardReader:
 def _is_live(mapped: mmap.mmap) -> bool:
     state: int = _STATE.unpack_from(mapped, STATE_AT)[0]
     return state == STATE_LIVE
+
+
+def _map_access(path: str) -> _Access | None:
+    """The shard's access times at ``path`` mapped writable, or None (no evicting keyspace, no write permission)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mapped = mmap.mmap(fd, 0)
+    except (OSError, ValueError):  # empty, or a mapping refused
+        return None
+    finally:
+        os.close(fd)
+    if len(mapped) >= ACCESS_HEADER_BYTES:
+        magic, version, state, buckets, _clock = ACCESS_HEADER.unpack_from(mapped, 0)
+        if (magic, version, state) == (ACCESS_MAGIC, ACCESS_VERSION, STATE_LIVE) and buckets > 0 and (
+                buckets & (buckets - 1) == 0 and len(mapped) >= ACCESS_HEADER_BYTES + buckets):
+            return mapped, buckets - 1
+    mapped.close()
+    return None
 
 
 def _map_table(path: str) -> _Table | None:

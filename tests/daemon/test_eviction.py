@@ -1,0 +1,77 @@
+"""Eviction on real daemons: a flooded lru keyspace stays bounded beside a durable one, and local reads count."""
+
+import os
+import stat
+
+from ferric_ipc.file_layout import access_path
+
+MiB = 1024 * 1024
+BOUND = 2 * MiB
+CONFIG = f"""
+[keyspaces.cache]
+max_bytes = {BOUND}
+"""
+
+
+def cache_held(client):
+    return sum(shard["keyspaces"]["cache"]["bytes"] for shard in client.info())
+
+
+def test_twenty_mib_into_a_two_mib_cache_stays_bounded_and_sessions_survive_a_kill(make_daemon):
+    daemon = make_daemon(shards=2, config=CONFIG)
+    client = daemon.client(timeout_ms=10_000)
+    value = b"c" * 4096
+    count = 20 * MiB // len(value)
+    sessions, peak = {}, 0
+    for start in range(0, count, 64):
+        with client.pipeline() as pipe:
+            for i in range(start, min(count, start + 64)):
+                pipe.set(f"sa:{i:06d}", value)
+            pipe.execute()
+        session = f"sess:{start}"
+        sessions[session] = os.urandom(64)
+        assert client.set(session, sessions[session]) is True  # fsync = "always": acknowledged means on disk
+        peak = max(peak, cache_held(client))
+    held = cache_held(client)
+    assert peak <= 1.25 * BOUND
+    assert 0.75 * BOUND <= held <= BOUND
+    newest = range(count - (BOUND // 8) // len(value), count)  # the newest quarter of a shard's share is kept
+    assert all(client.get(f"sa:{i:06d}") == value for i in newest)
+    assert all(client.get(key) == data for key, data in sessions.items())
+    info = client.info()
+    assert sum(shard["keyspaces"]["cache"]["evictions"] for shard in info) > count // 2
+    assert sum(shard["keyspaces"]["sessions"]["evictions"] for shard in info) == 0
+
+    daemon.kill()  # SIGKILL to the supervisor and every shard
+    daemon.start()
+    client = daemon.client(timeout_ms=10_000)
+    assert {key: client.get(key) for key in sessions} == sessions
+    assert cache_held(client) <= BOUND  # evictions were written as deletes: they stay evicted
+    assert all(client.get(f"sa:{i:06d}") == value for i in newest)
+
+
+def test_keys_read_only_locally_outlive_keys_nobody_read(make_daemon):
+    daemon = make_daemon(shards=2, config=f"[keyspaces.cache]\nmax_bytes = {MiB}\n")
+    writer = daemon.client(timeout_ms=10_000, local_reads=False)
+    reader = daemon.client()
+    value = b"r" * 256
+    hot = [f"sa:hot:{i}" for i in range(20)]
+    cold = [f"sa:cold:{i}" for i in range(20)]
+    writer.mset({key: value for key in hot + cold})
+    for start in range(0, 5 * MiB // len(value), 200):  # five times what fits
+        writer.mset({f"sa:flood:{i}": value for i in range(start, start + 200)})
+        assert reader.mget(hot) == [value] * len(hot)
+    assert reader.read_counts["fallback"] == 0  # every read was local: no shard saw them
+    assert sum(shard["gets"] for shard in writer.info()) == 0
+    assert reader.mget(hot) == [value] * len(hot)
+    assert writer.mget(cold) == [None] * len(cold)
+
+
+def test_the_access_file_lets_the_application_group_write(make_daemon):
+    daemon = make_daemon(shards=1)  # the built-in cache keyspace evicts
+    client = daemon.client()
+    client.set("sa:x", b"v")
+    mode = os.stat(access_path(daemon.run_dir, 0)).st_mode
+    assert mode & stat.S_IWGRP and not mode & stat.S_IWOTH
+    daemon.stop()
+    assert not os.path.exists(access_path(daemon.run_dir, 0))  # a stopped shard leaves none to mark
