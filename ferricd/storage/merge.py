@@ -83,6 +83,7 @@ class _Output:
         # Per record: key_hash, input file_id << 32 | input offset, offset << 32 | record_len (24 bytes a record).
         self.moves = array("Q")
         self.passed_copying_point = False
+        self.writeback = None  # the _Background fdatasync of what was written so far
 
     def add(self, key_hash, seq, expire_at_ms, record, input_file, input_offset):
         offset = self.size
@@ -100,9 +101,27 @@ class _Output:
                 while written < len(view):
                     written += os.write(self.fd, view[written:])
             self.pending = bytearray()
+            self._write_back()
+
+    def _write_back(self):
+        # Have the disk take the output as it grows (RocksDB's bytes_per_sync), not all at once when it is
+        # complete: a burst of many MB would stall every fdatasync the shard's writes wait for meanwhile.
+        if self.writeback is None or self.writeback.done:
+            if self.writeback is not None and self.writeback.error is not None:
+                raise self.writeback.error
+            fd = self.fd
+            self.writeback = _Background(lambda: os.fdatasync(fd), f"merge-writeback-{self.file_id}")
+
+    def wait_written_back(self):
+        if self.writeback is not None:
+            self.writeback.wait()
+            if self.writeback.error is not None:
+                raise self.writeback.error
 
     def discard(self):
         """Close and remove a partly written output (nothing points at it)."""
+        if self.writeback is not None:
+            self.writeback.wait()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -324,6 +343,7 @@ class Merge:
 
         def publish():
             points.wait("output_written")
+            output.wait_written_back()
             os.fdatasync(output.fd)
             os.close(output.fd)
             output.fd = None
