@@ -237,7 +237,7 @@ class WriteTracker:
         elif isinstance(clauseelement, ExecutableDDLElement):
             target = getattr(clauseelement, "element", None)
             written = [target.fullname] if isinstance(target, TableClause) else None
-            action = "update"
+            action = "ddl"  # creating or altering a table invalidates it, even a read_only one
         else:
             return  # a SELECT: nothing to invalidate
         tenant = self.tenants.of(connection, execution_options.get("schema_translate_map"))
@@ -249,7 +249,7 @@ class WriteTracker:
             return
         for name in written:
             info = self.catalog.table(name)
-            if info is not None and action != "insert" and info.strategy == "read_only":
+            if info is not None and action in ("update", "delete") and info.strategy == "read_only":
                 raise ReadOnlyEntityError(
                     f"{name} is cached with strategy='read_only', so {action.upper()} is refused; use "
                     "strategy='read_write' for a table that changes, or write it while the cache is detached"
@@ -261,7 +261,7 @@ class WriteTracker:
             self._add_bulk(frame, owner, tenant, name, action)
 
     def _add_bulk(self, frame, owner, tenant, name, action):
-        tables = {name} | (self.catalog.dependents(name, action) if action != "insert" else set())
+        tables = {name} | (self.catalog.dependents(name, action) if action in ("update", "delete") else set())
         for table in tables:
             if self.catalog.table(table) is not None:
                 frame.add_bulk(tenant, table)
