@@ -202,4 +202,4 @@ class ShardCommandsModel(RuleBasedStateMachine):
 
 
 TestShardCommandsModel = ShardCommandsModel.TestCase
-TestShardCommandsModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestShardCommandsModel.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)

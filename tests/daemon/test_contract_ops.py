@@ -306,7 +306,7 @@ def test_concurrent_patches_of_different_fields_all_survive(daemon, client):
 
 def test_only_one_of_many_concurrent_delete_ifs_wins(daemon, client):
     queue = multiprocessing.get_context("spawn").Queue()
-    for _ in range(5):
+    for _ in range(2):
         client.set("race:owned", b"token-1")
         _run_racers(_release_once, lambda ctx, start, racer: (daemon.run_dir, client.transport, b"token-1", start, queue))
         wins = [queue.get(timeout=10) for _ in range(RACERS)]

@@ -3,12 +3,17 @@
 import os
 import subprocess
 import sys
+import time
 
 from tests.daemon_process import short_tempdir
 
 
 def test_one_shard_is_one_shard_and_paths_are_absolute(make_daemon):
     daemon = make_daemon(shards=1)
+    # Clients may connect before the supervisor has read the first heartbeat and logged "ready".
+    deadline = time.monotonic() + 30
+    while "ready:" not in daemon.stderr() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert daemon.stop() == 0
     log = daemon.stderr()
     assert "starting 1 shard;" in log and "ready: 1 shard serving in /" in log
