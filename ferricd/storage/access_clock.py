@@ -51,6 +51,7 @@ class AccessClock:
         self.file_mode = file_mode | 0o020
         self._buf = self._times = None
         self.buckets = 0
+        self._capacity = capacity  # the table size the buckets were last fitted to
         self.now = 0  # the clock, 0-255
         if path is not None:
             _retire_file(path)  # a killed run's file: its readers move on to this run's
@@ -77,8 +78,10 @@ class AccessClock:
 
     def fit(self, capacity):
         """Grow to ``buckets_for(capacity)`` if the table grew past the current size."""
-        if buckets_for(capacity) > self.buckets:
-            self._replace(buckets_for(capacity))
+        if capacity != self._capacity:  # every write asks: the answer is cached
+            self._capacity = capacity
+            if buckets_for(capacity) > self.buckets:
+                self._replace(buckets_for(capacity))
 
     def _replace(self, buckets):
         nbytes = ACCESS_HEADER_BYTES + buckets

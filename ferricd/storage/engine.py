@@ -338,6 +338,8 @@ class BitcaskStore:
         if len(strictness) == 1:
             return strictness[0]
         of = self.keyspaces.of
+        if len(pending) == 1:  # the common case, without a generator
+            return strictness[of(pending[0][1])]
         return max((strictness[of(item[1])] for item in pending), default=0)
 
     def _sync_for(self, strictness):

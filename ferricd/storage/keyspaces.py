@@ -194,9 +194,11 @@ class KeyspaceAccounts:
         Eviction frees down to 1/EVICTION_HEADROOM below the share, so that one
         round (one write of tombstones) serves many writes, not one each.
         """
-        shares, held = self.table.shard_max_bytes, self.bytes
-        return {number: held[number] - shares[number] + shares[number] // EVICTION_HEADROOM
-                for number in self.table.evictable if held[number] > shares[number]}
+        shares, held, over = self.table.shard_max_bytes, self.bytes, {}
+        for number in self.table.evictable:  # a loop, not a comprehension: every write asks
+            if held[number] > shares[number]:
+                over[number] = held[number] - shares[number] + shares[number] // EVICTION_HEADROOM
+        return over
 
     def check_room(self, growth):
         """Raise KeyspaceFullError if ``growth`` (``{number: bytes}``) takes a refusing keyspace past its share."""
