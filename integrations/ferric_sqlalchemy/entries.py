@@ -13,8 +13,6 @@ changed ones left alone); a new identity becomes a persistent, clean instance
 in the Session's identity map, as if just loaded, and InstanceEvents.load fires.
 """
 
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from ferric_sqlalchemy import orm_internals
@@ -119,10 +117,11 @@ def rebuild(session, catalog, rows, objects):
             instances.append(existing)
         else:
             obj = orm_internals.new_instance(mapper)
-            instance_state(obj).dict.update(columns)  # committed by make_transient_to_detached below
+            state = instance_state(obj)
+            state.dict.update(columns)
             instances.append(obj)
-            new.append(obj)
-    fresh_objects = set(map(id, new))
+            new.append((state, key))
+    fresh_objects = {id(state.obj()) for state, _ in new}
     for obj, (_name, _identity, _columns, relations) in zip(instances, objects):
         unloaded = None if id(obj) in fresh_objects else instance_state(obj).unloaded
         for attribute, value in relations.items():
@@ -133,18 +132,10 @@ def rebuild(session, catalog, rows, objects):
             elif value is not None:
                 value = [instances[member] for member in value]
             set_committed_value(obj, attribute, value)
-    for obj in new:
-        make_transient_to_detached(obj)  # identity from its key columns; what the entry lacks stays unloaded
-    for obj in new:
-        session.add(obj)
-        orm_internals.fire_load(instance_state(obj))
+    for state, key in new:
+        orm_internals.register_loaded(session, state, key)
+    for state, _ in new:
+        orm_internals.fire_load(state)
     out_rows = [tuple(instances[cell] if type(cell) is Ref else cell for cell in row) for row in rows]
     return out_rows, [instance_state(obj) for obj in instances]
 
-
-def mapped_entities(rows) -> bool:
-    """True if any row holds a mapped object (checked on the first row; rows of one result share their layout)."""
-    return bool(rows) and any(_mapped_state(cell) is not None for cell in rows[0])
-
-
-__all__ = ["CorruptEntry", "NotStorable", "decode", "encode", "rebuild", "sa_inspect"]

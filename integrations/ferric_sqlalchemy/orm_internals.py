@@ -68,6 +68,39 @@ def new_instance(mapper):
     return mapper.class_manager.new_instance()
 
 
+def register_loaded(session, state, key) -> None:
+    """Make a new instance, its loaded attributes already in ``state.dict``, persistent in ``session``.
+
+    What ``loading._instance`` does for a row of a new identity (key, session,
+    identity map, committed state), where ``make_transient_to_detached`` +
+    ``Session.add`` would also walk every relationship's cascade. Column
+    attributes the entry lacks (deferred by a query option) are expired so that
+    using them loads them, as make_transient_to_detached does; columns the
+    mapper defers and unloaded relationships keep their own loaders.
+    """
+    dict_ = state.dict
+    state.key = key
+    state.session_id = session.hash_key
+    session.identity_map._add_unpresent(state, key)
+    state._commit_all(dict_, session.identity_map)
+    missing = [name for name in _eager_column_keys(state.mapper) if name not in dict_]
+    if missing:
+        state._expire_attributes(dict_, missing)
+    if session.dispatch.loaded_as_persistent:
+        session.dispatch.loaded_as_persistent(session, state)
+
+
+_EAGER_COLUMNS: dict = {}
+
+
+def _eager_column_keys(mapper) -> tuple:
+    """Column attributes the mapper loads with its rows (not ``deferred``)."""
+    keys = _EAGER_COLUMNS.get(mapper)
+    if keys is None:
+        keys = _EAGER_COLUMNS[mapper] = tuple(prop.key for prop in mapper.column_attrs if not prop.deferred)
+    return keys
+
+
 def fire_load(state) -> None:
     """Fire InstanceEvents.load (and so @reconstructor) for an instance built from cache, as merge(load=False) does."""
     dispatch = state.manager.dispatch

@@ -4,7 +4,7 @@ import datetime
 import decimal
 
 import pytest
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import event, func, inspect, select, text, update
 from sqlalchemy.orm import aliased, defer, joinedload, selectinload, subqueryload, undefer
 
 from ferric_sqlalchemy import NotCacheableError
@@ -162,10 +162,31 @@ def test_deferred_options_are_part_of_the_shape(db):
     seed(db)
     (undeferred, _), _ = twice(db, lambda s: s.scalars(select(User).options(undefer(User.bio))
                                                         .where(User.id == 1)).one().bio)
-    with db.Session() as session:
-        user = session.scalars(select(User).options(defer(User.email)).where(User.id == 1)).one()
-        assert "email" in inspect(user).unloaded and "bio" in inspect(user).unloaded
     assert undeferred == "bio of 1"
+    deferring = select(User).options(defer(User.email)).where(User.id == 1)
+    twice(db, lambda s: s.scalars(deferring).one())
+    with db.Session() as session:
+        db.reset_counts()
+        user = session.scalars(deferring).one()
+        assert db.selects() == 0
+        assert "email" in inspect(user).unloaded and "bio" in inspect(user).unloaded
+        assert user.email == "u1@example.com"  # loaded on use, as without the cache
+        assert user.bio == "bio of 1"
+
+
+def test_a_hit_fires_the_load_event_as_a_database_load_does(db):
+    seed(db)
+    loaded = []
+
+    def on_load(target, context):
+        loaded.append(target.id)
+    event.listen(User, "load", on_load)
+    try:
+        _, counts = twice(db, lambda s: s.get(User, 4).name)
+    finally:
+        event.remove(User, "load", on_load)
+    assert counts == [1, 0]
+    assert loaded == [4, 4]
 
 
 def test_values_come_back_exactly(db):
