@@ -8,12 +8,16 @@ default one; numbers index the per-keyspace counters.
 
 from dataclasses import dataclass
 
+import struct
+
 from ferric_ipc.errors import LimitError
 from ferric_ipc.file_layout import RECORD_KEY_LEN_AT
+from ferric_ipc.index_layout import DELETED, SLOT, table_bytes
 from ferricd.storage.records import HEADER_BYTES
 from ferricd.storage.settings import FSYNC_POLICIES
 
 DEFAULT_KEYSPACE = "default"
+_KEY_LEN = struct.Struct("<I")
 
 #: What each eviction policy does once a keyspace holds more than its max_bytes.
 EVICTION_POLICIES = {
@@ -137,18 +141,36 @@ class KeyspaceAccounts:
     def count(self, keydir):
         """Count what ``keydir`` holds, from scratch: a store does this once, after recovery.
 
-        With prefixes to tell apart, that reads the start of every key: about a
-        second per million keys, before the shard serves.
+        With prefixes to tell apart, that reads the start of every key (about
+        1-2 s per million keys), before the shard serves.
         """
-        keys, held = [0] * len(self.table), [0] * len(self.table)
-        if not self.table.prefix_bytes:
+        table = self.table
+        keys, held = [0] * len(table), [0] * len(table)
+        if not table.prefix_bytes:
             keys[0], held[0] = len(keydir), sum(keydir.live_bytes.values())
             self.keys, self.bytes = keys, held
             return
-        for _slot, _hash, file_id, offset, record_len, _expire in keydir.index.entries():
-            number = self.of_record(file_id, offset)
-            keys[number] += 1
-            held[number] += record_len
+        # The hot loop of a start: slots unpacked in bulk, keys read straight from the maps of closed files.
+        of, prefix_bytes, files, index = table.of, table.prefix_bytes, self.files, keydir.index
+        unpack_key_len = _KEY_LEN.unpack_from
+        views = {}
+        active = files.active.file_id if files.active is not None else None
+        with memoryview(index.buffer)[table_bytes(0):table_bytes(index.capacity)] as slots:
+            for _seq, file_id, key_hash, offset, record_len, _expire in SLOT.iter_unpack(slots):
+                if key_hash <= DELETED:
+                    continue
+                if file_id == active:
+                    number = self.of_record(file_id, offset)
+                else:
+                    view = views.get(file_id)
+                    if view is None:
+                        view = views[file_id] = files.view(file_id)
+                    key_len = unpack_key_len(view, offset + RECORD_KEY_LEN_AT)[0]
+                    number = of(bytes(view[offset + HEADER_BYTES:offset + HEADER_BYTES + min(key_len, prefix_bytes)]))
+                keys[number] += 1
+                held[number] += record_len
+        for view in views.values():
+            view.release()  # the maps must close when their files go
         self.keys, self.bytes = keys, held
 
     def of_record(self, file_id, offset):

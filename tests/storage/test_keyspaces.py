@@ -109,6 +109,16 @@ def test_keys_and_bytes_follow_every_change_and_survive_a_reopen(open_keyspace_s
     assert held(open_keyspace_store(table)) == expected  # counted again from the recovered key directory
 
 
+def test_a_key_shorter_than_a_prefix_is_not_taken_for_it_when_counted_again(open_keyspace_store):
+    table = keyspaces(SESSIONS, CACHE)
+    store = open_keyspace_store(table)
+    store.write_batch([Put("sa", b":looks like a cache key"), Put("s", b"ess:x"), Put("sa:real", b"v")])
+    before = held(store)
+    assert before["default"][0] == 2 and before["cache"][0] == 1
+    store.close()
+    assert held(open_keyspace_store(table)) == before
+
+
 def test_every_write_is_synced_as_its_keyspace_asks(open_keyspace_store, fdatasync_calls):
     store = open_keyspace_store(keyspaces(SESSIONS, CACHE))
     store.put("sa:1", b"v")
