@@ -208,10 +208,10 @@ class QueryCache:
         if not self.store.available():
             return self._empty(state, plan) if mode == CACHE_ONLY else None
         try:
-            values = self.store.read(plan.keys)
-            if mode != REFRESH and None not in values[:len(plan.dependencies)]:
+            values = self.store.read(plan.dependencies)
+            if mode != REFRESH and None not in values:
                 data = self.store.get(self._entry(plan, values).key)
-                result = self._hit(state, plan, data, values) if data is not None else None
+                result = self._hit(state, plan, data) if data is not None else None
                 if result is not None:
                     return result
         except FerricError as exc:
@@ -227,7 +227,8 @@ class QueryCache:
         if not plan.strategy.generations_before_query:
             return self._compute(state, plan, None)  # nonstrict: generations read after the query
         try:
-            values = self.store.create_missing(plan.keys, values, plan.tags)
+            # Read again, with the stamps a cached "no such row" will carry: all of them before the query.
+            values = self.store.create_missing(plan.keys, self.store.read(plan.keys), plan.tags)
             if None in values[:len(plan.dependencies)]:
                 return self._compute(state, plan, None, store=False)
             entry = self._entry(plan, values)
@@ -236,11 +237,11 @@ class QueryCache:
             taken = self.store.lease(entry.lease_key, self.lease_ttl_ms)
             if not taken.acquired:
                 data = self.store.wait_for(entry.key, entry.lease_key, self.lease_wait_ms)
-                result = self._hit(state, plan, data, values) if data is not None else None
+                result = self._hit(state, plan, data) if data is not None else None
                 return result if result is not None else self._compute(state, plan, values)
             data = self.store.get(entry.key)  # stored between our lookup and our lease
             if data is not None:
-                result = self._hit(state, plan, data, values)
+                result = self._hit(state, plan, data)
                 if result is not None:
                     self.store.release(entry.lease_key, taken.token)
                     return result
@@ -279,7 +280,7 @@ class QueryCache:
                     values = self.store.create_missing(plan.keys, self.store.read(plan.keys), plan.tags)
                     if None in values[:len(plan.dependencies)]:
                         return False
-                stamp = self._stamp(plan, values) if plan.kind == "get" and not rows else None
+                stamp = _stamp(values[len(plan.dependencies):]) if plan.kind == "get" and not rows else None
                 data = entries.encode(self.codec, self.catalog, keys, attributes, rows, recording.fresh, stamp)
                 entry = self._entry(plan, values)
                 done = self.store.store(entry.key, data, plan.ttl_ms, entry.tag, lease_key, token)
@@ -315,12 +316,12 @@ class QueryCache:
             return "the transaction's snapshot may be older than the generations read"
         return None
 
-    def _hit(self, state, plan, data, values):
+    def _hit(self, state, plan, data):
         """The result an entry holds, in ``state``'s Session; None if the entry cannot be used."""
         try:
             keys, attributes, rows, objects, stamp = entries.decode(self.codec, data)
-            if stamp is not None and stamp != self._stamp(plan, values):
-                return None
+            if stamp is not None and stamp != _stamp(self.store.read(plan.keys[len(plan.dependencies):])):
+                return None  # a cached "no such row", and a row has been inserted since
             rows, states = entries.rebuild(state.session, self.catalog, rows, objects)
         except entries.CorruptEntry:
             return None
@@ -403,10 +404,6 @@ class QueryCache:
                               digest_size=16).digest()
         return self.layout.entry(plan.head, plan.selector, generations)
 
-    @staticmethod
-    def _stamp(plan, values) -> bytes:
-        """The table generations a cached "no such row" holds for: any insert into the table ends it."""
-        return blake2b(msgpack.packb(values[len(plan.dependencies):]), digest_size=16).digest()
 
 
 class _ShapeLayout:
@@ -447,6 +444,11 @@ class _ShapeLayout:
         row_marker = b"row" if self.row_head is not None else b""
         self.get_signature = blake2b(b"".join(self.get_before_row + [row_marker] + self.get_after_row),
                                      digest_size=16).digest()
+
+
+def _stamp(table_generations) -> bytes:
+    """What a cached "no such row" holds for: its tables' generations (any insert into them ends it)."""
+    return blake2b(msgpack.packb(table_generations), digest_size=16).digest()
 
 
 def _tag_of(key: bytes) -> bytes:
