@@ -1,6 +1,5 @@
 """Client: a process's connection to ferricd (routing, one connection per shard, timeouts, fork and thread safety)."""
 
-import json
 import os
 import platform
 import secrets
@@ -16,6 +15,7 @@ import zmq
 
 from ferric_ipc import protocol
 from ferric_ipc.connections import ShardConnection, StreamShardConnection, ZmqShardConnection
+from ferric_ipc.daemon_file import RUN_DIR_ENV, read_daemon_file
 from ferric_ipc.errors import (
     CommandError,
     FerricConnectionError,
@@ -29,7 +29,6 @@ from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, Found, LocalShardReader
 from ferric_ipc.routing import hash_tag, shard_for, shard_for_hashed
 
-RUN_DIR_ENV = "FERRIC_RUN_DIR"
 LOCAL_READS_SAFE = platform.machine().lower() in ("x86_64", "amd64")
 DEFAULT_TIMEOUT_MS = 2_000
 
@@ -418,22 +417,8 @@ class Client(_Commands[_RunNow]):
         if self._forks != _ForkCount.value:
             self._reset_after_fork()
         if self._shard_count is None:
+            daemon = read_daemon_file(self.run_dir)
             path = os.path.join(self.run_dir, DAEMON_FILE)
-            try:
-                with open(path, "rb") as f:
-                    daemon: Any = json.load(f)
-            except FileNotFoundError:
-                raise FerricConnectionError(
-                    f"no ferricd at {self.run_dir} ({DAEMON_FILE} is missing): start ferricd "
-                    f"(systemctl start ferricd), or point {RUN_DIR_ENV} / Client(run_dir=...) at its run directory"
-                ) from None
-            except PermissionError:
-                raise FerricConnectionError(
-                    f"cannot read {path}: permission denied; run as a member of the daemon's group "
-                    "(ferricd under systemd, see docs/deploy.md)"
-                ) from None
-            except (OSError, ValueError) as exc:
-                raise FerricConnectionError(f"cannot read {path}: {exc}; is ferricd running there?") from None
             if not (isinstance(daemon, dict) and type(daemon.get("shards")) is int and daemon["shards"] > 0):
                 raise FerricConnectionError(f"{path} does not name a shard count; restart ferricd to rewrite it")
             if daemon.get("protocol") != protocol.PROTOCOL_VERSION:
@@ -491,6 +476,7 @@ class Client(_Commands[_RunNow]):
     def _read_locally(self, key: bytes) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
         if not self.local_reads:
+            self.read_counts["fallback"] += 1  # every read goes to the daemon, and counts as such
             return FALLBACK
         shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
         key_hash = key_hash64(key)

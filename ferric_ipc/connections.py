@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 from ferric_ipc import protocol
+from ferric_ipc.daemon_file import check_daemon_running
 from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError, LimitError
 from ferric_ipc.file_layout import socket_path, stream_path
 
@@ -38,6 +39,8 @@ _READ_CHUNK_BYTES = 64 * 1024
 _MAX_READ_BYTES = 16 * 1024 * 1024  # one recv() allocates what it asks for, so big replies come in steps
 _HEADER_BYTES = protocol.STREAM_HEADER.size
 
+# How long a ZeroMQ wait goes on before the client looks whether the daemon still runs, and then between looks.
+_LIVENESS_CHECK_MS = 100
 # connect() errors meaning "no shard listens there right now": it is starting or restarting.
 _NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN)
 
@@ -168,6 +171,7 @@ class StreamShardConnection(ShardConnection):
     """A Unix stream socket to ``run_dir/shard-K.stream``: two threads woken per round trip, no more."""
 
     def __init__(self, run_dir: str, shard_id: int) -> None:
+        self.run_dir = run_dir
         self.path = stream_path(run_dir, shard_id)
         super().__init__(shard_id, self.path)
         self._sock: socket.socket | None = None
@@ -284,6 +288,8 @@ class StreamShardConnection(ShardConnection):
                     ) from None
                 if exc.errno not in _NOT_LISTENING and not isinstance(exc, TimeoutError):
                     raise FerricConnectionError(f"cannot connect to {self.path}: {exc}") from None
+                if exc.errno in _NOT_LISTENING:
+                    check_daemon_running(self.run_dir)  # a stopped daemon fails now, not at the timeout
                 pause_s = _pause_before_reconnecting(pause_s, deadline)
                 continue
             self._sock = sock
@@ -346,6 +352,7 @@ class ZmqShardConnection(ShardConnection):
     """One DEALER socket to the shard's ROUTER at ``ipc://run_dir/shard-K.sock``."""
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], run_dir: str, shard_id: int) -> None:
+        self.run_dir = run_dir
         self.path = socket_path(run_dir, shard_id)
         super().__init__(shard_id, f"ipc://{self.path}")
         self._context = context
@@ -373,13 +380,28 @@ class ZmqShardConnection(ShardConnection):
                 if remaining_ms <= 0:
                     raise zmq.Again
                 # A blocking recv bounded by RCVTIMEO: one call, where poll() then recv() costs a
-                # second wake-up per reply (about 25 us per round trip measured here).
-                self._socket.rcvtimeo = remaining_ms
+                # second wake-up per reply (about 25 us per round trip measured here). Past the first
+                # _LIVENESS_CHECK_MS, look between waits whether the daemon still runs: ZeroMQ queues
+                # a request for a socket nobody will ever bind again, and would wait out the timeout.
+                self._socket.rcvtimeo = min(remaining_ms, _LIVENESS_CHECK_MS)
                 frame = self._socket.recv()
             except zmq.Again:
+                if remaining_ms > _LIVENESS_CHECK_MS:
+                    self._check_daemon(sent=True)
+                    continue
                 raise _NoReply from None
             replies.add(frame)
         return replies.value()
+
+    def _check_daemon(self, sent: bool) -> None:
+        try:
+            check_daemon_running(self.run_dir)
+        except FerricConnectionError as exc:
+            self._close_socket()
+            raise FerricConnectionError(
+                f"{exc}; the request was sent before it stopped, so it may or may not have been applied"
+                if sent else str(exc)
+            ) from None
 
     def _close_socket(self) -> None:
         if self._socket is not None:

@@ -365,3 +365,13 @@ def test_a_value_over_the_daemons_limit_is_refused_before_anything_is_sent(make_
             attempt()
     assert client.info()[0]["requests"] == before + 1, "only the info request itself reached the shard"
     assert client.set("op:big", b"x" * 4096) is True
+
+
+def test_read_counts_count_reads_sent_to_the_daemon_when_local_reads_are_off(daemon):
+    client = Client(daemon.run_dir, local_reads=False)
+    try:
+        client.get("op:rc")
+        client.mget(["op:rc", "op:rc2"])
+        assert client.read_counts == {"local": 0, "fallback": 3}
+    finally:
+        client.close()
