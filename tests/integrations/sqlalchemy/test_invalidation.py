@@ -330,3 +330,15 @@ def _scalar(db, statement):
 def _all(db, statement):
     with db.Session() as session:
         return session.scalars(statement).all()
+
+
+def test_core_dml_on_the_sessions_own_connection_invalidates_at_commit(db):
+    seed(db)
+    warm(db, read_name)
+
+    def raw_core(session):
+        table = User.__table__
+        session.connection().execute(update(table).where(table.c.id == 2).values(name="own connection"))
+        assert cached(db, read_name)  # not before the commit
+    commit(db, raw_core)
+    assert read_name(db) == "own connection"
