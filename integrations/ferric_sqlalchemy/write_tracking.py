@@ -204,13 +204,13 @@ class WriteTracker:
             del writes.frames[depth + 1:]
 
     def _checkin(self, dbapi_connection, record):
-        writes = record.info.get(self.info_key)
+        writes = record.info.get(self.info_key) if record is not None else None
         if writes is not None:
             self._flush_out(writes)
             writes.frames, writes.savepoints, writes.owner = [], [], None
 
     def _pool_invalidate(self, dbapi_connection, record, exception):
-        writes = record.info.get(self.info_key)
+        writes = record.info.get(self.info_key) if record is not None else None
         if writes is not None:
             self._flush_out(writes)  # committed before the connection broke: still committed
 
@@ -321,13 +321,19 @@ class WriteTracker:
         session_writes = self.session_writes(session)
         session_writes.flushing = False
         covered = set()
+        targets = {}  # mapper -> (its connection's writes, tenant), looked up once per flush
         for state, deleted in _flushed_states(session, flush_context):
             mapper = state.mapper
-            if not any(self.catalog.table(table.fullname) for table in mapper.tables):
+            target = targets.get(mapper)
+            if target is None:
+                if not any(self.catalog.table(table.fullname) for table in mapper.tables):
+                    targets[mapper] = False
+                    continue
+                connection = session.connection(bind_arguments={"mapper": mapper})
+                target = targets[mapper] = (self.connection_writes(connection), self.tenants.of(connection, None))
+            elif target is False:
                 continue
-            connection = session.connection(bind_arguments={"mapper": mapper})
-            writes = self.connection_writes(connection)
-            tenant = self.tenants.of(connection, None)
+            writes, tenant = target
             frame = writes.current()
             keys = []
             if state.key is not None:
