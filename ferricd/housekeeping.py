@@ -14,6 +14,7 @@ SWEEP_INTERVAL_S = 0.1  # one expiry sweep slice this often (Redis runs its cycl
 SWEEP_BUDGET_S = 0.002  # a slice may repeat while many keys expire, up to this long
 MERGE_CHECK_INTERVAL_S = 1.0  # how often the merge thresholds are compared with the shard's dead bytes
 MERGE_RETRY_S = 60.0  # after a merge failed or was refused, automatic merges wait this long
+MERGE_PAUSE_MS = 1  # between two merge slices, the longest a shard waits for requests (the poll's unit is 1 ms)
 
 
 class Housekeeping:
@@ -42,15 +43,12 @@ class Housekeeping:
     def poll_timeout_ms(self, idle_ms):
         """How long the shard may wait for requests before its next slice of work.
 
-        While a merge runs, as long as one slice (merge_slice_ms): a merging shard
-        with nothing else to do alternates slices and equal waits, so it takes
-        about half a core, not a whole one, from the processes it shares the
-        machine with. Requests end the wait at once. (A merge waiting for
-        another shard's lock is retried once a tick.)
+        While a merge runs, MERGE_PAUSE_MS: a merging shard with nothing else to
+        do takes a fraction of a core, not a whole one, from the processes it
+        shares the machine with. Requests end the wait at once. (A merge waiting
+        for another shard's lock is retried once a tick.)
         """
-        if self.store.merging:
-            return min(idle_ms, self.store.settings.merge_slice_ms)
-        return idle_ms
+        return min(idle_ms, MERGE_PAUSE_MS) if self.store.merging else idle_ms
 
     def run(self):
         """One slice: a sweep and an eviction slice when due, then a merge slice, or a merge started if one is due."""
@@ -61,7 +59,7 @@ class Housekeeping:
             store.sweep_expired(SWEEP_BUDGET_S)
             store.evict_over_limit()  # what writes left over their keyspace's bound (a lowered bound, at start)
         if store.merging:
-            store.merge_step(store.settings.merge_slice_ms / 1000)
+            store.merge_step(store.settings.merge_slice_us / 1e6)
             if not store.merging:
                 self._merge_ended()
             return

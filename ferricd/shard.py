@@ -108,7 +108,7 @@ class ShardServer:
             ready = self._poller.poll(0 if runnable else self.housekeeping.poll_timeout_ms(TICK_MS))
             if ready or runnable:
                 self.handle_ready(ready)
-            # Between two rounds of requests: a bounded slice of merge and expiry work (merge_slice_ms).
+            # Between two rounds of requests: a bounded slice of merge and expiry work (merge_slice_us).
             self.housekeeping.run()
             self.store.sync_if_due()
             self._heartbeat.beat()

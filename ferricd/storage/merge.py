@@ -17,9 +17,10 @@ Because the inputs are every file older than the outputs (Bitcask calls this a
 - inputs are deleted oldest first, so a crash part-way through deleting them
   never leaves an old value without the newer record that hid it.
 
-The work runs in slices (``step``) of bounded time between requests. What
-blocks for longer (fdatasync of an output, the directory fsyncs, unlinks) runs
-in a worker thread that touches only the merge's own files; the GIL is released
+The work runs in slices (``step``) of bounded time between requests; each
+64 KiB of output is fdatasynced within a slice. What blocks for longer (the
+last fdatasync of an output, its hint, the directory fsyncs, unlinks) runs in
+a worker thread that touches only the merge's own files; the GIL is released
 inside each of those system calls. A crash at any point leaves either a
 ``*.tmp`` output (removed at the next start) or complete outputs whose records
 duplicate input records with the same ``seq`` (either copy may serve).
@@ -63,7 +64,8 @@ RETIRING = "retiring"  # inputs are being deleted in the worker thread
 DONE = "done"
 ABORTED = "aborted"
 
-_FLUSH_BYTES = 1 << 20  # write an output's pending bytes once this many are buffered
+_FLUSH_BYTES = 64 << 10  # write an output's pending bytes once this many are buffered
+_SYNC_BYTES = 64 << 10  # fdatasync an output each time this many more bytes were written to it
 _SKIPPED_FLAGS = FLAG_TOMBSTONE | FLAG_TTL_ONLY
 _U32 = 0xFFFFFFFF
 
@@ -83,7 +85,7 @@ class _Output:
         # Per record: key_hash, input file_id << 32 | input offset, offset << 32 | record_len (24 bytes a record).
         self.moves = array("Q")
         self.passed_copying_point = False
-        self.writeback = None  # the _Background fdatasync of what was written so far
+        self.synced = 0  # bytes of the file already fdatasynced
 
     def add(self, key_hash, seq, expire_at_ms, record, input_file, input_offset):
         offset = self.size
@@ -101,27 +103,15 @@ class _Output:
                 while written < len(view):
                     written += os.write(self.fd, view[written:])
             self.pending = bytearray()
-            self._write_back()
-
-    def _write_back(self):
-        # Have the disk take the output as it grows (RocksDB's bytes_per_sync), not all at once when it is
-        # complete: a burst of many MB would stall every fdatasync the shard's writes wait for meanwhile.
-        if self.writeback is None or self.writeback.done:
-            if self.writeback is not None and self.writeback.error is not None:
-                raise self.writeback.error
-            fd = self.fd
-            self.writeback = _Background(lambda: os.fdatasync(fd), f"merge-writeback-{self.file_id}")
-
-    def wait_written_back(self):
-        if self.writeback is not None:
-            self.writeback.wait()
-            if self.writeback.error is not None:
-                raise self.writeback.error
+        if self.size - self.synced >= _SYNC_BYTES:
+            # The disk takes the output in small steps as it grows (RocksDB's bytes_per_sync), here in the
+            # shard's own thread between requests: a burst of many MB at the end, or a sync running beside
+            # the shard's own fdatasyncs, would hold up the writes that wait for those.
+            os.fdatasync(self.fd)
+            self.synced = self.size
 
     def discard(self):
         """Close and remove a partly written output (nothing points at it)."""
-        if self.writeback is not None:
-            self.writeback.wait()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -343,7 +333,6 @@ class Merge:
 
         def publish():
             points.wait("output_written")
-            output.wait_written_back()
             os.fdatasync(output.fd)
             os.close(output.fd)
             output.fd = None

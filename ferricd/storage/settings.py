@@ -17,7 +17,7 @@ MAX_FILE_BYTES_LIMIT = 2**32 - 1
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Settings of one shard's Bitcask store. Sizes in bytes, times in milliseconds."""
+    """Settings of one shard's Bitcask store. Sizes in bytes, times in milliseconds (``_ms``) or microseconds (``_us``)."""
 
     max_file_bytes: int = 64 * MiB  # rotate the active file once it would pass this size
     max_value_bytes: int = 16 * MiB  # larger values are refused with LimitError
@@ -30,7 +30,7 @@ class StoreSettings:
     merge_auto: bool = True  # False: merges run only when asked for (ferricctl compact)
     merge_trigger_dead_percent: int = 50  # dead bytes as a share of all the shard's data bytes
     merge_trigger_dead_bytes: int = 16 * MiB  # ... and at least this many dead bytes
-    merge_slice_ms: int = 1  # merge work between two rounds of requests: what a request may wait for it
+    merge_slice_us: int = 300  # merge work between two rounds of requests: what a request may wait for it
     expiry_sweep_slots: int = 4096  # key directory slots the active expiry sweep checks per tick
 
     def __post_init__(self):
@@ -50,7 +50,7 @@ class StoreSettings:
             raise ValueError("merge_trigger_dead_percent must be between 1 and 100")
         if self.merge_trigger_dead_bytes < 0:
             raise ValueError("merge_trigger_dead_bytes must be 0 or more")
-        if self.merge_slice_ms <= 0:
-            raise ValueError("merge_slice_ms must be positive")
+        if not 1 <= self.merge_slice_us <= 1_000_000:
+            raise ValueError("merge_slice_us must be between 1 and 1000000 microseconds")
         if self.expiry_sweep_slots <= 0:
             raise ValueError("expiry_sweep_slots must be positive")
