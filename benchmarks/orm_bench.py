@@ -174,7 +174,7 @@ def timed_reads(session_factory, read, ops, samples):
 
 
 def timed_commits(session_factory, ops, samples, first_pk):
-    """``ops`` commits of a one-row ORM update; only ``session.commit()`` is timed."""
+    """``ops`` commits of a one-row ORM update; only ``session.commit()`` (its flush included) is timed."""
     clock = time.perf_counter_ns
     gc.disable()
     try:
@@ -182,7 +182,6 @@ def timed_commits(session_factory, ops, samples, first_pk):
             with session_factory() as session:
                 user = session.get(BenchUser, first_pk + i % HOT)
                 user.karma += 1
-                session.flush()
                 t0 = clock()
                 session.commit()
                 t1 = clock()

@@ -42,6 +42,7 @@ class Catalog:
         self.tables: dict[str, TableInfo] = {}
         self.mappers: dict[str, object] = {}  # mapper_name -> Mapper (an ambiguous name maps to None)
         self.mapper_settings: dict[object, object] = {}  # Mapper -> CacheSettings of enabled classes
+        self.read_only_mappers: frozenset = frozenset()
         self.enum_classes: dict[str, type] = {}
         # table -> tables the database itself changes when a row of it is deleted / its key updated
         self.cascades: dict[str, dict[str, set[str]]] = {"delete": {}, "update": {}}
@@ -122,6 +123,8 @@ class Catalog:
             ttls = [s.ttl_ms for s in all_settings if s.ttl_ms is not None]
             tables[name] = TableInfo(name, strategy, regions, min(ttls) if ttls else None)
         self.tables, self.mappers, self.mapper_settings = tables, mappers, mapper_settings
+        self.read_only_mappers = frozenset(
+            mapper for mapper, settings in mapper_settings.items() if settings.strategy == "read_only")
         self.cascades = _foreign_key_cascades(table_objects.values())
         self.enum_classes.clear()
         self.enum_classes.update(enum_classes)  # the codec holds this very dict

@@ -303,9 +303,10 @@ class WriteTracker:
             session_writes.connections.append(writes)
 
     def _before_flush(self, session, flush_context, instances):
-        for obj in chain(session.dirty, session.deleted):
-            settings = self.catalog.settings(sa_inspect(obj).mapper)
-            if settings is None or settings.strategy != "read_only":
+        self.catalog.refresh()
+        read_only = self.catalog.read_only_mappers
+        for obj in chain(session.dirty, session.deleted) if read_only else ():
+            if sa_inspect(obj).mapper not in read_only:
                 continue
             if obj in session.deleted or session.is_modified(obj, include_collections=False):
                 action = "delete" if obj in session.deleted else "update"
