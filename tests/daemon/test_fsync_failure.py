@@ -32,7 +32,8 @@ def test_a_failed_group_fsync_acknowledges_nothing_and_the_shard_is_replaced(mak
     base = make_daemon.tempdir()
     flag = os.path.join(base, "fail-fsync")
     env = dict(os.environ, LD_PRELOAD=fail_fsync_shim, FERRIC_TEST_FAIL_FSYNC_FLAG=flag)
-    daemon = make_daemon(shards=1, env=env, base=base)  # fsync = "always", the default
+    # Every write synced before its reply, as sessions are by default.
+    daemon = make_daemon(shards=1, env=env, base=base, config='[keyspaces.default]\nfsync = "always"\n')
     client = daemon.client(timeout_ms=5000)
     acknowledged = {f"fs:ok:{i}".encode(): b"v%d" % i for i in range(200)}
     for key, value in acknowledged.items():

@@ -41,7 +41,7 @@ def test_sigkill_shard_is_restarted_and_loses_no_acknowledged_write(make_daemon,
     client = daemon.client(timeout_ms=RESTART_TIMEOUT_MS, transport=transport)
     keys = [f"sup:kill:{i}".encode() for i in range(200)]
     for key in keys:
-        assert client.set(key, b"v-" + key) is True  # fsync=always: acknowledged means durable
+        assert client.set(key, b"v-" + key) is True  # written: a killed process loses nothing, whatever the fsync
     mine = keys_on_shard(victim, 1, "sup:kill:probe:")[0]
     before = client.hello(shard=victim)
     other = client.hello(shard=1 - victim)
