@@ -4,8 +4,11 @@ Starts its own ferricd and redis-server in a short temporary directory
 under /tmp (the helpers of benchmarks/ipc_bench.py: redis-server on a Unix
 socket with no persistence, ferricd with ``fsync = "never"``, so neither
 touches the disk per write; the durable pair, ferricd ``fsync = "always"``
-against redis ``appendfsync always``, is measured for the modifying request),
-and measures, in one run on one machine:
+against redis ``appendfsync always``, is measured for the modifying request).
+The sessions go under the prefix ``bench-sess:``, in ferricd's default
+keyspace, whose fsync policy those helpers set; under ferric_flask's default
+prefix ``sess:`` they would be in the ``sessions`` keyspace, always fsynced.
+It measures, in one run on one machine:
 
 1. the per-request cost of ``open_session`` + ``save_session`` in
    microseconds (p50 and mean, ``time.perf_counter_ns`` around the pair,
@@ -61,6 +64,8 @@ except ImportError:  # the project's test extra: pip install -e '.[test]'
 
 EXAMPLE = os.path.join(ROOT, "examples", "flask_app", "app.py")
 LIFETIME_S = 3600
+#: In ferricd's default keyspace, whose fsync the ipc_bench helpers set (the ``sessions`` keyspace is ``sess:``).
+PREFIX = "bench-sess:"
 WORKERS = 4
 START_TIMEOUT_S = 30
 FULL = {"requests": 20_000, "rounds": 4, "load_s": 8.0, "load_rounds": 2, "clients": 4}
@@ -82,7 +87,7 @@ def seed_fields():
 def make_interface(backend, app, ferric_run_dir=None, redis_socket=None):
     """The session interface under test on ``app``."""
     if backend == "ferric":
-        return ferric_flask.FerricSessionInterface(client=Client(ferric_run_dir))
+        return ferric_flask.FerricSessionInterface(client=Client(ferric_run_dir), prefix=PREFIX)
     if backend == "redis":
         return RedisSessionInterface(app, client=redis.Redis(unix_socket_path=redis_socket))
     return SecureCookieSessionInterface()
