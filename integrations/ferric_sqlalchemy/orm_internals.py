@@ -108,6 +108,12 @@ def fire_load(state) -> None:
         dispatch.load(state, None)
 
 
+def listeners_after(orm_execute_state) -> list:
+    """The do_orm_execute listeners that will run after the current one (they may still rewrite the statement)."""
+    remaining = getattr(orm_execute_state, "_remaining_events", None)
+    return list(remaining()) if remaining is not None else []
+
+
 def core_statement(compiled):
     """The Core statement a Compiled actually rendered (for an ORM select: with its eager joins and criteria)."""
     compile_state = getattr(compiled, "compile_state", None)

@@ -180,3 +180,58 @@ def test_stats_count_per_table(db):
 def _is_entry(key: bytes) -> bool:
     """Entry keys: the tuple after the hash tag starts with the string "e"."""
     return key[key.index(b"}") + 1:].startswith(b"\x02e\x00")
+
+
+def test_a_statement_rewriting_listener_must_come_before_the_cache(db, caplog):
+    """A per-request filter added after the cache would have its rows stored under the unfiltered key."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import with_loader_criteria
+
+    seed(db)
+    hidden = {"ids": set()}
+
+    def hide(state):
+        if state.is_select:
+            state.statement = state.statement.options(
+                with_loader_criteria(User, User.id.not_in(sorted(hidden["ids"]) or [-1])))
+
+    event.listen(db.Session, "do_orm_execute", hide)  # after the cache: bypassed, with a warning
+    try:
+        hidden["ids"] = {2}
+        with db.Session() as session:
+            assert [u.id for u in session.scalars(select(User).order_by(User.id))] == [1, 3, 4, 5]
+        hidden["ids"] = set()
+        with db.Session() as session:
+            assert [u.id for u in session.scalars(select(User).order_by(User.id))] == [1, 2, 3, 4, 5]
+        assert "register it before attaching the cache" in caplog.text
+    finally:
+        event.remove(db.Session, "do_orm_execute", hide)
+
+
+def test_a_statement_rewriting_listener_before_the_cache_is_cached_per_filter(db):
+    from sqlalchemy import event
+    from sqlalchemy.orm import with_loader_criteria
+
+    seed(db)
+    hidden = {"ids": [-1]}
+
+    def hide(state):
+        if state.is_select:
+            state.statement = state.statement.options(with_loader_criteria(User, User.id.not_in(hidden["ids"])))
+
+    db.cache.detach(db.Session)
+    event.listen(db.Session, "do_orm_execute", hide)
+    db.cache.attach(db.Session)
+    try:
+        def ids():
+            with db.Session() as session:
+                return [u.id for u in session.scalars(select(User).order_by(User.id))]
+        for hide_ids, expected in (([2], [1, 3, 4, 5]), ([-1], [1, 2, 3, 4, 5]), ([2], [1, 3, 4, 5])):
+            hidden["ids"] = hide_ids
+            db.reset_counts()
+            assert ids() == expected
+        assert db.selects() == 0  # the third is the first's entry, filter and all
+    finally:
+        db.cache.detach(db.Session)
+        event.remove(db.Session, "do_orm_execute", hide)
+        db.cache.attach(db.Session)
