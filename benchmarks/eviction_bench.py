@@ -13,6 +13,10 @@
    remote gets (round trips) on a shard holding --shard-keys keys, first while
    nothing else happens (the peer), then while another client deletes a
    prefix of --doomed keys. Reported: p50, p99 and max of both, and ratios.
+3. What marking a key as used costs a local read: the same get of a 100 B
+   value, answered from the mapped files, from a daemon with an evicting
+   keyspace (each hit writes the access times) and from one without (the
+   peer), in alternating rounds; the median round of each.
 
     python3 benchmarks/eviction_bench.py            # full run, a few minutes
     python3 benchmarks/eviction_bench.py --quick    # smoke run, under a minute
@@ -237,6 +241,38 @@ def run_prefix_delete(settings, probe_alone_s):
     return {"alone": figures(alone), "during": figures(during), "delete_s": delete_s, "deleted": deleted}
 
 
+# -- 3. the cost of marking a local read --------------------------------------------------------
+
+
+def local_get_us(client, key, count):
+    started = time.perf_counter()
+    for _ in range(count):
+        client.get(key)
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def run_marking(reads, rounds):
+    marking = Daemon(1, "")  # the built-in cache keyspace evicts: the shard publishes access times
+    plain = Daemon(1, '[keyspaces.cache]\neviction = "none"\nmax_bytes = 0\n')  # no keyspace evicts: none
+    times = {"marking": [], "plain": []}
+    try:
+        clients = {"marking": Client(marking.run_dir), "plain": Client(plain.run_dir)}
+        for client in clients.values():
+            client.set("sa:read", b"v" * 100)
+            client.get("sa:read")
+        time.sleep(0.2)  # past the readers' 100 ms path check, which maps the access times
+        for _ in range(rounds):
+            for name, client in clients.items():
+                times[name].append(local_get_us(client, "sa:read", reads))
+        locals_only = all(client.read_counts["fallback"] == 0 for client in clients.values())
+        for client in clients.values():
+            client.close()
+    finally:
+        marking.stop()
+        plain.stop()
+    return {name: sorted(samples)[len(samples) // 2] for name, samples in times.items()}, locals_only
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -286,6 +322,16 @@ def main():
          f"{during['max'] * 1e3:.2f}"],
         ["ratio", "", f"{during['p50'] / alone['p50']:.2f}x", f"{during['p99'] / alone['p99']:.2f}x",
          f"{during['max'] / alone['max']:.2f}x"],
+    ]))
+
+    medians, locals_only = run_marking(20_000 if args.quick else 100_000, 5 if args.quick else 11)
+    print("\n3. A local get of a 100 B value (median round), with and without marking the key in the access times"
+          + ("" if locals_only else " (some reads went to the shard: the figures mix in round trips)"))
+    print(table(["", "us per get"], [
+        ["marking (an evicting keyspace)", f"{medians['marking']:.3f}"],
+        ["plain (no keyspace evicts)", f"{medians['plain']:.3f}"],
+        ["difference", f"{medians['marking'] - medians['plain']:+.3f}"],
+        ["ratio", f"{medians['marking'] / medians['plain']:.3f}x"],
     ]))
 
 
