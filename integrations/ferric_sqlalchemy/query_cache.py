@@ -199,7 +199,7 @@ class QueryCache:
             return None
         if options.get("yield_per") or options.get("stream_results") or options.get("populate_existing"):
             return self._not_cached(mode, "streamed results and populate_existing go to the database")
-        if orm_internals.listeners_after(state):
+        if any(getattr(listener, "__self__", None) is not self for listener in orm_internals.listeners_after(state)):
             self._warn("listener-order", "a do_orm_execute listener registered after cache.attach() runs after the "
                                          "cache and may rewrite statements, so the cache is bypassed for them: "
                                          "register it before attaching the cache")
