@@ -55,6 +55,7 @@ class AccessClock:
         self.now = 0  # the clock, 0-255
         if path is not None:
             _retire_file(path)  # a killed run's file: its readers move on to this run's
+            _remove_leftovers(path)
         self._replace(buckets_for(capacity))
 
     def touch(self, key_hash):
@@ -128,6 +129,17 @@ class AccessClock:
         if self.path is not None:
             try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _remove_leftovers(path):
+    """Remove files a killed run was still making (``_replace``'s temporary names): they live in tmpfs, in memory."""
+    directory, name = os.path.split(path)
+    for leftover in os.listdir(directory or "."):
+        if leftover.startswith(name + ".") and leftover.endswith(".new"):
+            try:
+                os.unlink(os.path.join(directory, leftover))
             except FileNotFoundError:
                 pass
 

@@ -139,7 +139,9 @@ def test_expired_keys_met_by_the_hand_are_dropped_not_evicted(open_cache_store, 
 
 def test_the_access_file_grows_with_the_table_and_keeps_its_times(tmp_path):
     path = str(tmp_path / "shard-0.access")
+    (tmp_path / "shard-0.access.999.new").write_bytes(b"left by a killed run")
     clock = AccessClock(16, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.access"]
     assert clock.buckets == MIN_BUCKETS
     for _ in range(3):
         clock.tick()
