@@ -6,7 +6,6 @@ shard keeps serving, "<point> kill" makes the shard SIGKILL itself there.
 """
 
 import io
-import json
 import multiprocessing
 import os
 import random
@@ -26,7 +25,7 @@ from ferricd.compact import compact
 from ferricd.storage import BitcaskStore, StoreSettings
 from ferricd.storage.merge_points import HOOK_ENV, POINTS
 from tests.daemon.conftest import keys_on_shard
-from tests.daemon.local_reads_helpers import Violation, decode_value, make_value, reader_main, writer_main
+from tests.daemon.local_reads_helpers import decode_value, make_value, reader_main, writer_main
 
 SPAWN = multiprocessing.get_context("spawn")
 WAIT_S = 30  # bound on every wait for a shard or a merge (none should come near it)

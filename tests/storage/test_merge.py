@@ -4,9 +4,11 @@ import os
 import random
 import shutil
 import time
+import types
 
 import pytest
 
+from ferric_ipc.errors import StorageFullError
 from ferricd.storage import BitcaskStore, Delete, Expire, Put, StoreSettings
 from ferricd.storage.datafiles import data_path, hint_path, list_data_file_ids
 from ferricd.storage.hints import read_hint
@@ -14,6 +16,7 @@ from ferricd.storage.merge import ABORTED, DONE, FINISHING, RETIRING
 from ferricd.storage.merge_points import POINTS
 from ferricd.storage.records import FLAG_BATCH_MORE, FLAG_TTL_ONLY, RecordScanner
 from tests.fake_clock import FakeClock
+from tests.storage.damage import flip_bits, read_all_records
 
 
 def run_merge(store, budget_s=1.0, between=None):
@@ -355,3 +358,25 @@ def test_expire_ops_in_a_batch(open_store, clock, shard_dir):
         assert reopened.get("a") is None and reopened.get_with_expiry("b") == (b"2", clock() + 50)
     finally:
         reopened.close()
+
+
+def test_a_record_damaged_on_disk_is_not_copied_and_its_key_reads_as_missing(open_store, shard_dir):
+    store = open_store(max_file_bytes=1024)
+    for i in range(20):
+        store.put(f"k{i}", b"v" * 100)
+    store.sync()
+    [damaged] = [record for record in read_all_records(shard_dir) if record.key == b"k3"]
+    flip_bits(data_path(shard_dir, damaged.file_id), [damaged.offset + damaged.length - 5])
+    merge = run_merge(store)
+    assert merge.corrupt_records == 1 and merge.records_copied == 19
+    assert store.get("k3") is None and store.get("k4") == b"v" * 100
+    assert store.stats()["data_bytes"] == store.stats()["live_bytes"]
+
+
+def test_a_merge_needs_room_for_the_live_bytes_it_copies(open_store, monkeypatch):
+    store = open_store()
+    store.put("k", b"v" * 1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(total=10**9, used=10**9, free=100))
+    with pytest.raises(StorageFullError, match="free disk space"):
+        store.start_merge()
+    assert not store.merging and store.get("k") == b"v" * 1000
