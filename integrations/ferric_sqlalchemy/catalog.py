@@ -134,7 +134,7 @@ _NO_ACTION = {None, "NO ACTION", "RESTRICT"}
 
 
 def _foreign_key_cascades(tables) -> dict[str, dict[str, set[str]]]:
-    cascades = {"delete": {}, "update": {}}
+    cascades: dict[str, dict[str, set[str]]] = {"delete": {}, "update": {}}
     for table in tables:
         for foreign_key in getattr(table, "foreign_keys", ()):
             try:

@@ -67,7 +67,7 @@ def encode(codec, catalog, keys, attributes, rows, fresh, stamp=None) -> bytes:
         state = pending.pop()
         mapper, values = state.mapper, state.dict
         columns = {prop.key: values[prop.key] for prop in mapper.column_attrs if prop.key in values}
-        relations = {}
+        relations: dict[str, object] = {}
         for prop in mapper.relationships:
             if prop.key not in values:
                 continue

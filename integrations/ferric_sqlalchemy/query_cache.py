@@ -145,7 +145,7 @@ class QueryCache:
                 else:
                     invalidation.add_table(tenant, table.fullname)
             if row is not None:
-                invalidation.add_row(tenant, mapper.base_mapper.local_table.fullname, row)
+                invalidation.add_row(tenant, mapper.base_mapper.local_table.fullname, row)  # type: ignore[attr-defined]
         self.store.publish(invalidation)
 
     def invalidate_tables(self, tables, *, bind=None) -> None:

@@ -197,7 +197,7 @@ def _row_lookup(statement, cache_key) -> RowLookup | None:
     clauses = list(clause.clauses) if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_ \
         else [clause]
     wanted = {(column.table.fullname, column.name): position for position, column in enumerate(mapper.primary_key)}
-    positions = [None] * len(wanted)
+    positions: list[int | None] = [None] * len(wanted)
     for criterion in clauses:
         if not (isinstance(criterion, BinaryExpression) and criterion.operator is operators.eq):
             return None

@@ -111,7 +111,7 @@ def unpack(data: bytes) -> tuple:
 
 
 def _decode_sequence(data: bytes, position: int, nested: bool):
-    items = []
+    items: list = []
     while position < len(data):
         code = data[position]
         if nested and code == NULL:
