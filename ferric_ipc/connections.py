@@ -20,7 +20,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -29,6 +28,7 @@ from ferric_ipc import protocol
 from ferric_ipc.daemon_file import check_daemon_running
 from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError, LimitError
 from ferric_ipc.file_layout import socket_path, stream_path
+from ferric_ipc.stream_frames import HEADER_BYTES, FrameReader
 
 _FIRST_RETRY_MS = 100  # the shortest wait before an idempotent request is sent again
 # While a shard restarts (hundreds of ms), the pause before trying its socket again (both transports):
@@ -37,7 +37,6 @@ _FIRST_RECONNECT_PAUSE_S = 0.005
 _MAX_RECONNECT_PAUSE_S = 0.05
 _READ_CHUNK_BYTES = 64 * 1024
 _MAX_READ_BYTES = 16 * 1024 * 1024  # one recv() allocates what it asks for, so big replies come in steps
-_HEADER_BYTES = protocol.STREAM_HEADER.size
 
 # How long a ZeroMQ wait goes on before the client looks whether the daemon still runs, and then between looks.
 _LIVENESS_CHECK_MS = 100
@@ -183,7 +182,7 @@ class StreamShardConnection(ShardConnection):
         ids, frames = self._frames(requests)
         data = b"".join(protocol.STREAM_HEADER.pack(_frame_length(frame)) + frame for frame in frames)
         # Bytes that must arrive before the shard can have applied anything: the first frame, whole.
-        first_frame_bytes = _HEADER_BYTES + len(frames[0])
+        first_frame_bytes = HEADER_BYTES + len(frames[0])
         pause_s = _FIRST_RECONNECT_PAUSE_S
         try:
             while True:
@@ -236,12 +235,12 @@ class StreamShardConnection(ShardConnection):
         return sent
 
     def _receive(self, sock: socket.socket, replies: _Replies, wait_until: float) -> list[Any]:
-        inbox = bytearray()
+        reader = FrameReader(replies.add)
         answering = False  # bytes came back, so the shard was reading this connection
         while replies.pending:
             self._wait(select.POLLIN, wait_until)
             try:
-                chunk = sock.recv(min(max(_READ_CHUNK_BYTES, _bytes_missing(inbox)), _MAX_READ_BYTES))
+                chunk = sock.recv(min(max(_READ_CHUNK_BYTES, reader.bytes_missing()), _MAX_READ_BYTES))
             except BlockingIOError:
                 continue  # woken for nothing
             except ConnectionResetError:
@@ -251,11 +250,7 @@ class StreamShardConnection(ShardConnection):
             if not chunk:
                 raise _Lost
             answering = True
-            if not inbox and _is_one_frame(chunk):
-                replies.add(chunk[_HEADER_BYTES:])  # the usual case: one reply, in one piece
-                continue
-            inbox += chunk
-            _take_frames(inbox, replies.add)
+            reader.feed(chunk)
         return replies.value()
 
     def _wait(self, events: int, wait_until: float) -> None:
@@ -321,31 +316,6 @@ def _frame_length(frame: bytes) -> int:
             "send it in smaller pipelines"
         )
     return len(frame)
-
-
-def _is_one_frame(chunk: bytes) -> bool:
-    return len(chunk) >= _HEADER_BYTES and protocol.STREAM_HEADER.unpack_from(chunk)[0] == len(chunk) - _HEADER_BYTES
-
-
-def _bytes_missing(inbox: bytearray) -> int:
-    """How many more bytes the frame at the start of ``inbox`` needs (0 if its length is not known yet)."""
-    if len(inbox) < _HEADER_BYTES:
-        return 0
-    length: int = protocol.STREAM_HEADER.unpack_from(inbox)[0]
-    return _HEADER_BYTES + length - len(inbox)
-
-
-def _take_frames(inbox: bytearray, emit: Callable[[bytes], None]) -> None:
-    """Call ``emit`` with each whole frame at the start of the bytearray ``inbox`` and remove them from it."""
-    start = 0
-    while len(inbox) - start >= _HEADER_BYTES:
-        (length,) = protocol.STREAM_HEADER.unpack_from(inbox, start)
-        end = start + _HEADER_BYTES + length
-        if end > len(inbox):
-            break
-        emit(bytes(inbox[start + _HEADER_BYTES:end]))
-        start = end
-    del inbox[:start]
 
 
 class ZmqShardConnection(ShardConnection):

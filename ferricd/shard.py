@@ -20,6 +20,7 @@ import zmq
 from ferric_ipc import protocol
 from ferric_ipc.errors import FerricError, ProtocolError, StorageError
 from ferric_ipc.file_layout import access_path, shard_dir, socket_path, stream_path
+from ferric_ipc.stream_frames import FrameTooLarge
 from ferricd.clock import wall_clock_ms
 from ferricd.commands import ShardCommands, error_code
 from ferricd.config import from_dict
@@ -31,7 +32,7 @@ from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.index_file import IndexFiles
 from ferricd.storage.lock import DirectoryLock
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
-from ferricd.stream_server import FrameTooLarge, OutOfDescriptors, StreamListener
+from ferricd.stream_server import OutOfDescriptors, StreamListener
 
 TICK_MS = 100  # housekeeping (interval fsync, expiry sweep, merge checks, stop flag) at least this often
 MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long

@@ -17,18 +17,14 @@ import os
 import socket
 from collections import deque
 
-from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES, STREAM_HEADER
+from ferric_ipc.protocol import STREAM_HEADER
+from ferric_ipc.stream_frames import FrameReader
 
 READ_CHUNK_BYTES = 256 * 1024  # one recv per readable connection; poll is level-triggered
 LISTEN_BACKLOG = 512  # every worker process of every application on the host may connect at once
 # A peer that sends requests but does not read the replies is not read from any more once this
 # much of its replies waits in the shard: its requests then wait in its own socket buffer.
 MAX_OUTBOX_BYTES = 64 * 1024 * 1024
-_HEADER_BYTES = STREAM_HEADER.size
-
-
-class FrameTooLarge(Exception):
-    """A peer announced a frame longer than MAX_STREAM_FRAME_BYTES: the stream cannot be resynchronised."""
 
 
 class StreamConnection:
@@ -38,7 +34,7 @@ class StreamConnection:
         sock.setblocking(False)
         self.sock = sock
         self.frames = deque()  # whole request frames received and not yet taken
-        self._inbox = bytearray()  # the start of a frame still arriving
+        self._reader = FrameReader(self.frames.append)
         self._outbox = bytearray()
 
     def fileno(self):
@@ -72,25 +68,7 @@ class StreamConnection:
             return False
         if not chunk:
             return False
-        inbox = self._inbox
-        if not inbox and len(chunk) >= _HEADER_BYTES:
-            # The common case: one whole frame in one chunk, nothing left over.
-            (length,) = STREAM_HEADER.unpack_from(chunk)
-            if len(chunk) == _HEADER_BYTES + length:
-                self.frames.append(chunk[_HEADER_BYTES:])
-                return True
-        inbox += chunk
-        start = 0
-        while len(inbox) - start >= _HEADER_BYTES:
-            (length,) = STREAM_HEADER.unpack_from(inbox, start)
-            if length > MAX_STREAM_FRAME_BYTES:
-                raise FrameTooLarge(f"a frame of {length} bytes announced; at most {MAX_STREAM_FRAME_BYTES}")
-            end = start + _HEADER_BYTES + length
-            if end > len(inbox):
-                break
-            self.frames.append(bytes(inbox[start + _HEADER_BYTES:end]))
-            start = end
-        del inbox[:start]
+        self._reader.feed(chunk)
         return True
 
     def send(self, frame):

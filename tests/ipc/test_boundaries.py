@@ -19,6 +19,7 @@ CONTRACT_MODULES = [
     "ferric_ipc.keys",
     "ferric_ipc.routing",
     "ferric_ipc.errors",
+    "ferric_ipc.stream_frames",
     "ferricd.storage",
     "ferricd.storage.records",
 ]
