@@ -45,9 +45,13 @@ def _unique_filters(result):
     return [_hash_or_id] * len(result._metadata._keys)
 
 
-def build_result(keys, extras, attributes, rows):
+def result_metadata(keys, extras):
+    """The metadata of such a Result; immutable, so one serves every result of a statement shape."""
+    return SimpleResultMetaData(keys, extra=extras, _create_unique_filters=_unique_filters)
+
+
+def build_result(metadata, attributes, rows):
     """A Result over ``rows`` (tuples) that behaves as the ORM's: scalars(), unique(), mappings(), legacy Query."""
-    metadata = SimpleResultMetaData(keys, extra=extras, _create_unique_filters=_unique_filters)
     result = IteratorResult(metadata, iter(rows))
     result._attributes = result._attributes.union(attributes)
     return result

@@ -275,7 +275,7 @@ class QueryCache:
                     self.store.release(lease_key, token)
                 except FerricError as exc:
                     self.store.failed(exc)
-        return orm_internals.build_result(keys, _extras_for(plan, keys), attributes, rows)
+        return orm_internals.build_result(_metadata(plan, keys), attributes, rows)
 
     def _store(self, state, plan, values, keys, attributes, rows, recording, lease_key, token) -> bool:
         reason = self._unstorable(state, plan, recording)
@@ -332,14 +332,14 @@ class QueryCache:
             return None
         self.recorder.served(plan.tables, states)
         self._stats.count("hits", plan.tables)
-        return orm_internals.build_result(keys, _extras_for(plan, keys), attributes, rows)
+        return orm_internals.build_result(_metadata(plan, keys), attributes, rows)
 
     def _empty(self, state, plan):
         try:
             keys, extras, attributes = orm_internals.result_shape(state.statement)
         except Exception:
             keys, extras, attributes = list(state.statement.selected_columns.keys()), None, {}
-        return orm_internals.build_result(keys, extras, attributes, [])
+        return orm_internals.build_result(orm_internals.result_metadata(keys, extras), attributes, [])
 
     def _not_cached(self, mode, reason):
         if mode == CACHE_ONLY:
@@ -462,9 +462,15 @@ def _tag_of(key: bytes) -> bytes:
     return key[start:key.index(b"}", start)]
 
 
-def _extras_for(plan, keys):
-    extras = plan.shape.extras
-    return extras if extras is not None and len(extras) == len(keys) else None
+def _metadata(plan, keys):
+    """Result metadata for ``keys`` of the plan's shape, made once per shape and column names."""
+    shape = plan.shape
+    key = tuple(keys)
+    metadata = shape.metadata.get(key)
+    if metadata is None:
+        extras = shape.extras if shape.extras is not None and len(shape.extras) == len(keys) else None
+        metadata = shape.metadata[key] = orm_internals.result_metadata(keys, extras)
+    return metadata
 
 
 def _parameter_values(cache_key, parameters) -> list:

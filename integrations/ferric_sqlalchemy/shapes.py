@@ -68,7 +68,8 @@ class RowLookup:
 class Shape:
     """One statement shape: ``reason`` is None if it may be cached, else why not."""
 
-    __slots__ = ("digest", "reason", "tables", "nested", "row_lookup", "primary_table", "extras", "layouts")
+    __slots__ = ("digest", "reason", "tables", "nested", "row_lookup", "primary_table", "extras", "layouts",
+                 "metadata")
 
     def __init__(self, digest=None, reason=None, tables=frozenset(), nested=frozenset(), row_lookup=None,
                  primary_table="", extras=None):
@@ -80,6 +81,7 @@ class Shape:
         self.primary_table = primary_table
         self.extras = extras  # per result column, the objects a Row may be indexed by (entity, column)
         self.layouts: dict = {}  # tenant -> its keys for this shape (made by the QueryCache; reset by learn)
+        self.metadata: dict = {}  # column names -> the Result metadata served for them
 
     def learn(self, tables, later_tables) -> None:
         """Add the tables a run read (``later_tables``: by statements after the first, such as eager loads).
