@@ -110,6 +110,23 @@ ERROR_CODES: dict[str, type[FerricError]] = {
     "INTERNAL": FerricError,
 }
 
+
+
+def error_code(exc: BaseException) -> str:
+    """The code a shard answers for ``exc``: the ``code`` it carries (a CommandError's, or a class's own, such as
+    a keyspace being full), else the first code of ERROR_CODES for its nearest class; BAD_ARGS for a plain
+    TypeError or ValueError (bad arguments), INTERNAL for anything else."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code in ERROR_CODES:
+        return code
+    for cls in type(exc).__mro__:
+        if cls in _FIRST_CODE:
+            return _FIRST_CODE[cls]
+    return "BAD_ARGS" if isinstance(exc, (TypeError, ValueError)) else "INTERNAL"
+
+
+_FIRST_CODE = {cls: code for code, cls in reversed(list(ERROR_CODES.items()))}
+
 _packer_options: dict[str, Any] = {"use_bin_type": True}
 # unpackb bounds every declared length by the frame's own size, so a hostile header cannot
 # make it allocate more than the frame; strict_map_key refuses non-str/bytes map keys.

@@ -5,13 +5,20 @@ import time
 
 import psutil
 
-from ferric_ipc.errors import CommandError, FerricError, LimitError, ProtocolError, StorageError, StorageFullError
+from ferric_ipc.errors import CommandError, FerricError, ProtocolError
 from ferric_ipc.keys import as_key, as_value
-from ferric_ipc.protocol import MAX_TTL_MS, PROTOCOL_VERSION, STATUS_ERROR, STATUS_OK, TRANSACTION_OPS, parse_batch_item
+from ferric_ipc.protocol import (
+    MAX_TTL_MS,
+    PROTOCOL_VERSION,
+    STATUS_ERROR,
+    STATUS_OK,
+    TRANSACTION_OPS,
+    error_code,
+    parse_batch_item,
+)
 from ferric_ipc.routing import shard_for
 from ferricd.map_value import check_field_value, join_fields, split_fields
 from ferricd.storage import Delete, Put
-from ferricd.storage.keyspaces import KeyspaceFullError
 from ferricd.transaction import StagedStore
 
 _MAX_SCAN_COUNT = 10_000
@@ -356,20 +363,3 @@ class ShardCommands:
         if type(ttl_ms) is not int or not 0 < ttl_ms <= MAX_TTL_MS:
             raise CommandError("ttl_ms must be a positive integer number of milliseconds up to 2**62, or None")
         return self._clock() + ttl_ms
-
-
-def error_code(exc):
-    """The protocol error code for an exception raised while running an op."""
-    if isinstance(exc, CommandError):
-        return exc.code
-    if isinstance(exc, KeyspaceFullError):
-        return "KEYSPACE_FULL"
-    if isinstance(exc, LimitError):
-        return "LIMIT"
-    if isinstance(exc, StorageFullError):
-        return "STORAGE_FULL"
-    if isinstance(exc, StorageError):
-        return "STORAGE"
-    if isinstance(exc, (TypeError, ValueError)):
-        return "BAD_ARGS"
-    return "INTERNAL"

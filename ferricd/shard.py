@@ -22,7 +22,7 @@ from ferric_ipc.errors import FerricError, ProtocolError, StorageError
 from ferric_ipc.file_layout import access_path, shard_dir, socket_path, stream_path
 from ferric_ipc.stream_frames import FrameTooLarge
 from ferricd.clock import wall_clock_ms
-from ferricd.commands import ShardCommands, error_code
+from ferricd.commands import ShardCommands
 from ferricd.config import from_dict
 from ferricd.exit_codes import EXIT_BOOT_ERROR, EXIT_DATA_ERROR
 from ferricd.heartbeat import HeartbeatWriter
@@ -294,7 +294,7 @@ class ShardServer:
             return protocol.STATUS_OK, self.commands.run(op, args)
         except (FerricError, TypeError, ValueError) as exc:
             self.commands.errors += 1
-            return protocol.STATUS_ERROR, [error_code(exc), str(exc)]
+            return protocol.STATUS_ERROR, [protocol.error_code(exc), str(exc)]
         except Exception as exc:  # a bug: report it to the client and keep serving
             self.commands.errors += 1
             log.exception("op %s failed", op)

@@ -36,6 +36,8 @@ assert set(FSYNC_STRICTNESS) == set(FSYNC_POLICIES)
 class KeyspaceFullError(LimitError):
     """A write would take a keyspace that never evicts past its max_bytes; nothing was written."""
 
+    code = "KEYSPACE_FULL"  # the protocol's code for it (ferric_ipc.protocol.ERROR_CODES)
+
 
 @dataclass(frozen=True)
 class Keyspace:
