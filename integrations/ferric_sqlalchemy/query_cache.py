@@ -365,7 +365,7 @@ class QueryCache:
     def _plan(self, state, ttl_ms):
         """A _Plan for this execution, or a str saying why it is not cached."""
         statement = state.statement
-        cache_key = statement._generate_cache_key()
+        cache_key = self.shapes.fingerprints.cache_key(statement)
         if cache_key is None:
             return "SQLAlchemy gives this statement no cache key"
         bind = state.session.get_bind(**state.bind_arguments)
