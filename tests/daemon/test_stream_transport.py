@@ -191,11 +191,13 @@ def test_a_peer_that_never_reads_does_not_hold_up_others_or_fill_memory(stream_d
 
 
 def test_replies_larger_than_socket_buffers_arrive_within_the_timeout(stream_daemon, normal):
-    """A reply of tens of MiB is read in large steps, not re-copied per chunk (which once took seconds)."""
+    """A reply of tens of MiB is read in large steps, not re-copied per chunk: re-copying 60 MiB per 64 KiB
+    chunk copies about 28 GB, which no timeout below takes; read in steps it takes well under a second on
+    a quiet machine, and the timeout leaves room for a loaded one."""
     big = [os.urandom(15 * 1024 * 1024) for _ in range(4)]
     keys = keys_on_shard(1, 4, "st:huge:")
     assert normal.mset(dict(zip(keys, big))) is True
-    remote = stream_daemon.client(transport="unix", local_reads=False, timeout_ms=2000)
+    remote = stream_daemon.client(transport="unix", local_reads=False, timeout_ms=15_000)
     assert remote.mget(keys) == big
     normal.delete(*keys)
 
