@@ -112,6 +112,14 @@ def fire_load(state) -> None:
         dispatch.load(state, None)
 
 
+def has_pending_changes(session) -> bool:
+    """True if the Session holds new, changed or deleted objects not yet flushed (what autoflush would write)."""
+    is_clean = getattr(session, "_is_clean", None)
+    if is_clean is not None:
+        return not is_clean()
+    return bool(session.new or session.dirty or session.deleted)
+
+
 def listeners_after(orm_execute_state) -> list:
     """The do_orm_execute listeners that will run after the current one (they may still rewrite the statement)."""
     remaining = getattr(orm_execute_state, "_remaining_events", None)

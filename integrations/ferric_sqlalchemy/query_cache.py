@@ -354,7 +354,7 @@ class QueryCache:
         written = self.tracker.written_in_transaction(session)
         if written and any((plan.tenant, table) in written for table in tables):
             return True
-        if session.autoflush and (session.new or session.dirty or session.deleted):
+        if session.autoflush and orm_internals.has_pending_changes(session):
             pending = {table.fullname for obj in (*session.new, *session.dirty, *session.deleted)
                        for table in sa_inspect(obj).mapper.tables}
             return bool(pending & set(tables))
