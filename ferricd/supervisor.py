@@ -17,6 +17,7 @@ import sys
 import time
 from importlib import metadata
 
+from ferric_ipc import native
 from ferric_ipc.file_layout import DAEMON_FILE, socket_path, stream_path
 from ferric_ipc.protocol import PROTOCOL_VERSION, TRANSPORT_UNIX, TRANSPORT_ZMQ
 from ferricd import systemd
@@ -118,6 +119,10 @@ class Supervisor:
             }).encode()],
             file_mode=0o644,
         )
+        if native.extension is None and os.environ.get(native.DISABLE_VARIABLE, "") in ("", "0"):
+            # pip hides a build's output unless -v, so this is where an operator learns it.
+            log.warning("the C extension for local reads was not built: clients read through pure Python, "
+                        "3-4x slower per read; install gcc and python3-dev, then reinstall ferricstore")
         log.info(
             "starting %d %s; data in %s; sockets in %s",
             self.shard_count, _plural(self.shard_count, "shard"), os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),

@@ -1,6 +1,7 @@
 """What ferricd says when it starts, stops or cannot start, and what it leaves behind."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,3 +41,22 @@ def test_a_failed_start_removes_the_directories_it_created(make_daemon):
     assert not os.path.exists(new_data), "the data directory this start created is gone again"
     assert os.path.exists(first.run_dir), "a directory that existed before is left alone"
     os.rmdir(base)
+
+
+def test_a_missing_c_extension_is_reported_at_start(tmp_path):
+    """pip hides a failed optional build unless -v: the daemon says it, once, when it starts."""
+    base = short_tempdir()
+    script = ("import sys; sys.modules['ferric_ipc._localread'] = None\n"
+              "from ferricd.supervisor import main\n"
+              "sys.exit(main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", script, "--data-dir", os.path.join(base, "d"),
+                                "--run-dir", os.path.join(base, "r"), "--shards", "1"],
+                               stderr=subprocess.PIPE, text=True, env={k: v for k, v in os.environ.items()
+                                                                       if k != "FERRIC_PURE_PYTHON"})
+    try:
+        line = process.stderr.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+    assert "C extension for local reads was not built" in line and "python3-dev" in line, line
