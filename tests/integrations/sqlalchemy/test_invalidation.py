@@ -342,3 +342,17 @@ def test_core_dml_on_the_sessions_own_connection_invalidates_at_commit(db):
         assert cached(db, read_name)  # not before the commit
     commit(db, raw_core)
     assert read_name(db) == "own connection"
+
+
+def test_writes_through_a_session_the_cache_is_not_attached_to_still_invalidate(db):
+    """Write tracking follows the connections of the whole process, not only the attached sessions."""
+    from sqlalchemy.orm import sessionmaker
+
+    seed(db)
+    warm(db, read_name, lambda d: read_name(d, 3))
+    other = sessionmaker(db.engine)
+    with other() as session:
+        session.get(User, 2).name = "elsewhere"
+        session.commit()
+    assert read_name(db) == "elsewhere"
+    assert not cached(db, lambda d: read_name(d, 3))  # rows unknown to it: the table's gets go too
