@@ -372,6 +372,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="where shard data lives (default ./ferric-data)")
     parser.add_argument("--run-dir", help="where sockets live (default ./ferric-run)")
     parser.add_argument("--shards", type=int, help="shard count for a new data directory (default: one per core)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="load the configuration, print what it sets or what is wrong with it, and exit")
     args = parser.parse_args(argv)
     overrides = {"daemon": {"data_dir": args.data_dir, "run_dir": args.run_dir, "shards": args.shards}}
     try:
@@ -379,6 +381,12 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"ferricd: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if args.check_config:
+        keyspaces = ", ".join(f"{k.name} ({k.prefix.decode(errors='backslashreplace')})" if k.prefix else k.name
+                              for k in config.keyspaces)
+        print(f"configuration OK: data in {os.path.abspath(config.data_dir)}, sockets in "
+              f"{os.path.abspath(config.run_dir)}; keyspaces: {keyspaces}")
+        return 0
     logging.basicConfig(
         level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s ferricd[%(process)d] %(levelname)s %(message)s",

@@ -60,3 +60,16 @@ def test_a_missing_c_extension_is_reported_at_start(tmp_path):
         process.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
     assert "C extension for local reads was not built" in line and "python3-dev" in line, line
+
+
+def test_check_config_prints_one_line_either_way(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "ferricd", "--check-config"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert good.returncode == 0 and good.stdout.startswith("configuration OK") and "sessions (sess:)" in good.stdout
+    assert not os.listdir(tmp_path), "checking creates nothing"
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text("[daemon]\nbogus = 1\n")
+    bad = subprocess.run([sys.executable, "-m", "ferricd", "--config", str(bad_file), "--check-config"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert bad.returncode == 2 and "unknown option daemon.bogus" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
