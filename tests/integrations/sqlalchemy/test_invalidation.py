@@ -356,3 +356,22 @@ def test_writes_through_a_session_the_cache_is_not_attached_to_still_invalidate(
         session.commit()
     assert read_name(db) == "elsewhere"
     assert not cached(db, lambda d: read_name(d, 3))  # rows unknown to it: the table's gets go too
+
+
+def test_invalidate_tables_and_naming_the_database(db, ferricd):
+    from ferric_sqlalchemy import QueryCache
+
+    seed(db)
+    price = lambda d: str(_scalar(d, select(Product.price)))  # noqa: E731
+    warm(db, price, read_name)
+    db.cache.invalidate_tables(["products"], bind=db.engine)
+    assert not cached(db, price)
+    assert cached(db, read_name)
+    with db.Session() as session:
+        db.cache.invalidate(User, 2, bind=session)
+    assert not cached(db, read_name)
+    fresh = QueryCache(client=ferricd.client())
+    with pytest.raises(ValueError, match="bind="):
+        fresh.invalidate(User)  # this process's new cache has used no database yet: it must be told which
+    with pytest.raises(TypeError, match="mapped class"):
+        db.cache.invalidate(object)
