@@ -1,7 +1,7 @@
 """A result is stored only if the database snapshot it came from cannot be older than the generations read."""
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
 from tests.integrations.sqlalchemy.models import Tag, User
@@ -17,9 +17,14 @@ def stored(db, read) -> bool:
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_repeatable_read_stores_only_a_transactions_first_statement(db):
+@pytest.mark.parametrize("how", ["execution_options", "create_engine"])
+def test_repeatable_read_stores_only_a_transactions_first_statement(db, how):
     seed(db)
-    repeatable = sessionmaker(db.engine.execution_options(isolation_level="REPEATABLE READ"))
+    if how == "execution_options":
+        engine = db.engine.execution_options(isolation_level="REPEATABLE READ")
+    else:
+        engine = create_engine(db.url, isolation_level="REPEATABLE READ")
+    repeatable = sessionmaker(engine)
     db.cache.attach(repeatable)
     try:
         with repeatable() as session:
@@ -29,6 +34,8 @@ def test_repeatable_read_stores_only_a_transactions_first_statement(db):
         assert not stored(db, lambda s: s.get(User, 2))
     finally:
         db.cache.detach(repeatable)
+        if how == "create_engine":
+            engine.dispose()
 
 
 def test_read_committed_and_autocommitted_reads_are_stored_whenever_they_run(db):
