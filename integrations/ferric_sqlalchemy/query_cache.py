@@ -29,10 +29,10 @@ from ferric_sqlalchemy.key_layout import KeyLayout
 from ferric_sqlalchemy.recording import Recorder
 from ferric_sqlalchemy.shapes import ShapeCache
 from ferric_sqlalchemy.stats import CacheStats
-from ferric_sqlalchemy.tuple_keys import pack
 from ferric_sqlalchemy.tenant import TenantCache
 from ferric_sqlalchemy.throttled_log import RateLimitedWarnings, logger
-from ferric_sqlalchemy.write_tracking import WriteTracker, _table_names
+from ferric_sqlalchemy.tuple_keys import pack
+from ferric_sqlalchemy.write_tracking import WriteTracker, table_names
 
 #: The execution option, and its modes besides True (use the cache) and False (bypass it).
 OPTION = "ferric_cache"
@@ -151,7 +151,7 @@ class QueryCache:
     def invalidate_tables(self, tables, *, bind=None) -> None:
         """Drop everything cached that reads ``tables`` (mapped classes, Tables or table names)."""
         invalidation = Invalidation()
-        names = _table_names(tables)
+        names = table_names(tables)
         for tenant in self._tenants_for(bind):
             for name in names:
                 invalidation.add_bulk(tenant, name)
@@ -161,11 +161,12 @@ class QueryCache:
         """Drop every entry that reads a table of a class in region ``name``, in every database."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"a region is a non-empty str, not {name!r}")
+        if not self.store.available():
+            return  # the first contact after the outage replaces every region's generation anyway
         try:
             self.store.bump_regions([name])
         except FerricError as exc:
             self.store.failed(exc)
-            raise
 
     def stats(self) -> dict:
         """This process's counts: hits, misses, stores, invalidations, bypasses, errors, and per table."""

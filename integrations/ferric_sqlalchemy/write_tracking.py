@@ -281,7 +281,7 @@ class WriteTracker:
         if named is None and isinstance(statement, TextClause):
             named = statement.get_execution_options().get("ferric_invalidates")
         if named is not None:
-            return _table_names(named)
+            return table_names(named)
         sql = statement if isinstance(statement, str) else statement.text
         reading = _READING_TEXT.match(sql)
         if reading and not (reading.group(1).lower() == "with" and _WRITING_WORD.search(sql)):
@@ -405,7 +405,7 @@ def _savepoint_depth(writes, name):
     return len(writes.savepoints) - 1
 
 
-def _table_names(named) -> list[str]:
+def table_names(named) -> list[str]:
     """``ferric_invalidates`` entries (mapped classes, Tables, or full table names) as full table names."""
     if isinstance(named, (str, type)) or not hasattr(named, "__iter__"):
         named = [named]
