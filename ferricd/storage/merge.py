@@ -50,6 +50,8 @@ from ferricd.storage.records import (
     FLAG_TTL_ONLY,
     HEADER,
     HEADER_BYTES,
+    RECORD_CHECKED,
+    RECORD_CRC,
     RecordScanner,
     decode,
     encode,
@@ -66,6 +68,7 @@ ABORTED = "aborted"
 
 _FLUSH_BYTES = 64 << 10  # write an output's pending bytes once this many are buffered
 _SYNC_BYTES = 64 << 10  # fdatasync an output each time this many more bytes were written to it
+_PART_BYTES = 64 << 10  # a larger record is copied this much at a time, so one slice stays short
 _SKIPPED_FLAGS = FLAG_TOMBSTONE | FLAG_TTL_ONLY
 _U32 = 0xFFFFFFFF
 
@@ -89,12 +92,32 @@ class _Output:
 
     def add(self, key_hash, seq, expire_at_ms, record, input_file, input_offset):
         offset = self.size
-        self.pending += record
-        self.hint.add(key_hash, seq, expire_at_ms, offset, len(record), 0)
-        self.moves.extend((key_hash, input_file << 32 | input_offset, offset << 32 | len(record)))
-        self.size += len(record)
+        self.write(record)
+        self.added(key_hash, seq, expire_at_ms, offset, len(record), input_file, input_offset)
+
+    def write(self, data):
+        self.pending += data
+        self.size += len(data)
         if len(self.pending) >= _FLUSH_BYTES:
             self.flush()
+
+    def added(self, key_hash, seq, expire_at_ms, offset, record_len, input_file, input_offset):
+        """Note the record written at ``offset`` in the hint and the moves."""
+        self.hint.add(key_hash, seq, expire_at_ms, offset, record_len, 0)
+        self.moves.extend((key_hash, input_file << 32 | input_offset, offset << 32 | record_len))
+
+    def write_header(self, offset, header):
+        """Put a record's header in place once its key and value are written (the file is only ours yet)."""
+        self.flush()
+        os.pwrite(self.fd, header, offset)
+
+    def cut_back(self, offset):
+        """Forget what was written from ``offset`` on (a record that failed its CRC half-way through)."""
+        self.flush()
+        os.ftruncate(self.fd, offset)  # a temporary file no reader maps
+        os.lseek(self.fd, offset, os.SEEK_SET)
+        self.size = offset
+        self.synced = min(self.synced, offset)
 
     def flush(self):
         if self.pending:
@@ -119,6 +142,43 @@ class _Output:
             os.unlink(self.tmp_path)
         except FileNotFoundError:
             pass
+
+
+class _PartCopy:
+    """A record larger than _PART_BYTES copied a part at a time: key and value first, then its header.
+
+    Two CRCs run along: the input record's (checked at the end, as a small
+    record's is before it is copied) and the copy's, whose header may differ
+    (no FLAG_BATCH_MORE, the key's current expiry).
+    """
+
+    def __init__(self, view, entry, file_id, expire_at_ms, output_offset):
+        _key_hash, self.seq, _expire, offset, record_len, _flags = entry
+        self.entry, self.file_id, self.expire_at_ms, self.output_offset = entry, file_id, expire_at_ms, output_offset
+        self._view = view
+        self._crc, _seq, _record_expire, flags, self._key_len, self._value_len = HEADER.unpack_from(view, offset)
+        self._flags = flags & ~FLAG_BATCH_MORE
+        self._at, self._end = offset + HEADER_BYTES, offset + record_len
+        self._old_crc = zlib.crc32(view[offset + RECORD_CRC.size:offset + HEADER_BYTES])
+        self._checked = RECORD_CHECKED.pack(self.seq, expire_at_ms, self._flags, self._key_len, self._value_len)
+        self._new_crc = zlib.crc32(self._checked)
+        self.intact = HEADER_BYTES + self._key_len + self._value_len == record_len
+
+    def copy_next(self, output):
+        """Copy one part; True once the whole record is copied."""
+        if self.intact and self._at < self._end:
+            part = self._view[self._at:min(self._end, self._at + _PART_BYTES)]
+            self._old_crc = zlib.crc32(part, self._old_crc)
+            self._new_crc = zlib.crc32(part, self._new_crc)
+            output.write(part)
+            self._at += len(part)
+        if self._at < self._end and self.intact:
+            return False
+        self.intact = self.intact and self._old_crc == self._crc
+        return True
+
+    def header(self):
+        return RECORD_CRC.pack(self._new_crc) + self._checked
 
 
 class _Background:
@@ -179,6 +239,7 @@ class Merge:
         self._view = None
         self._entries = iter(())
         self._held = None  # an entry put back when its output was full
+        self._part = None  # a _PartCopy: a record larger than _PART_BYTES being copied across slices
         self._output = None
         self._job = None
         self._switched = 0  # entries of self._output.moves already switched (x3 words)
@@ -234,6 +295,9 @@ class Merge:
     def _copy(self, deadline):
         """Copy live records until the deadline or until an output is full; whether to go on at once."""
         while time.perf_counter() < deadline:
+            if self._part is not None:
+                self._copy_part()
+                continue
             output = self._output
             if output is not None and output.size and not output.passed_copying_point:
                 output.flush()  # so that a crash here leaves a partly written temporary file
@@ -302,6 +366,12 @@ class Merge:
         output = self._output
         if output is not None and output.size and output.size + record_len > self._settings.max_file_bytes:
             return False
+        if output is None:
+            output = self._output = _Output(self.directory, self._new_file_id(), self._settings.file_mode)
+        if record_len > _PART_BYTES:
+            self._part = _PartCopy(self._view, entry, file_id, expire_at_ms, output.size)
+            output.write(bytes(HEADER_BYTES))  # its header goes in place once the rest is copied and checked
+            return True
         record = self._view[offset:offset + record_len]
         crc, _seq, record_expire, record_flags, key_len, value_len = HEADER.unpack_from(record, 0)
         if HEADER_BYTES + key_len + value_len != record_len or zlib.crc32(record[4:]) != crc:
@@ -316,12 +386,31 @@ class Merge:
             data = encode(seq, expire_at_ms, record_flags & ~FLAG_BATCH_MORE, parsed.key, parsed.value)
         else:
             data = bytes(record)
-        if output is None:
-            output = self._output = _Output(self.directory, self._new_file_id(), self._settings.file_mode)
         output.add(key_hash, seq, expire_at_ms, data, file_id, offset)
         self.bytes_copied += record_len
         self.records_copied += 1
         return True
+
+    def _copy_part(self):
+        """Copy the next part of a large record; at its end, check its CRC and put its header in place."""
+        part, output = self._part, self._output
+        if not part.copy_next(output):
+            return
+        self._part = None
+        key_hash, seq, _expire, offset, record_len, _flags = part.entry
+        if not part.intact:
+            log.error("merge: data file %d offset %d fails its CRC; the key it held now reads as missing",
+                      part.file_id, offset)
+            output.cut_back(part.output_offset)
+            found = self._keydir.find_at(key_hash, part.file_id, offset)
+            if found is not None:
+                self._keydir.drop(found[0])
+            self.corrupt_records += 1
+            return
+        output.write_header(part.output_offset, part.header())
+        output.added(key_hash, seq, part.expire_at_ms, part.output_offset, record_len, part.file_id, offset)
+        self.bytes_copied += record_len
+        self.records_copied += 1
 
     # -- publishing an output --------------------------------------------------
 

@@ -61,7 +61,8 @@ class Model:
         self.version += 1
         roll = rng.random()
         if roll < 0.45:
-            value = f"{key.decode()}:{self.version}:".encode() + bytes(rng.randrange(0, 300))
+            size = rng.randrange(70_000, 90_000) if rng.random() < 0.03 else rng.randrange(0, 300)  # some copied in parts
+            value = f"{key.decode()}:{self.version}:".encode() + rng.randbytes(size)
             expire = rng.choice([0, 0, now + rng.randrange(1, 50), now + 100_000])
             store.put(key, value, expire)
             self.state[key] = (value, expire)
@@ -380,3 +381,35 @@ def test_a_merge_needs_room_for_the_live_bytes_it_copies(open_store, monkeypatch
     with pytest.raises(StorageFullError, match="free disk space"):
         store.start_merge()
     assert not store.merging and store.get("k") == b"v" * 1000
+
+
+def test_large_records_are_copied_a_part_at_a_time_and_checked(open_store, shard_dir, clock):
+    store = open_store(max_file_bytes=1 << 20, snapshot_on_close=False)
+    rng = random.Random(9)
+    values = {f"big{i}": rng.randbytes(rng.randrange(70_000, 400_000)) for i in range(8)}
+    store.write_batch([Put(key, value) for key, value in list(values.items())[:3]], atomic=True)
+    for key, value in list(values.items())[3:]:
+        store.put(key, value, clock() + 60_000)
+    store.set_expiry("big5", clock() + 90_000)  # the copy carries the new expiry in a rewritten header
+    store.put("small", b"s")
+    store.sync()
+    [damaged] = [record for record in read_all_records(shard_dir) if record.key == b"big6"]
+    flip_bits(data_path(shard_dir, damaged.file_id), [damaged.offset + damaged.length - 100])
+    merge = run_merge(store, budget_s=0.00005)
+    assert merge.corrupt_records == 1 and merge.records_copied == 8
+    del values["big6"]
+    for key, value in values.items():
+        assert store.get(key) == value, key
+    assert store.get("big6") is None
+    assert store.get_with_expiry("big5")[1] == clock() + 90_000
+    records = [rec for file_id in merge.outputs for rec in records_of(shard_dir, file_id)]
+    assert sorted(rec.key for rec in records) == sorted(key.encode() for key in [*values, "small"])
+    assert all(not rec.flags & FLAG_BATCH_MORE for rec in records)
+    store.close()
+    reopened = BitcaskStore(shard_dir, StoreSettings(), clock=clock)
+    try:
+        assert reopened.recovery.corrupt_records == 0
+        assert {key: reopened.get(key) for key in values} == values
+        assert reopened.get_with_expiry("big5")[1] == clock() + 90_000
+    finally:
+        reopened.close()
