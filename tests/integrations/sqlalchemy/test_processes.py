@@ -1,7 +1,7 @@
 """Several processes at once: no reader ever sees data older than a commit that had returned, and a missing
 entry wanted by eight processes together costs the database one query.
 
-FERRIC_SOAK_SECONDS lengthens the race run (default 8 s per backend).
+FERRIC_SOAK_SECONDS lengthens the race run (default 20 s per backend).
 """
 
 import multiprocessing
@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from tests.integrations.sqlalchemy import workers
 from tests.integrations.sqlalchemy.models import Product, SlowNote
 
-SOAK_SECONDS = float(os.environ.get("FERRIC_SOAK_SECONDS") or 8)
+SOAK_SECONDS = float(os.environ.get("FERRIC_SOAK_SECONDS") or 20)
 READERS = 3
 STAMPEDE = 8
 # Children fork from a server process that imported nothing of the test's (no open connections, no
