@@ -30,7 +30,7 @@ EXT_UUID = 6
 EXT_BIGINT = 7
 EXT_TUPLE = 8
 EXT_ENUM = 9
-EXT_REF = 10  # a reference to an object in an entry's object table (ferric_sqlalchemy.entries)
+EXT_REF = 10  # a reference to an object in an entry's object table (ferric_sqlalchemy.entries), 4 bytes
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
@@ -72,6 +72,9 @@ class ValueCodec:
 
     def __init__(self, enum_classes=None):
         self.enum_classes = enum_classes if enum_classes is not None else {}
+        # Decoded enum members by payload (a row holds the same few again and again); checked against
+        # enum_classes on every use, so a class replaced in the catalog is never served from here.
+        self._members: dict[bytes, tuple[str, enum.Enum]] = {}
 
     def dumps(self, value) -> bytes:
         """``value`` as bytes; NotEncodable if anything in it has no exact form."""
@@ -115,7 +118,7 @@ class ValueCodec:
         if kind is tuple:
             return msgpack.ExtType(EXT_TUPLE, self.dumps(list(value)))
         if kind is Ref:
-            return msgpack.ExtType(EXT_REF, msgpack.packb(int(value)))
+            return msgpack.ExtType(EXT_REF, int(value).to_bytes(4, "big"))
         if isinstance(value, enum.Enum):
             name = f"{kind.__module__}.{kind.__qualname__}"
             if self.enum_classes.get(name) is not kind:
@@ -144,8 +147,14 @@ class ValueCodec:
         if code == EXT_TUPLE:
             return tuple(self.loads(data))
         if code == EXT_REF:
-            return Ref(msgpack.unpackb(data))
+            return Ref(int.from_bytes(data, "big"))
         if code == EXT_ENUM:
-            name, member = msgpack.unpackb(data)
-            return self.enum_classes[name][member]
+            known = self._members.get(data)
+            if known is not None and type(known[1]) is self.enum_classes.get(known[0]):
+                return known[1]
+            name, member_name = msgpack.unpackb(data)
+            member = self.enum_classes[name][member_name]
+            if len(self._members) < 10_000:
+                self._members[data] = (name, member)
+            return member
         raise ValueError(f"unknown extension type {code}")

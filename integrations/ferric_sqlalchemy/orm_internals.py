@@ -76,7 +76,7 @@ def register_loaded(session, state, key) -> None:
     """Make a new instance, its loaded attributes already in ``state.dict``, persistent in ``session``.
 
     What ``loading._instance`` does for a row of a new identity (key, session,
-    identity map, committed state), where ``make_transient_to_detached`` +
+    identity map), where ``make_transient_to_detached`` +
     ``Session.add`` would also walk every relationship's cascade. Column
     attributes the entry lacks (deferred by a query option) are expired so that
     using them loads them, as make_transient_to_detached does; columns the
@@ -86,7 +86,7 @@ def register_loaded(session, state, key) -> None:
     state.key = key
     state.session_id = session.hash_key
     session.identity_map._add_unpresent(state, key)
-    state._commit_all(dict_, session.identity_map)
+    # The values went into the dict without attribute events: there is no history to commit.
     missing = [name for name in _eager_column_keys(state.mapper) if name not in dict_]
     if missing:
         state._expire_attributes(dict_, missing)

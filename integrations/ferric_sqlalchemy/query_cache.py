@@ -366,7 +366,7 @@ class QueryCache:
     def _plan(self, state, ttl_ms):
         """A _Plan for this execution, or a str saying why it is not cached."""
         statement = state.statement
-        cache_key = self.shapes.fingerprints.cache_key(statement)
+        cache_key = statement._generate_cache_key()
         if cache_key is None:
             return "SQLAlchemy gives this statement no cache key"
         bind = state.session.get_bind(**state.bind_arguments)
@@ -388,12 +388,13 @@ class QueryCache:
         try:
             if pk is not None and layout.get_head is not None:
                 plan.kind, plan.selector, plan.head = "get", self.layout.pk_part(pk), layout.get_head
-                row = [layout.row_head + pack((plan.selector,))] if layout.row_head is not None else []
-                plan.dependencies = layout.get_before_row + row + layout.get_after_row
+                if layout.row_head is None:
+                    plan.dependencies = layout.get_before_row + layout.get_after_row
+                else:
+                    row = layout.row_head + pack((plan.selector,))
+                    plan.dependencies = layout.get_before_row + [row] + layout.get_after_row
                 plan.keys = plan.dependencies + layout.stamps
-                plan.tags = layout.get_tags if not row else \
-                    layout.get_tags[:len(layout.get_before_row)] + [layout.tenant_tag] + \
-                    layout.get_tags[len(layout.get_before_row):]
+                plan.tags = layout.get_tags
                 plan.signature = layout.get_signature
             else:
                 plan.kind, plan.head = "query", layout.query_head
@@ -446,7 +447,9 @@ class _ShapeLayout:
         self.row_head = keys.row_generation_head(tenant, lookup.table) if self.strategy.row_generations else None
         self.get_after_row = [keys.table_generation(tenant, table) for table in sorted(shape.tables - set(own))]
         self.stamps = [keys.table_generation(tenant, table) for table in own]
-        self.get_tags = [_tag_of(key) for key in self.get_before_row + self.get_after_row + self.stamps]
+        row = [self.tenant_tag] if self.row_head is not None else []  # row generations carry the tenant's tag
+        self.get_tags = [_tag_of(key) for key in self.get_before_row] + row + \
+            [_tag_of(key) for key in self.get_after_row + self.stamps]
         row_marker = b"row" if self.row_head is not None else b""
         self.get_signature = blake2b(b"".join(self.get_before_row + [row_marker] + self.get_after_row),
                                      digest_size=16).digest()

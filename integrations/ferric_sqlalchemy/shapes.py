@@ -227,68 +227,6 @@ def _extras(statement):
         return None
 
 
-_PLAIN = (str, int, float, bool, type(None))
-_FINGERPRINTS_PER_KIND = 8
-
-
-def _same(a, b) -> bool:
-    """The very same objects (SQL elements are immutable), or equal plain values, containers of them alike."""
-    if a is b:
-        return True
-    kind = type(a)
-    if kind is not type(b):
-        return False
-    if kind in (tuple, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):  # never compare SQL elements with ==: it builds an expression
-        return (len(a) == len(b) and all(type(key) is str for key in a)
-                and all(key in b and _same(value, b[key]) for key, value in a.items()))
-    return (kind in _PLAIN or isinstance(a, enum.Enum)) and a == b
-
-
-class Fingerprints:
-    """Cache keys of statements rebuilt the same way again and again (a ``session.get``, a lazy load).
-
-    Generating a statement's cache key walks all of it. When every attribute
-    SQLAlchemy builds the key from (``_cache_key_traversal``) holds the very same
-    objects as in a statement seen before, the key is that statement's, and so
-    are its bound parameters (the same objects), without the walk.
-    """
-
-    def __init__(self):
-        self._known: dict = {}
-
-    @staticmethod
-    def _attributes(statement):
-        traversal = getattr(type(statement), "_cache_key_traversal", None)
-        if not isinstance(traversal, list):
-            return None
-        return [getattr(statement, name, None) for name, _ in traversal]
-
-    @staticmethod
-    def _kind(statement, values):
-        first = values[0] if values else None
-        return type(statement), id(first[0]) if isinstance(first, (list, tuple)) and first else None
-
-    def cache_key(self, statement):
-        """The cache key of ``statement``, recognised or generated (None if SQLAlchemy gives it none)."""
-        values = self._attributes(statement)
-        if values is None:
-            return statement._generate_cache_key()
-        known = self._known.get(self._kind(statement, values), ())
-        for seen_values, cache_key in known:
-            if _same(seen_values, values):
-                return cache_key
-        cache_key = statement._generate_cache_key()
-        if cache_key is not None:
-            kind = self._kind(statement, values)
-            entries = [(values, cache_key)] + list(self._known.get(kind, ()))[:_FINGERPRINTS_PER_KIND - 1]
-            if len(self._known) > MAX_SHAPES:
-                self._known.clear()
-            self._known[kind] = entries
-        return cache_key
-
-
 class ShapeCache:
     """Shapes by SQLAlchemy cache key, least recently used forgotten past MAX_SHAPES."""
 
@@ -296,7 +234,6 @@ class ShapeCache:
         self._shapes: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._compiled: dict[int, tuple[object, frozenset, str | None]] = {}
-        self.fingerprints = Fingerprints()
 
     def shape_of(self, statement, cache_key, dialect) -> Shape:
         key = (cache_key.key, dialect.name)
