@@ -99,7 +99,7 @@ def decode(codec, data: bytes):
 
 
 def rebuild(session, catalog, rows, objects):
-    """The rows with references replaced by persistent instances of ``session``; returns (rows, states)."""
+    """The rows with references replaced by persistent instances of ``session``; returns (rows, instances)."""
     instances = []
     new = []
     for name, identity, columns, _relations in objects:
@@ -121,21 +121,22 @@ def rebuild(session, catalog, rows, objects):
             state.dict.update(columns)
             instances.append(obj)
             new.append((state, key))
-    fresh_objects = {id(state.obj()) for state, _ in new}
-    for obj, (_name, _identity, _columns, relations) in zip(instances, objects):
-        unloaded = None if id(obj) in fresh_objects else instance_state(obj).unloaded
-        for attribute, value in relations.items():
-            if unloaded is not None and attribute not in unloaded:
-                continue
-            if type(value) is Ref:
-                value = instances[value]
-            elif value is not None:
-                value = [instances[member] for member in value]
-            set_committed_value(obj, attribute, value)
+    if any(entry[3] for entry in objects):  # loaded relationships to set, once every object exists
+        fresh_objects = {id(state.obj()) for state, _ in new}
+        for obj, (_name, _identity, _columns, relations) in zip(instances, objects):
+            unloaded = None if id(obj) in fresh_objects else instance_state(obj).unloaded
+            for attribute, value in relations.items():
+                if unloaded is not None and attribute not in unloaded:
+                    continue
+                if type(value) is Ref:
+                    value = instances[value]
+                elif value is not None:
+                    value = [instances[member] for member in value]
+                set_committed_value(obj, attribute, value)
     for state, key in new:
         orm_internals.register_loaded(session, state, key)
     for state, _ in new:
         orm_internals.fire_load(state)
     out_rows = [tuple(instances[cell] if type(cell) is Ref else cell for cell in row) for row in rows]
-    return out_rows, [instance_state(obj) for obj in instances]
+    return out_rows, instances
 

@@ -3,7 +3,7 @@
     key = prefix | "{" | 16 hex digits | "}" | tuple
 
 The tuple says what the key is and is unique by itself (``tuple_keys``); the
-hex digits are a hash of part of it, there only to route. Sub-spaces (first
+hex digits are a hash of its content, there only to route. Sub-spaces (first
 tuple element):
 
     ("e", tenant, table, "get",   shape, pk, generations)    an entry: a get by primary key
@@ -14,9 +14,10 @@ tuple element):
     ("r", region)                                            generation of a region
 
 Generation keys share one tag per tenant ("g", tenant), so a commit bumps all of
-its generations in one atomic transaction on one shard. An entry's tag is a
-hash of its whole tuple, spreading entries over the shards; its lease uses the
-same tag, so storing the entry and releasing the lease is one transaction.
+its generations in one atomic transaction on one shard. An entry's tag is the
+start of its generations digest, which covers all its parts, spreading entries
+over the shards; its lease uses the same tag, so storing the entry and
+releasing the lease is one transaction.
 docs/sqlalchemy.md shows the bytes of each.
 """
 
@@ -101,9 +102,10 @@ class KeyLayout:
 
     def entry(self, head: bytes, selector, generations: bytes) -> Entry:
         """The entry ``head`` + (``selector``, ``generations``): ``selector`` is the pk tuple of a get or the
-        digest of a query's parameters, ``generations`` the digest of the generations it was computed under."""
+        digest of a query's parameters, ``generations`` a 16-byte digest of everything the entry depends on,
+        its selector included, whose first 8 bytes are the tag (so a hash of the entry's whole content)."""
         parts = head + pack((selector, generations))
-        tag = blake2b(parts, digest_size=_TAG_BYTES).hexdigest().encode("ascii")
+        tag = generations[:_TAG_BYTES].hex().encode("ascii")
         start = b"".join((self.prefix, b"{", tag, b"}"))
         return Entry(start + parts, start + _LEASE + parts[len(_ENTRY):], tag)
 

@@ -44,8 +44,8 @@ _FRESH_LEVELS = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 class _Plan:
     """How one execution is looked up: its generation keys, its entry, and the strategy that applies."""
 
-    __slots__ = ("tenant", "shape", "kind", "selector", "head", "keys", "tags", "dependencies", "signature",
-                 "strategy", "ttl_ms", "tables")
+    __slots__ = ("tenant", "shape", "kind", "selector", "selector_bytes", "head", "keys", "tags", "dependencies",
+                 "signature", "strategy", "ttl_ms", "tables")
 
 
 class QueryCache:
@@ -328,10 +328,11 @@ class QueryCache:
             keys, attributes, rows, objects, stamp = entries.decode(self.codec, data)
             if stamp is not None and stamp != _stamp(self.store.read(plan.keys[len(plan.dependencies):])):
                 return None  # a cached "no such row", and a row has been inserted since
-            rows, states = entries.rebuild(state.session, self.catalog, rows, objects)
+            rows, objects = entries.rebuild(state.session, self.catalog, rows, objects)
         except entries.CorruptEntry:
             return None
-        self.recorder.served(plan.tables, states)
+        if self.recorder.current() is not None:  # an eager load served inside a load being computed
+            self.recorder.served(plan.tables, objects)
         self._stats.count("hits", plan.tables)
         return orm_internals.build_result(_metadata(plan, keys), attributes, rows)
 
@@ -388,17 +389,18 @@ class QueryCache:
         try:
             if pk is not None and layout.get_head is not None:
                 plan.kind, plan.selector, plan.head = "get", self.layout.pk_part(pk), layout.get_head
+                plan.selector_bytes = pack((plan.selector,))
                 if layout.row_head is None:
                     plan.dependencies = layout.get_before_row + layout.get_after_row
                 else:
-                    row = layout.row_head + pack((plan.selector,))
-                    plan.dependencies = layout.get_before_row + [row] + layout.get_after_row
+                    plan.dependencies = layout.get_before_row + [layout.row_head + plan.selector_bytes] + \
+                        layout.get_after_row
                 plan.keys = plan.dependencies + layout.stamps
                 plan.tags = layout.get_tags
                 plan.signature = layout.get_signature
             else:
                 plan.kind, plan.head = "query", layout.query_head
-                plan.selector = blake2b(self.codec.dumps(values), digest_size=16).digest()
+                plan.selector = plan.selector_bytes = blake2b(self.codec.dumps(values), digest_size=16).digest()
                 plan.dependencies = plan.keys = layout.query_keys
                 plan.tags = layout.query_tags
                 plan.signature = layout.query_signature
@@ -407,9 +409,12 @@ class QueryCache:
         return plan
 
     def _entry(self, plan, values):
-        generations = blake2b(plan.signature + self.store.epoch() + msgpack.packb(values[:len(plan.dependencies)]),
-                              digest_size=16).digest()
-        return self.layout.entry(plan.head, plan.selector, generations)
+        """The entry this plan computes under generation values ``values`` (read before its query)."""
+        digest = blake2b(plan.signature, digest_size=16)
+        digest.update(self.store.epoch())
+        digest.update(plan.selector_bytes)
+        digest.update(msgpack.packb(values[:len(plan.dependencies)]))
+        return self.layout.entry(plan.head, plan.selector, digest.digest())
 
 
 

@@ -85,9 +85,9 @@ class Recorder:
         if recording is not None:
             recording.fresh.add(instance_state(target))
 
-    def served(self, tables, states) -> None:
+    def served(self, tables, objects) -> None:
         """A nested result came from the cache: its tables and objects count as read and loaded here."""
         recording = self._current.get()
         if recording is not None:
             recording.statements.append(frozenset(tables))
-            recording.fresh.update(states)
+            recording.fresh.update(instance_state(obj) for obj in objects)

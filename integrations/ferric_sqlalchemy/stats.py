@@ -17,10 +17,11 @@ class CacheStats:
     def count(self, event: str, tables=(), n: int = 1) -> None:
         with self._lock:
             self._totals[event] += n
+            per_table = self._tables
             for table in tables:
-                counter = self._tables.get(table)
+                counter = per_table.get(table)
                 if counter is None:
-                    counter = self._tables[table] = Counter()
+                    counter = per_table[table] = Counter()
                 counter[event] += n
 
     def snapshot(self) -> dict:

@@ -13,6 +13,7 @@ import os
 from hashlib import blake2b
 
 import msgpack
+from sqlalchemy.engine import Engine
 
 
 def describe(url, schema_translate_map) -> list:
@@ -36,6 +37,7 @@ class TenantCache:
 
     def __init__(self):
         self._known: dict = {}
+        self._by_engine: dict = {}  # an Engine's options never change: its tenant, when no statement sets a map
 
     def known(self) -> list[bytes]:
         """Every tenant this process has used."""
@@ -43,6 +45,16 @@ class TenantCache:
 
     def of(self, bind, schema_translate_map) -> bytes:
         """The tenant of ``bind`` (an Engine or Connection) with the statement's ``schema_translate_map``."""
+        if schema_translate_map is None and isinstance(bind, Engine):
+            tenant = self._by_engine.get(bind)
+            if tenant is None:
+                if len(self._by_engine) > 10_000:
+                    self._by_engine.clear()
+                tenant = self._by_engine[bind] = self._of(bind, None)
+            return tenant
+        return self._of(bind, schema_translate_map)
+
+    def _of(self, bind, schema_translate_map) -> bytes:
         engine = getattr(bind, "engine", bind)
         if schema_translate_map is None:
             schema_translate_map = bind.get_execution_options().get("schema_translate_map")
