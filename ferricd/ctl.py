@@ -245,34 +245,22 @@ def _key_argument(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_ms(text):
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of milliseconds")
-    return value
+def _number_argument(parse, what, low, high, unit=""):
+    """An argparse type: ``parse`` the text (int or float), refusing anything outside [low, high] in one line."""
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value:g}{unit} is outside {low:g} to {high:g}{unit}")
+        return value
+    return convert
 
 
-def _positive_seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value:g} s is outside 0.05 to 3600 seconds")
-    return value
-
-
-def _count(text):
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
-    return value
+_positive_ms = _number_argument(lambda text: int(text, 10), "a whole number of milliseconds", 1, 2**62, " ms")
+_positive_seconds = _number_argument(float, "a number of seconds", 0.05, 3600, " s")
+_count = _number_argument(lambda text: int(text, 10), "a whole number", 1, 10**9)
 
 
 def version():

@@ -57,12 +57,12 @@ def test_keys_without_an_argument_lists_every_key(ctl):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("set", "ctl:k", "v", "--ttl-ms", "0"), "not a positive number of milliseconds"),
+    (("set", "ctl:k", "v", "--ttl-ms", "0"), "0 ms is outside 1 to"),
     (("set", "ctl:k", "v", "--ttl-ms", "-5"), "--ttl-ms"),
     (("set", "ctl:k", "v", "--ttl-ms", "soon"), "not a whole number"),
     (("get", "bad\\q"), "a backslash must start"),
-    (("--timeout-ms", "0", "ping"), "not a positive number"),
-    (("monitor", "--interval", "0"), "outside 0.05 to 3600"),
+    (("--timeout-ms", "0", "ping"), "is outside 1 to"),
+    (("monitor", "--interval", "0"), "outside 0.05 to 3600 s"),
     (("nope",), "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_clear_line(ctl, args, message):
