@@ -253,12 +253,16 @@ def _number_argument(parse, what, low, high, unit=""):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value:g}{unit} is outside {low:g} to {high:g}{unit}")
+            raise argparse.ArgumentTypeError(f"{_plain(value)}{unit} is outside {_plain(low)} to {_plain(high)}{unit}")
         return value
     return convert
 
 
-_positive_ms = _number_argument(lambda text: int(text, 10), "a whole number of milliseconds", 1, 2**62, " ms")
+def _plain(number):
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+_positive_ms = _number_argument(lambda text: int(text, 10), "a whole number of milliseconds", 1, 10**12, " ms")
 _positive_seconds = _number_argument(float, "a number of seconds", 0.05, 3600, " s")
 _count = _number_argument(lambda text: int(text, 10), "a whole number", 1, 10**9)
 
