@@ -30,13 +30,8 @@ EXT_UUID = 6
 EXT_BIGINT = 7
 EXT_TUPLE = 8
 EXT_ENUM = 9
-EXT_REF = 10  # a reference to an object in an entry's object table (ferric_sqlalchemy.entries), 4 bytes
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
-
-
-class Ref(int):
-    """The position of a mapped object in an entry's object table."""
 
 
 def _tz_state(tz):
@@ -117,8 +112,6 @@ class ValueCodec:
             return value
         if kind is tuple:
             return msgpack.ExtType(EXT_TUPLE, self.dumps(list(value)))
-        if kind is Ref:
-            return msgpack.ExtType(EXT_REF, int(value).to_bytes(4, "big"))
         if isinstance(value, enum.Enum):
             name = f"{kind.__module__}.{kind.__qualname__}"
             if self.enum_classes.get(name) is not kind:
@@ -146,8 +139,6 @@ class ValueCodec:
             return int(data.decode("ascii"))
         if code == EXT_TUPLE:
             return tuple(self.loads(data))
-        if code == EXT_REF:
-            return Ref(int.from_bytes(data, "big"))
         if code == EXT_ENUM:
             known = self._members.get(data)
             if known is not None and type(known[1]) is self.enum_classes.get(known[0]):

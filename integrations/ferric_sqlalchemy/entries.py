@@ -17,9 +17,8 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from ferric_sqlalchemy import orm_internals
 from ferric_sqlalchemy.catalog import mapper_name
-from ferric_sqlalchemy.codec import Ref
 
-FORMAT = 1
+FORMAT = 2
 
 
 class NotStorable(Exception):
@@ -44,7 +43,7 @@ def encode(codec, catalog, keys, attributes, rows, fresh, stamp=None) -> bytes:
     positions: dict = {}
     pending: list = []
 
-    def reference(obj) -> Ref:
+    def reference(obj) -> int:
         state = instance_state(obj)
         position = positions.get(state)
         if position is None:
@@ -58,11 +57,15 @@ def encode(codec, catalog, keys, attributes, rows, fresh, stamp=None) -> bytes:
             position = positions[state] = len(objects)
             objects.append(None)
             pending.append(state)
-        return Ref(position)
+        return position
 
+    # A column holds mapped objects in every row or in none (None aside): say which, and store positions there.
+    width = len(rows[0]) if rows else 0
+    entity_columns = [any(_mapped_state(row[i]) is not None for row in rows) for i in range(width)]
     out_rows = []
     for row in rows:
-        out_rows.append([reference(cell) if _mapped_state(cell) is not None else cell for cell in row])
+        out_rows.append([cell if not entity or cell is None else reference(cell)
+                         for cell, entity in zip(row, entity_columns)])
     while pending:
         state = pending.pop()
         mapper, values = state.mapper, state.dict
@@ -80,7 +83,7 @@ def encode(codec, catalog, keys, attributes, rows, fresh, stamp=None) -> bytes:
             else:
                 relations[prop.key] = reference(value)
         objects[positions[state]] = [mapper_name(mapper), list(state.identity), columns, relations]
-    return codec.dumps([FORMAT, list(keys), dict(attributes), out_rows, objects, stamp])
+    return codec.dumps([FORMAT, list(keys), dict(attributes), entity_columns, out_rows, objects, stamp])
 
 
 def state_label(state) -> str:
@@ -88,18 +91,19 @@ def state_label(state) -> str:
 
 
 def decode(codec, data: bytes):
-    """``(keys, attributes, rows, objects, stamp)`` of entry bytes; CorruptEntry if they are not a usable entry."""
+    """``(keys, attributes, entity_columns, rows, objects, stamp)`` of entry bytes; CorruptEntry if unusable."""
     try:
-        version, keys, attributes, rows, objects, stamp = codec.loads(data)
+        version, *fields = codec.loads(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptEntry(str(exc)) from None
-    if version != FORMAT:
+    if version != FORMAT or len(fields) != 6:
         raise CorruptEntry(f"entry format {version}, this process reads {FORMAT}")
-    return keys, attributes, rows, objects, stamp
+    return fields
 
 
-def rebuild(session, catalog, rows, objects):
-    """The rows with references replaced by persistent instances of ``session``; returns (rows, instances)."""
+def rebuild(session, catalog, entity_columns, rows, objects):
+    """The rows with positions in ``entity_columns`` replaced by persistent instances of ``session``;
+    returns (rows, instances)."""
     instances = []
     new = []
     for name, identity, columns, _relations in objects:
@@ -128,7 +132,7 @@ def rebuild(session, catalog, rows, objects):
             for attribute, value in relations.items():
                 if unloaded is not None and attribute not in unloaded:
                     continue
-                if type(value) is Ref:
+                if type(value) is int:
                     value = instances[value]
                 elif value is not None:
                     value = [instances[member] for member in value]
@@ -137,6 +141,9 @@ def rebuild(session, catalog, rows, objects):
         orm_internals.register_loaded(session, state, key)
     for state, _ in new:
         orm_internals.fire_load(state)
-    out_rows = [tuple(instances[cell] if type(cell) is Ref else cell for cell in row) for row in rows]
+    if entity_columns == [True]:  # the common case, rows of one entity
+        return [(instances[position],) for position, in rows], instances
+    out_rows = [tuple(instances[cell] if entity and cell is not None else cell
+                      for cell, entity in zip(row, entity_columns)) for row in rows]
     return out_rows, instances
 

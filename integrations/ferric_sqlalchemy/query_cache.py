@@ -325,10 +325,10 @@ class QueryCache:
     def _hit(self, state, plan, data):
         """The result an entry holds, in ``state``'s Session; None if the entry cannot be used."""
         try:
-            keys, attributes, rows, objects, stamp = entries.decode(self.codec, data)
+            keys, attributes, entity_columns, rows, objects, stamp = entries.decode(self.codec, data)
             if stamp is not None and stamp != _stamp(self.store.read(plan.keys[len(plan.dependencies):])):
                 return None  # a cached "no such row", and a row has been inserted since
-            rows, objects = entries.rebuild(state.session, self.catalog, rows, objects)
+            rows, objects = entries.rebuild(state.session, self.catalog, entity_columns, rows, objects)
         except entries.CorruptEntry:
             return None
         if self.recorder.current() is not None:  # an eager load served inside a load being computed

@@ -263,3 +263,19 @@ def test_tag_collection_order_survives(db):
         session.commit()
     (first, second), _ = twice(db, lambda s: [t.label for t in s.scalars(select(Tag).order_by(Tag.label))])
     assert first == second == ["blue", "zzz"]
+
+
+def test_rows_of_several_entities_with_outer_joined_nones(db):
+    seed(db)
+    with db.Session() as session:
+        session.add(User(id=40, name="lonely"))  # no address: its Address column is None
+        session.commit()
+
+    def read(session):
+        rows = session.execute(select(User, Address.email, Address).outerjoin(User.addresses)
+                               .where(User.id.in_([1, 40])).order_by(User.id, Address.id)).all()
+        return [(user.id, email, address.id if address is not None else None) for user, email, address in rows]
+
+    (first, second), counts = twice(db, read)
+    assert first == second == [(1, "a1@x", 11), (1, "b1@x", 12), (40, None, None)]
+    assert counts == [1, 0]
