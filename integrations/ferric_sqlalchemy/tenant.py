@@ -38,6 +38,7 @@ class TenantCache:
     def __init__(self):
         self._known: dict = {}
         self._by_engine: dict = {}  # an Engine's options never change: its tenant, when no statement sets a map
+        self._by_options: dict = {}  # id(a Connection's options) -> (those options, engine, tenant)
 
     def known(self) -> list[bytes]:
         """Every tenant this process has used."""
@@ -51,6 +52,17 @@ class TenantCache:
                 if len(self._by_engine) > 10_000:
                     self._by_engine.clear()
                 tenant = self._by_engine[bind] = self._of(bind, None)
+            return tenant
+        if schema_translate_map is None:
+            # A Connection's options are one immutable mapping, replaced whenever they change.
+            options = bind.get_execution_options()
+            known = self._by_options.get(id(options))
+            if known is not None and known[0] is options and known[1] is bind.engine:
+                return known[2]
+            if len(self._by_options) > 10_000:
+                self._by_options.clear()
+            tenant = self._of(bind, None)
+            self._by_options[id(options)] = (options, bind.engine, tenant)
             return tenant
         return self._of(bind, schema_translate_map)
 
