@@ -51,20 +51,26 @@ def test_twenty_mib_into_a_two_mib_cache_stays_bounded_and_sessions_survive_a_ki
 
 
 def test_keys_read_only_locally_outlive_keys_nobody_read(make_daemon):
+    """Sampled LRU is approximate: a hot key can lose a draw where every other sample is newer, so the test
+    asks what the policy promises (nearly every hot key kept, nearly every cold one gone), not exact LRU.
+    Without local reads marking the access times, hot and cold keys age alike and none survives five
+    turnovers of the bound."""
     daemon = make_daemon(shards=2, config=f"[keyspaces.cache]\nmax_bytes = {MiB}\n")
     writer = daemon.client(timeout_ms=10_000, local_reads=False)
     reader = daemon.client()
     value = b"r" * 256
-    hot = [f"sa:hot:{i}" for i in range(20)]
-    cold = [f"sa:cold:{i}" for i in range(20)]
+    hot = [f"sa:hot:{i}" for i in range(40)]
+    cold = [f"sa:cold:{i}" for i in range(40)]
     writer.mset({key: value for key in hot + cold})
     for start in range(0, 5 * MiB // len(value), 200):  # five times what fits
         writer.mset({f"sa:flood:{i}": value for i in range(start, start + 200)})
-        assert reader.mget(hot) == [value] * len(hot)
+        reader.mget(hot)
     assert reader.read_counts["fallback"] == 0  # every read was local: no shard saw them
     assert sum(shard["gets"] for shard in writer.info()) == 0
-    assert reader.mget(hot) == [value] * len(hot)
-    assert writer.mget(cold) == [None] * len(cold)
+    hot_kept = sum(found == value for found in reader.mget(hot))
+    cold_kept = sum(found == value for found in writer.mget(cold))
+    assert hot_kept >= 0.9 * len(hot), (hot_kept, cold_kept)
+    assert cold_kept <= 0.1 * len(cold), (hot_kept, cold_kept)
 
 
 def test_the_access_file_lets_the_application_group_write(make_daemon):
