@@ -402,6 +402,15 @@ def main():
             print(f"  {label:11s} p50 {sample.p50_us():8.1f} us   mean {sample.mean_us():8.1f} us")
         print(f"  publishing the invalidation (one ferricd transaction): p50 {publish.p50_us():.1f} us, "
               f"mean {publish.mean_us():.1f} us")
+        pings = Samples()
+        probe = Client(ferricd.run_dir)
+        for _ in range(500):
+            t0 = time.perf_counter_ns()
+            probe.ping(0)
+            pings.ns.append(time.perf_counter_ns() - t0)
+        probe.close()
+        print(f"  for scale, a bare ferricd round trip (ping) now: p50 {pings.p50_us():.1f} us; the tracking alone "
+              f"costs the rest of the difference")
 
         print(f"\n[4/4] {STAMPEDE} processes missing one entry at once ({STAMPEDE_QUERY_S * 1000:.0f} ms query)")
         url_text = url.render_as_string(hide_password=False)
