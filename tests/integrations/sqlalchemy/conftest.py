@@ -23,10 +23,12 @@ DAEMON_CONFIG = '[storage]\nfsync = "never"\n'
 _schemas = itertools.count()
 
 
+SKIP_POSTGRES = f"{POSTGRES_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+
+
 def backends():
     return ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
-        not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} is not set (e.g. "
-        "postgresql+psycopg://postgres@127.0.0.1:5432/test)"))]
+        not os.environ.get(POSTGRES_ENV), reason=SKIP_POSTGRES))]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,8 @@ def _sqlite_pragmas(dbapi_connection, record):
 
 @pytest.fixture(params=backends())
 def database(request, tmp_path):
+    if request.param == "postgresql" and not os.environ.get(POSTGRES_ENV):
+        pytest.skip(SKIP_POSTGRES)  # a test that asks for PostgreSQL alone (indirect parametrization)
     db = Database(request.param, os.environ.get(POSTGRES_ENV), tmp_path)
     yield db
     db.dispose()
