@@ -6,6 +6,7 @@ import secrets
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Generic, NamedTuple, Self, TypeVar, overload
@@ -74,7 +75,7 @@ _Mode = TypeVar("_Mode", _RunNow, _Queue)
 _Queued = TypeVar("_Queued", bound="_Commands[_Queue]")
 
 
-class _Commands(Generic[_Mode]):
+class _Commands(ABC, Generic[_Mode]):
     """Operations on one key (or keys of one shard). ``Client`` runs them now, ``Pipeline`` and ``Transaction`` queue them.
 
     Every ``ttl_ms`` takes a positive int of milliseconds or a ``datetime.timedelta``.
@@ -82,14 +83,17 @@ class _Commands(Generic[_Mode]):
     Pipeline or Transaction (so queued calls chain); they exist for type checkers only.
     """
 
+    @abstractmethod
     def _submit(self, key: bytes, op: str, args: list[Any]) -> Any:
-        raise NotImplementedError  # each subclass sends or queues
+        """Run the op now (Client) or queue it (Pipeline, Transaction)."""
 
+    @abstractmethod
     def _shard_of(self, key: bytes) -> int:
-        raise NotImplementedError
+        """The shard that owns ``key``."""
 
+    @abstractmethod
     def _max_value_bytes(self) -> int:
-        raise NotImplementedError
+        """The daemon's value limit (from ferricd.json)."""
 
     def _fits(self, data: bytes, argument: str = "value") -> bytes:
         """``data`` if the daemon accepts a value that long; LimitError before anything is sent if not."""

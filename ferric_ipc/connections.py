@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import zmq
@@ -71,7 +72,7 @@ class _Unread(Exception):
     """
 
 
-class ShardConnection:
+class ShardConnection(ABC):
     """Request ids, the retry policy and the lock; subclasses move frames."""
 
     def __init__(self, shard_id: int, endpoint: str) -> None:
@@ -109,12 +110,13 @@ class ShardConnection:
                     if time.monotonic() >= deadline:
                         raise self._timed_out(timeout_ms, False) from None
 
+    @abstractmethod
     def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
-        """Send ``requests`` and return their results; _NoReply or _Lost when that fails."""
-        raise NotImplementedError  # each transport moves frames its own way
+        """Send ``requests`` and return their results; _NoReply or _Lost when that fails (each transport its way)."""
 
+    @abstractmethod
     def _close_socket(self) -> None:
-        raise NotImplementedError
+        """Drop the transport's socket; the next exchange opens a new one."""
 
     def _timed_out(self, timeout_ms: int, maybe_applied: bool) -> FerricTimeoutError:
         """The timeout error; ``maybe_applied``: a request that changes something may have reached the shard."""
