@@ -4,7 +4,6 @@ import http.cookiejar
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
+
+from tests.gunicorn_process import control_socket_flags, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 APP = "tests.integrations.flask.gunicorn_app:make_app()"
@@ -25,20 +26,6 @@ RETRY_TIMEOUT_S = 60
 SESSIONS = 8
 REQUESTS_PER_SESSION = 40
 PAIRS = 25
-
-
-def control_socket_flags():
-    """Gunicorn >= 25 opens a control socket at one path per user: parallel masters would take it from each other."""
-    import gunicorn.config
-
-    settings = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
-    return ["--no-control-socket"] if "control_socket_disable" in settings else []
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Gunicorn:

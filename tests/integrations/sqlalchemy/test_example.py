@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from tests.gunicorn_process import control_socket_flags, free_port
 from tests.integrations.sqlalchemy.conftest import DAEMON_CONFIG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -54,20 +54,6 @@ def test_the_example_serves_from_cache_and_invalidates_on_write(example):
     assert client.get("/books?genre=fiction").json[0]["price"] == "7.50"
     assert client.get("/genres/count").json == {"fiction": 2, "science": 1}
     assert client.get("/recently-viewed").json == [1]
-
-
-def control_socket_flags():
-    """Gunicorn >= 25 opens a control socket at one path per user: parallel masters would take it from each other."""
-    import gunicorn.config
-
-    settings = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
-    return ["--no-control-socket"] if "control_socket_disable" in settings else []
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fetch(port, path, data=None):
