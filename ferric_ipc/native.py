@@ -6,6 +6,7 @@ to rule it out when chasing a problem); the pure-Python paths answer the same.
 """
 
 import importlib
+import importlib.util
 import os
 from typing import Any, Protocol, cast
 
@@ -77,9 +78,14 @@ class Extension(Protocol):
         """The objects ``lookup`` returns besides a hit."""
 
 
+def disabled() -> bool:
+    """Whether FERRIC_PURE_PYTHON turns the extension off in this process."""
+    return os.environ.get(DISABLE_VARIABLE, "") not in ("", "0")
+
+
 def load() -> Extension | None:
     """The extension module, or None."""
-    if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+    if disabled():
         return None
     try:
         module = cast(Extension, importlib.import_module("ferric_ipc._localread"))
@@ -91,3 +97,14 @@ def load() -> Extension | None:
 
 
 extension = load()
+
+
+def absent_reason() -> str | None:
+    """Why ``extension`` is None, saying what to do about it; None when it is loaded."""
+    if extension is not None:
+        return None
+    if disabled():
+        return f"turned off by {DISABLE_VARIABLE}"
+    if importlib.util.find_spec("ferric_ipc._localread") is None:
+        return "the C extension was not built: install gcc and python3-dev, then reinstall ferricstore"
+    return "the C extension was built from another version of ferricstore: reinstall it"

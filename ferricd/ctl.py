@@ -1,7 +1,6 @@
 """ferricctl: talk to a running ferricd (ping, get, set, del, ttl, keys, delete-prefix, info, monitor, compact) or check a stopped data directory."""
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -118,14 +117,9 @@ def format_info(shards, local_reads):
 
 def local_reads_mode():
     """How a client on this machine reads keys without a round trip."""
-    if native.extension is not None:
+    reason = native.absent_reason()
+    if reason is None:
         return "C extension (ferric_ipc._localread)"
-    if os.environ.get(native.DISABLE_VARIABLE, "") not in ("", "0"):
-        reason = f"turned off by {native.DISABLE_VARIABLE}"
-    elif importlib.util.find_spec("ferric_ipc._localread") is None:
-        reason = "the C extension was not built: install gcc and python3-dev, then reinstall ferricstore"
-    else:
-        reason = "the C extension was built from another version: reinstall ferricstore"
     return f"pure Python, 3-4x slower per read ({reason})"
 
 

@@ -119,10 +119,9 @@ class Supervisor:
             }).encode()],
             file_mode=0o644,
         )
-        if native.extension is None and os.environ.get(native.DISABLE_VARIABLE, "") in ("", "0"):
+        if native.extension is None and not native.disabled():
             # pip hides a build's output unless -v, so this is where an operator learns it.
-            log.warning("the C extension for local reads was not built: clients read through pure Python, "
-                        "3-4x slower per read; install gcc and python3-dev, then reinstall ferricstore")
+            log.warning("clients read through pure Python, 3-4x slower per read: %s", native.absent_reason())
         log.info(
             "starting %d %s; data in %s; sockets in %s",
             self.shard_count, _plural(self.shard_count, "shard"), os.path.abspath(config.data_dir), os.path.abspath(config.run_dir),
