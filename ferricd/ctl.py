@@ -11,6 +11,7 @@ from importlib import metadata
 from ferric_ipc import native
 from ferric_ipc.client import RUN_DIR_ENV, Client
 from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError
+from ferric_ipc.protocol import MAX_TTL_MS
 from ferricd.compact import compact
 from ferricd.key_text import KeyTextError, parse_key, render_key
 from ferricd.storage.check import check_shard, shard_directories
@@ -256,7 +257,8 @@ def _plain(number):
     return f"{number:g}" if isinstance(number, float) else str(number)
 
 
-_positive_ms = _number_argument(lambda text: int(text, 10), "a whole number of milliseconds", 1, 10**12, " ms")
+_ttl_ms = _number_argument(lambda text: int(text, 10), "a whole number of milliseconds", 1, MAX_TTL_MS, " ms")
+_timeout_ms = _number_argument(lambda text: int(text, 10), "a whole number of milliseconds", 1, 3_600_000, " ms")
 _positive_seconds = _number_argument(float, "a number of seconds", 0.05, 3600, " s")
 _count = _number_argument(lambda text: int(text, 10), "a whole number", 1, 10**9)
 
@@ -275,7 +277,7 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"ferricctl {version()}")
     parser.add_argument("--run-dir", help=f"ferricd's run directory (default ${RUN_DIR_ENV}, else ./ferric-run)")
-    parser.add_argument("--timeout-ms", type=_positive_ms, default=2000,
+    parser.add_argument("--timeout-ms", type=_timeout_ms, default=2000,
                         help="longest wait for each shard's answer, in ms (default 2000)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     sub.add_parser("ping", help="check that every shard answers")
@@ -285,7 +287,7 @@ def build_parser():
     setter = sub.add_parser("set", help="set a value")
     setter.add_argument("key", type=_key_argument, help="the key")
     setter.add_argument("value", type=_key_argument, help="the value (the same escapes as keys)")
-    setter.add_argument("--ttl-ms", type=_positive_ms, help="expire the key after this many milliseconds")
+    setter.add_argument("--ttl-ms", type=_ttl_ms, help="expire the key after this many milliseconds")
     deleter = sub.add_parser("del", help="delete keys, print how many existed")
     deleter.add_argument("keys", nargs="+", type=_key_argument, help="the keys")
     sub.add_parser("ttl", help="seconds until a key expires (-1 never, -2 missing)").add_argument(
