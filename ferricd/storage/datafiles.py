@@ -13,7 +13,6 @@ import re
 
 from ferric_ipc.errors import StorageError, StorageFullError
 from ferric_ipc.file_layout import data_file_name
-from ferricd.storage.atomic_files import fsync_directory
 
 DATA_SUFFIX = ".data"
 HINT_SUFFIX = ".hint"
@@ -44,13 +43,15 @@ class ActiveFile:
 
     Appends go straight to the file descriptor (no Python buffering), so a
     completed ``append`` is visible to ``pread`` and to other processes at once,
-    and ``sync`` alone decides durability.
+    and ``sync`` alone decides durability, of the bytes and of the file's name
+    (``directory_fd``, the open directory, is synced with the first ``sync``).
     """
 
-    def __init__(self, directory, file_id, file_mode=0o640):
+    def __init__(self, directory, file_id, directory_fd, file_mode=0o640):
         self.file_id = file_id
         self.path = data_path(directory, file_id)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, file_mode)
+        self._directory_fd = directory_fd  # None once the file's name is durable
         self.size = 0
 
     def append(self, data) -> int:
@@ -87,8 +88,14 @@ class ActiveFile:
         return os.pread(self._fd, length, offset)
 
     def sync(self):
-        """fdatasync: everything appended so far survives a crash once this returns."""
+        """fdatasync: everything appended so far survives a crash once this returns. Raises OSError."""
+        if self._directory_fd is not None:
+            os.fsync(self._directory_fd)  # a file created since the last fsync of its directory
+            self._directory_fd = None
         os.fdatasync(self._fd)
+
+    def fileno(self):
+        return self._fd
 
     def close(self):
         os.close(self._fd)
@@ -100,6 +107,8 @@ class DataFiles:
     def __init__(self, directory, file_mode=0o640):
         self.directory = directory
         self.file_mode = file_mode
+        # Held open, so that starting a data file takes one descriptor, and syncing its name none.
+        self._directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._maps = {}  # file_id -> mmap, or None for an empty file
         self.sizes = {}  # file_id -> bytes, closed files
         self.active = None
@@ -125,17 +134,31 @@ class DataFiles:
         return memoryview(self._maps[file_id])[offset:offset + length]
 
     def start_active(self, file_id):
-        """Create a new, empty active file (never an existing one: closed files stay closed)."""
-        self.active = ActiveFile(self.directory, file_id, self.file_mode)
-        fsync_directory(self.directory)
+        """Create a new, empty active file (never an existing one: closed files stay closed).
+
+        Raises StorageError (StorageFullError when the disk is full) and leaves no active file
+        if it cannot be created; a later call may succeed (out of descriptors is a passing shortage).
+        """
+        try:
+            self.active = ActiveFile(self.directory, file_id, self._directory_fd, self.file_mode)
+        except OSError as exc:
+            error = StorageFullError if exc.errno in _FULL_ERRNOS else StorageError
+            raise error(
+                f"could not create the data file {data_path(self.directory, file_id)} ({exc.strerror}); "
+                "nothing from this write was stored, and the next write tries again"
+            ) from exc
 
     def close_active(self):
-        """fsync and close the active file, then map it read-only as a closed file; returns its id."""
+        """Map the active file read-only as a closed file and close its descriptor; returns its id.
+
+        The caller syncs it first. Raises OSError (out of descriptors or address space) and then
+        keeps the file as the active file, readable as before: it is never dropped half closed.
+        """
         active = self.active
-        active.sync()
+        self._maps[active.file_id] = mmap.mmap(active.fileno(), active.size, prot=mmap.PROT_READ)
+        self.sizes[active.file_id] = active.size
         active.close()
         self.active = None
-        self.open_closed(active.file_id)
         return active.file_id
 
     def truncate(self, file_id, size):
@@ -182,6 +205,9 @@ class DataFiles:
         if self.active is not None:
             self.active.close()
             self.active = None
+        if self._directory_fd is not None:
+            os.close(self._directory_fd)
+            self._directory_fd = None
         for mapped in self._maps.values():
             if mapped is not None:
                 try:

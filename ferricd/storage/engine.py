@@ -12,6 +12,7 @@ from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
 from ferricd.clock import wall_clock_ms
 from ferricd.storage.access_clock import AccessClock
 from ferricd.storage.datafiles import DataFiles, hint_path
+from ferricd.storage.errors import RotationPostponed
 from ferricd.storage.eviction import SampledEviction
 from ferricd.storage.expiry import ExpirySweep
 from ferricd.storage.hints import HintBuilder
@@ -83,12 +84,15 @@ class BitcaskStore:
         self._clock = clock
         os.makedirs(directory, mode=0o750, exist_ok=True)
         self._lock = DirectoryLock(directory)
+        self._files = None
         try:
             self._files = DataFiles(directory, settings.file_mode)
             self._keydir, self.recovery = recover(
                 directory, self._files, clock(), epoch, settings.file_mode, tables
             )
         except BaseException:
+            if self._files is not None:
+                self._files.close()
             self._lock.release()
             raise
         self._next_seq = self.recovery.next_seq
@@ -315,7 +319,11 @@ class BitcaskStore:
                     if segment:
                         placed += self._write_segment(segment)
                         segment, segment_bytes = [], 0
-                    self._close_active()
+                    try:
+                        self._close_active()
+                    except RotationPostponed:
+                        applied = len(placed)  # synced, in the file that stays active
+                        raise
                     applied = len(placed)  # these are in a closed, fsynced file now
                 segment.append(item)
                 segment_bytes += record_len
@@ -404,10 +412,17 @@ class BitcaskStore:
             os.unlink(active.path)
             return
         try:
-            file_id = self._files.close_active()
+            active.sync()
         except OSError as exc:
             self._fail(f"fsync of {active.path} failed: {exc}")
         self._unsynced = self._always_pending = self._interval_pending = False
+        try:
+            file_id = self._files.close_active()
+        except OSError as exc:
+            raise RotationPostponed(
+                f"could not close the full data file {active.path} ({exc.strerror}): it stays the active file, "
+                "and the next write tries again; if this repeats, raise LimitNOFILE"
+            ) from exc
         try:
             self._hint.write(hint_path(self.directory, file_id), self._files.sizes[file_id], self.settings.file_mode)
         except OSError as exc:  # only costs a scan at the next start
@@ -417,7 +432,12 @@ class BitcaskStore:
     # -- durability ------------------------------------------------------------
 
     def sync(self):
-        """fdatasync the active file now; every write so far then survives a crash."""
+        """fdatasync the active file now; every write so far then survives a crash.
+
+        Raises StorageError once an fsync has failed: a later one succeeding proves nothing about
+        the pages the kernel dropped, so the store must be reopened (the shard exits and is replaced).
+        """
+        self._check_not_failed()
         active = self._files.active
         if active is not None and self._unsynced:
             try:
@@ -442,16 +462,18 @@ class BitcaskStore:
             yield self
         finally:
             self._grouping = False
-            if self._always_pending and self._unsynced and not self._closed:
+            if (self._failed or self._always_pending and self._unsynced) and not self._closed:
                 self.sync()
 
     def sync_if_due(self):
         """For fsync="interval": sync if such writes are pending and fsync_interval_ms has passed.
 
         The shard's loop calls this on its housekeeping tick so that idle
-        periods also reach the disk.
+        periods also reach the disk; it raises StorageError once an fsync has
+        failed (see ``sync``), which makes the shard exit.
         """
-        if self._interval_pending and self._clock() - self._last_sync_ms >= self.settings.fsync_interval_ms:
+        due = self._interval_pending and self._clock() - self._last_sync_ms >= self.settings.fsync_interval_ms
+        if due or self._failed:
             self.sync()
 
     def _fail(self, reason):
@@ -466,6 +488,9 @@ class BitcaskStore:
     def _check_writable(self):
         if self._closed:
             raise StorageError(f"store {self.directory} is closed")
+        self._check_not_failed()
+
+    def _check_not_failed(self):
         if self._failed:
             raise StorageError(f"{self._failed}; this store refuses writes until it is reopened")
 

@@ -9,3 +9,7 @@ class DirectoryLockedError(StorageError):
 
 class CorruptDataError(StorageError):
     """On-disk data failed its checksum or structure check."""
+
+
+class RotationPostponed(StorageError):
+    """The full active file could not be closed (out of descriptors): it stays active, nothing was lost."""
