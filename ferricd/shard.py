@@ -11,6 +11,7 @@ import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -37,8 +38,9 @@ from ferricd.stream_server import OutOfDescriptors, StreamListener
 TICK_MS = 100  # housekeeping (interval fsync, expiry sweep, merge checks, stop flag) at least this often
 MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long
 FD_WARNING_INTERVAL_S = 10  # out of descriptors: say so at most this often
-# Plain ints: pyzmq's are IntFlag members, and enum arithmetic costs microseconds per request.
-_POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+_POLLIN, _POLLOUT = select.EPOLLIN, select.EPOLLOUT
+_POLLERR = select.EPOLLERR | select.EPOLLHUP  # the peer hung up or the socket failed
+_ZMQ_POLLIN = int(zmq.POLLIN)  # a plain int: pyzmq's IntFlag arithmetic costs microseconds
 
 log = logging.getLogger("ferricd.shard")
 
@@ -59,7 +61,8 @@ class ShardServer:
         self.stream_endpoint = stream_path(config.run_dir, shard_id)
         self.store = self.tables = self._socket_lock = self._context = self._socket = self._listener = None
         self.housekeeping = None
-        self._poller = self._listener_fd = self._heartbeat = None
+        self._poller = self._listener_fd = self._zmq_fd = self._heartbeat = None
+        self._zmq_touched = True  # the ROUTER may hold messages its descriptor no longer signals
         self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
         self._fd_warned_at = float("-inf")
         self._streams = {}  # fd -> StreamConnection
@@ -98,15 +101,21 @@ class ShardServer:
     def serve(self, should_stop):
         """Serve until ``should_stop()``. Raises StorageError when the disk failed under an fsync:
         the shard must then exit so that a fresh one recovers from what reached the disk."""
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, _POLLIN)
+        # One epoll set for the listener, every stream connection and the ROUTER's descriptor.
+        # zmq.Poller was the alternative: it costs two poll calls and a getpid per wake-up, even
+        # when only stream connections are busy, which was a fifth of a request's CPU time.
+        self._poller = select.epoll()
         self._listener_fd = self._listener.fileno()
         self._poller.register(self._listener_fd, _POLLIN)
+        self._zmq_fd = self._socket.getsockopt(zmq.FD)
+        self._poller.register(self._zmq_fd, _POLLIN)
         while not should_stop():
             # Requests already received (but left for lack of reply room or past the per-commit
-            # limit) are served without waiting for the poll.
-            runnable = any(connection.reply_room > 0 for connection in self._waiting)
-            ready = self._poller.poll(0 if runnable else self.housekeeping.poll_timeout_ms(TICK_MS))
+            # limit) are served without waiting for the poll; so are messages the ROUTER holds.
+            runnable = self._zmq_ready() or (
+                bool(self._waiting) and any(connection.reply_room > 0 for connection in self._waiting))
+            timeout_s = 0 if runnable else self.housekeeping.poll_timeout_ms(TICK_MS) / 1000
+            ready = self._poller.poll(timeout_s)
             if ready or runnable:
                 self.handle_ready(ready)
             # Between two rounds of requests: a bounded slice of merge and expiry work (merge_slice_us).
@@ -118,21 +127,30 @@ class ShardServer:
                 self._poller.register(self._listener_fd, _POLLIN)
         self.handle_ready(self._poller.poll(0))  # answer what was already queued when the stop came
 
+    def _zmq_ready(self):
+        """Whether the ROUTER holds a request. Its descriptor is edge-triggered: after any send or
+        receive on the socket, only ZMQ_EVENTS tells, so it is asked then, and only then."""
+        if not self._zmq_touched:
+            return False
+        if self._socket.getsockopt(zmq.EVENTS) & _ZMQ_POLLIN:
+            return True
+        self._zmq_touched = False  # reading EVENTS re-armed the descriptor
+        return False
+
     def handle_ready(self, ready):
         """Apply every ready request (``ready``: what the poller returned) under one group commit, then reply."""
         requests = []  # (identity, frames) from the ROUTER
-        for source, events in ready:  # the ROUTER socket itself, or the file descriptor of a plain socket
-            if source is self._socket:
-                for _ in range(MAX_REQUESTS_PER_COMMIT):
-                    try:
-                        frames = self._socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    requests.append((frames[0], frames[1:]))
-            elif source == self._listener_fd:
+        if self._zmq_touched:
+            self._receive_router(requests)
+        for fd, events in ready:
+            connection = self._streams.get(fd)
+            if connection is not None:
+                self._stream_ready(connection, events)
+            elif fd == self._zmq_fd:
+                self._zmq_touched = True
+                self._receive_router(requests)
+            elif fd == self._listener_fd:
                 self._accept()
-            elif source in self._streams:
-                self._stream_ready(self._streams[source], events)
         replies = []  # (reply_to, request_id, reply frame): reply_to is an identity (bytes) or a StreamConnection
         served = []
         failure = None
@@ -151,6 +169,7 @@ class ShardServer:
                        for reply_to, request_id, _ in replies]
         for reply_to, request_id, reply in replies:
             if type(reply_to) is bytes:
+                self._zmq_touched = True
                 try:
                     self._socket.send_multipart([reply_to, reply], zmq.NOBLOCK)
                 except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
@@ -167,6 +186,15 @@ class ShardServer:
                 self._watch(connection)
         if failure is not None:
             raise failure
+
+    def _receive_router(self, requests):
+        """Append the ROUTER's waiting requests (at most MAX_REQUESTS_PER_COMMIT) to ``requests``."""
+        for _ in range(MAX_REQUESTS_PER_COMMIT):
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            requests.append((frames[0], frames[1:]))
 
     def _stream_ready(self, connection, events):
         """Read (or finish writing to) one stream connection; close it when its peer left or misbehaved."""
@@ -231,8 +259,8 @@ class ShardServer:
 
     def _drop_stream(self, connection):
         fd = connection.fileno()
-        if self._masks.pop(fd):  # a mask of 0 would have unregistered it already
-            self._poller.unregister(fd)
+        del self._masks[fd]
+        self._poller.unregister(fd)
         del self._streams[fd]
         self._waiting.discard(connection)
         connection.close()
@@ -310,6 +338,8 @@ class ShardServer:
                 self._listener.close()
             if self._heartbeat is not None:
                 self._heartbeat.close()
+            if self._poller is not None:
+                self._poller.close()
             if self._socket is not None:
                 self._socket.close()
                 self._context.term()
