@@ -9,7 +9,7 @@ from typing import NamedTuple
 from ferric_ipc.errors import StorageError, StorageFullError
 from ferric_ipc.keys import as_key, as_value, key_hash64
 from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
-from ferricd.clock import wall_clock_ms
+from ferricd.clock import monotonic_ms, wall_clock_ms
 from ferricd.storage.access_clock import AccessClock
 from ferricd.storage.datafiles import DataFiles, hint_path
 from ferricd.storage.errors import RotationPostponed
@@ -68,7 +68,7 @@ class BitcaskStore:
     """
 
     def __init__(self, directory, settings=None, clock=wall_clock_ms, epoch=0, tables=None, keyspaces=None,
-                 access_path=None):
+                 access_path=None, monotonic_clock=monotonic_ms):
         """Lock ``directory`` (created if missing) and recover its contents.
 
         Raises DirectoryLockedError naming the pid that holds it. The recovery
@@ -78,10 +78,13 @@ class BitcaskStore:
         clients can read). ``keyspaces`` is a KeyspaceTable (default: every key
         in one keyspace with ``settings.fsync``); if one of them evicts, the
         access times live in the file ``access_path`` clients mark (default: memory).
+        ``clock`` (wall-clock ms) is for expiry only; ``monotonic_clock`` (ms)
+        times the fsync interval.
         """
         self.settings = settings = settings or StoreSettings()
         self.directory = directory
         self._clock = clock
+        self._monotonic_clock = monotonic_clock
         os.makedirs(directory, mode=0o750, exist_ok=True)
         self._lock = DirectoryLock(directory)
         self._files = None
@@ -99,7 +102,7 @@ class BitcaskStore:
         ids = self._files.closed_ids()
         self._next_file_id = (ids[-1] + 1) if ids else 1
         self._hint = HintBuilder()  # entries of the active file, written out when it closes
-        self._last_sync_ms = clock()
+        self._last_sync_ms = monotonic_clock()
         self._unsynced = False  # bytes were written since the last fdatasync
         self._always_pending = False  # ... among them an fsync="always" write, waiting for its group commit
         self._interval_pending = False  # ... among them an fsync="interval" write, waiting for sync_if_due
@@ -445,7 +448,7 @@ class BitcaskStore:
             except OSError as exc:
                 self._fail(f"fdatasync of {active.path} failed: {exc}")
         self._unsynced = self._always_pending = self._interval_pending = False
-        self._last_sync_ms = self._clock()
+        self._last_sync_ms = self._monotonic_clock()
 
     @contextmanager
     def group_commit(self):
@@ -472,7 +475,8 @@ class BitcaskStore:
         periods also reach the disk; it raises StorageError once an fsync has
         failed (see ``sync``), which makes the shard exit.
         """
-        due = self._interval_pending and self._clock() - self._last_sync_ms >= self.settings.fsync_interval_ms
+        waited_ms = self._monotonic_clock() - self._last_sync_ms
+        due = self._interval_pending and waited_ms >= self.settings.fsync_interval_ms
         if due or self._failed:
             self.sync()
 

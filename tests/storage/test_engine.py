@@ -13,6 +13,7 @@ from ferricd.storage import BitcaskStore, Delete, Put, StoreSettings
 from ferricd.storage.datafiles import list_data_file_ids
 from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.snapshot import SNAPSHOT_NAME
+from tests.fake_clock import FakeClock
 
 
 def data_sizes(directory):
@@ -230,20 +231,23 @@ def test_always_syncs_every_call_and_a_batch_once(open_store, fdatasync_calls):
     assert len(fdatasync_calls) == 3
 
 
-def test_interval_syncs_once_the_interval_has_passed(open_store, clock, fdatasync_calls):
-    store = open_store(fsync="interval", fsync_interval_ms=100)
+def test_interval_syncs_once_the_interval_has_passed(shard_dir, clock, fdatasync_calls):
+    monotonic = FakeClock(now_ms=0)  # the interval is timed on the monotonic clock
+    store = BitcaskStore(shard_dir, StoreSettings(fsync="interval", fsync_interval_ms=100), clock=clock,
+                         monotonic_clock=monotonic)
     store.put("a", b"1")
     store.put("b", b"2")
     assert fdatasync_calls == []
     store.sync_if_due()
     assert fdatasync_calls == []
-    clock.advance(100)
+    monotonic.advance(100)
     store.sync_if_due()
     assert len(fdatasync_calls) == 1
     store.sync_if_due()  # nothing new written: nothing to sync
-    clock.advance(100)
+    monotonic.advance(100)
     store.put("c", b"3")  # due at write time
     assert len(fdatasync_calls) == 2
+    store.close()
 
 
 def test_never_leaves_syncing_to_close(open_store, fdatasync_calls):

@@ -23,7 +23,8 @@ def open_keyspace_store(shard_dir, clock):
     opened = []
 
     def opener(table, directory=shard_dir, **settings):
-        store = BitcaskStore(directory, StoreSettings(**settings), clock=clock, keyspaces=table)
+        # One fake for both clocks: these tests move time, never the wall clock alone.
+        store = BitcaskStore(directory, StoreSettings(**settings), clock=clock, keyspaces=table, monotonic_clock=clock)
         opened.append(store)
         return store
 
