@@ -20,8 +20,7 @@ import os
 import threading
 import time
 
-from ferric_ipc import Client, FerricError
-from ferric_ipc.errors import CommandError, LimitError
+from ferric_ipc import Client, CommandError, FerricError, LimitError
 
 from ferric_sqlalchemy.invalidation import Invalidation
 
@@ -194,8 +193,9 @@ class CacheStore:
     def release(self, lease_key: bytes, token: bytes) -> None:
         self.client.release(lease_key, token)
 
-    def wait_for(self, entry_key: bytes, lease_key: bytes, wait_ms: int):
-        """Poll (locally) for ``entry_key`` while someone holds ``lease_key``, for at most ``wait_ms``.
+    def wait_for(self, entry_key: bytes, lease_key: bytes, wait_ms: int, start: bytes):
+        """Poll (locally) for ``entry_key`` to hold a value starting with ``start`` (the header of the
+        generations this reader read) while someone holds ``lease_key``, for at most ``wait_ms``.
 
         Returns the entry, or None once the lease is gone without one or the time is up.
         """
@@ -203,11 +203,12 @@ class CacheStore:
         pause_s = _POLL_FIRST_S
         client = self.client
         while True:
-            value = client.get(entry_key)
-            if value is not None:
+            value, lease = client.mget([entry_key, lease_key])
+            if value is not None and value.startswith(start):
                 return value
-            if client.get(lease_key) is None:
-                return client.get(entry_key)  # stored and released in one transaction: look once more
+            if lease is None:
+                value = client.get(entry_key)  # stored and released in one transaction: look once more
+                return value if value is not None and value.startswith(start) else None
             left_s = deadline - time.monotonic()
             if left_s <= 0:
                 return None

@@ -13,12 +13,22 @@ changed ones left alone); a new identity becomes a persistent, clean instance
 in the Session's identity map, as if just loaded, and InstanceEvents.load fires.
 """
 
+import msgpack
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from ferric_sqlalchemy import orm_internals
 from ferric_sqlalchemy.catalog import mapper_name
 
 FORMAT = 2
+#: First byte of every entry value: the header format (then the signature, the generations, the entry).
+HEADER_FORMAT = b"\x03"
+
+
+def header(signature: bytes, generations) -> bytes:
+    """What an entry's value starts with: the format, the signature of its dependency keys (16 bytes) and the
+    generation tokens it was computed under (msgpack). A reader builds the same bytes from the generations it
+    reads now: the entry is served only if its value starts with them (tokens are never reused)."""
+    return HEADER_FORMAT + signature + msgpack.packb(generations)
 
 
 class NotStorable(Exception):
@@ -90,10 +100,11 @@ def state_label(state) -> str:
     return f"{state.mapper.class_.__name__}{tuple(state.identity or ())}"
 
 
-def decode(codec, data: bytes):
-    """``(keys, attributes, entity_columns, rows, objects, stamp)`` of entry bytes; CorruptEntry if unusable."""
+def decode(codec, data: bytes, offset: int = 0):
+    """``(keys, attributes, entity_columns, rows, objects, stamp)`` of entry bytes from ``offset`` (past the
+    header); CorruptEntry if unusable."""
     try:
-        version, *fields = codec.loads(data)
+        version, *fields = codec.loads(memoryview(data)[offset:] if offset else data)
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptEntry(str(exc)) from None
     if version != FORMAT or len(fields) != 6:
@@ -105,13 +116,18 @@ def rebuild(session, catalog, entity_columns, rows, objects):
     """The rows with positions in ``entity_columns`` replaced by persistent instances of ``session``;
     returns (rows, instances)."""
     instances = []
-    new = []
+    new = {}  # mapper -> [(state, dict, identity key), ...] of the instances made here
+    identity_map = session.identity_map
+    mappers = catalog.mappers
+    last_name = mapper = manager = None
     for name, identity, columns, _relations in objects:
-        mapper = catalog.mappers.get(name)
-        if mapper is None:
-            raise CorruptEntry(f"no single cacheable class is named {name} in this process")
-        key = mapper.identity_key_from_primary_key(tuple(identity))
-        existing = session.identity_map.get(key)
+        if name != last_name:  # a result's objects are mostly of one class
+            mapper = mappers.get(name)
+            if mapper is None:
+                raise CorruptEntry(f"no single cacheable class is named {name} in this process")
+            last_name, manager = name, mapper.class_manager
+        key = mapper.identity_key_from_primary_key(identity)
+        existing = identity_map.get(key)
         if existing is not None:
             state = instance_state(existing)
             unloaded = state.unloaded
@@ -120,13 +136,16 @@ def rebuild(session, catalog, entity_columns, rows, objects):
                     set_committed_value(existing, attribute, value)
             instances.append(existing)
         else:
-            obj = orm_internals.new_instance(mapper)
-            state = instance_state(obj)
-            state.dict.update(columns)
+            obj = manager.new_instance()
+            dict_ = obj.__dict__
+            dict_.update(columns)
             instances.append(obj)
-            new.append((state, key))
+            made = new.get(mapper)
+            if made is None:
+                made = new[mapper] = []
+            made.append((instance_state(obj), dict_, key))
     if any(entry[3] for entry in objects):  # loaded relationships to set, once every object exists
-        fresh_objects = {id(state.obj()) for state, _ in new}
+        fresh_objects = {id(state.obj()) for made in new.values() for state, _, _ in made}
         for obj, (_name, _identity, _columns, relations) in zip(instances, objects):
             unloaded = None if id(obj) in fresh_objects else instance_state(obj).unloaded
             for attribute, value in relations.items():
@@ -137,13 +156,12 @@ def rebuild(session, catalog, entity_columns, rows, objects):
                 elif value is not None:
                     value = [instances[member] for member in value]
                 set_committed_value(obj, attribute, value)
-    for state, key in new:
-        orm_internals.register_loaded(session, state, key)
-    for state, _ in new:
-        orm_internals.fire_load(state)
+    for made_mapper, made in new.items():
+        orm_internals.register_loaded_many(session, made_mapper, made)
+    for made_mapper, made in new.items():  # InstanceEvents.load once every instance is in the Session
+        orm_internals.fire_load_many(made_mapper, made)
     if entity_columns == [True]:  # the common case, rows of one entity
         return [(instances[position],) for position, in rows], instances
     out_rows = [tuple(instances[cell] if entity and cell is not None else cell
                       for cell, entity in zip(row, entity_columns)) for row in rows]
     return out_rows, instances
-

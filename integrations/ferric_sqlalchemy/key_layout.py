@@ -6,18 +6,19 @@ The tuple says what the key is and is unique by itself (``tuple_keys``); the
 hex digits are a hash of its content, there only to route. Sub-spaces (first
 tuple element):
 
-    ("e", tenant, table, "get",   shape, pk, generations)    an entry: a get by primary key
-    ("e", tenant, table, "query", shape, params, generations) an entry: any other select
-    ("l", ...same parts as the entry...)                     the lease on computing that entry
+    ("e", tenant, table, "get",   shape, pk, epoch)         an entry: a get by primary key
+    ("e", tenant, table, "query", shape, params, epoch)     an entry: any other select
+    ("l", ...same parts as the entry...)                    the lease on computing that entry
     ("g", tenant, "table" | "bulk", table)                   generations of a table
     ("g", tenant, "row", table, pk)                          generation of one row
     ("r", region)                                            generation of a region
 
-Generation keys share one tag per tenant ("g", tenant), so a commit bumps all of
-its generations in one atomic transaction on one shard. An entry's tag is the
-start of its generations digest, which covers all its parts, spreading entries
-over the shards; its lease uses the same tag, so storing the entry and
-releasing the lease is one transaction.
+Generation keys share one tag per tenant ("g", tenant), so a commit's bumps for
+one database are one write to one shard. An entry's key does not hold the
+generations it was computed under: its value does (``entries.header``), so one
+local multi-get reads the generations and the entry together. Its tag is a
+hash of all its parts, spreading entries over the shards; its lease uses the
+same tag, so storing the entry and releasing the lease is one transaction.
 docs/sqlalchemy.md shows the bytes of each.
 """
 
@@ -100,12 +101,12 @@ class KeyLayout:
         """The constant first parts of an entry's tuple ("e", tenant, table, kind, shape), encoded."""
         return pack(("e", tenant, table, kind, shape))
 
-    def entry(self, head: bytes, selector, generations: bytes) -> Entry:
-        """The entry ``head`` + (``selector``, ``generations``): ``selector`` is the pk tuple of a get or the
-        digest of a query's parameters, ``generations`` a 16-byte digest of everything the entry depends on,
-        its selector included, whose first 8 bytes are the tag (so a hash of the entry's whole content)."""
-        parts = head + pack((selector, generations))
-        tag = generations[:_TAG_BYTES].hex().encode("ascii")
+    def entry(self, head: bytes, selector_bytes: bytes, epoch: bytes) -> Entry:
+        """The entry ``head`` + (selector, ``epoch``): ``selector_bytes`` is the encoded pk tuple of a get or
+        digest of a query's parameters, ``epoch`` ferricd's (so nothing stored before a restart is found).
+        The tag is a hash of the whole tuple, so entries spread over the shards."""
+        parts = head + selector_bytes + pack((epoch,))
+        tag = blake2b(parts, digest_size=_TAG_BYTES).hexdigest().encode("ascii")
         start = b"".join((self.prefix, b"{", tag, b"}"))
         return Entry(start + parts, start + _LEASE + parts[len(_ENTRY):], tag)
 

@@ -94,7 +94,33 @@ def register_loaded(session, state, key) -> None:
         session.dispatch.loaded_as_persistent(session, state)
 
 
+def register_loaded_many(session, mapper, loaded) -> None:
+    """``register_loaded`` for many new instances of one mapper: ``loaded`` is ``[(state, dict_, key), ...]``.
+    Per instance it does only what must be done per instance; the lookups are made once."""
+    hash_key = session.hash_key
+    add = session.identity_map._add_unpresent
+    eager = _eager_column_set(mapper)
+    loaded_as_persistent = session.dispatch.loaded_as_persistent
+    for state, dict_, key in loaded:
+        state.key = key
+        state.session_id = hash_key
+        add(state, key)
+        if not dict_.keys() >= eager:  # a column the query deferred: expired, so that using it loads it
+            state._expire_attributes(dict_, [name for name in _eager_column_keys(mapper) if name not in dict_])
+        if loaded_as_persistent:
+            loaded_as_persistent(session, state)
+
+
+def fire_load_many(mapper, loaded) -> None:
+    """``fire_load`` for the instances ``register_loaded_many`` registered."""
+    load = mapper.class_manager.dispatch.load
+    if load:
+        for state, _, _ in loaded:
+            load(state, None)
+
+
 _EAGER_COLUMNS: dict = {}
+_EAGER_COLUMN_SETS: dict = {}
 
 
 def _eager_column_keys(mapper) -> tuple:
@@ -102,6 +128,13 @@ def _eager_column_keys(mapper) -> tuple:
     keys = _EAGER_COLUMNS.get(mapper)
     if keys is None:
         keys = _EAGER_COLUMNS[mapper] = tuple(prop.key for prop in mapper.column_attrs if not prop.deferred)
+    return keys
+
+
+def _eager_column_set(mapper) -> frozenset:
+    keys = _EAGER_COLUMN_SETS.get(mapper)
+    if keys is None:
+        keys = _EAGER_COLUMN_SETS[mapper] = frozenset(_eager_column_keys(mapper))
     return keys
 
 

@@ -42,9 +42,13 @@ _FRESH_LEVELS = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 
 
 class _Plan:
-    """How one execution is looked up: its generation keys, its entry, and the strategy that applies."""
+    """How one execution is looked up: its generation keys, its entry, and the strategy that applies.
 
-    __slots__ = ("tenant", "shape", "kind", "selector", "selector_bytes", "head", "keys", "tags", "dependencies",
+    ``dependencies``: the generations the entry depends on; ``keys``: those and, for a get, the stamps a
+    cached "no such row" carries; ``read_keys``: the dependencies and the entry, read by one local mget.
+    """
+
+    __slots__ = ("tenant", "shape", "kind", "selector", "keys", "tags", "dependencies", "read_keys", "entry",
                  "signature", "strategy", "ttl_ms", "tables")
 
 
@@ -96,8 +100,8 @@ class QueryCache:
                 return
             if not self._targets:
                 self.tracker.listen_engines()
-                event.listen(Mapper, "load", self.recorder.loaded)
-                event.listen(Mapper, "refresh", self.recorder.loaded)
+                event.listen(Mapper, "load", self.recorder.loaded, raw=True)  # raw: given the InstanceState
+                event.listen(Mapper, "refresh", self.recorder.loaded, raw=True)
                 event.listen(Mapper, "after_configured", self.catalog.mappers_changed)
             event.listen(target, "do_orm_execute", self._do_orm_execute)
             self.tracker.listen_sessions(target)
@@ -211,15 +215,17 @@ class QueryCache:
         if mode != CACHE_ONLY and self._transaction_wrote(state.session, plan):
             self._stats.count("bypasses", plan.tables)
             return None
-        if not self.store.available():
+        if plan.entry is None or not self.store.available():
             return self._empty(state, plan) if mode == CACHE_ONLY else None
         try:
-            values = self.store.read(plan.dependencies)
-            if mode != REFRESH and None not in values:
-                data = self.store.get(self._entry(plan, values).key)
-                result = self._hit(state, plan, data) if data is not None else None
-                if result is not None:
-                    return result
+            values = self.store.read(plan.read_keys)  # the generations and the entry: one local mget
+            data = values.pop()
+            if data is not None and mode != REFRESH and None not in values:
+                start = entries.header(plan.signature, values)
+                if data.startswith(start):
+                    result = self._hit(state, plan, data, len(start))
+                    if result is not None:
+                        return result
         except FerricError as exc:
             self.store.failed(exc)
             return self._empty(state, plan) if mode == CACHE_ONLY else None
@@ -237,17 +243,18 @@ class QueryCache:
             values = self.store.create_missing(plan.keys, self.store.read(plan.keys), plan.tags)
             if None in values[:len(plan.dependencies)]:
                 return self._compute(state, plan, None, store=False)
-            entry = self._entry(plan, values)
+            entry = plan.entry
             if not lease:
                 return self._compute(state, plan, values)
+            start = entries.header(plan.signature, values[:len(plan.dependencies)])
             taken = self.store.lease(entry.lease_key, self.lease_ttl_ms)
             if not taken.acquired:
-                data = self.store.wait_for(entry.key, entry.lease_key, self.lease_wait_ms)
-                result = self._hit(state, plan, data) if data is not None else None
+                data = self.store.wait_for(entry.key, entry.lease_key, self.lease_wait_ms, start)
+                result = self._hit(state, plan, data, len(start)) if data is not None else None
                 return result if result is not None else self._compute(state, plan, values)
             data = self.store.get(entry.key)  # stored between our lookup and our lease
-            if data is not None:
-                result = self._hit(state, plan, data)
+            if data is not None and data.startswith(start):
+                result = self._hit(state, plan, data, len(start))
                 if result is not None:
                     self.store.release(entry.lease_key, taken.token)
                     return result
@@ -287,8 +294,11 @@ class QueryCache:
                     if None in values[:len(plan.dependencies)]:
                         return False
                 stamp = _stamp(values[len(plan.dependencies):]) if plan.kind == "get" and not rows else None
-                data = entries.encode(self.codec, self.catalog, keys, attributes, rows, recording.fresh, stamp)
-                entry = self._entry(plan, values)
+                if plan.kind == "get" and rows:
+                    self._check_identity(plan, rows)
+                data = entries.header(plan.signature, values[:len(plan.dependencies)]) + \
+                    entries.encode(self.codec, self.catalog, keys, attributes, rows, recording.fresh, stamp)
+                entry = plan.entry
                 done = self.store.store(entry.key, data, plan.ttl_ms, entry.tag, lease_key, token)
                 if done:
                     self._stats.count("stores", plan.tables)
@@ -322,10 +332,23 @@ class QueryCache:
             return "the transaction's snapshot may be older than the generations read"
         return None
 
-    def _hit(self, state, plan, data):
-        """The result an entry holds, in ``state``'s Session; None if the entry cannot be used."""
+    def _check_identity(self, plan, rows) -> None:
+        """A get's entry is named by the key asked for, and invalidated by the row generation of the key the
+        database returned: they must be the same key, byte for byte. A database may match another (a
+        case-insensitive collation, CHAR padding, Decimal("1.0") for 1.00): such a result is not stored."""
+        row = rows[0][0]
         try:
-            keys, attributes, entity_columns, rows, objects, stamp = entries.decode(self.codec, data)
+            identity = sa_inspect(row).identity
+        except Exception:  # not a mapped object: nothing to compare
+            return
+        if identity is None or self.layout.pk_part(tuple(identity)) != plan.selector:
+            raise entries.NotStorable(f"the database returned key {identity!r} for key {plan.selector!r}")
+
+    def _hit(self, state, plan, data, offset):
+        """The result an entry holds (its value past the ``offset`` bytes of header), in ``state``'s Session;
+        None if the entry cannot be used."""
+        try:
+            keys, attributes, entity_columns, rows, objects, stamp = entries.decode(self.codec, data, offset)
             if stamp is not None and stamp != _stamp(self.store.read(plan.keys[len(plan.dependencies):])):
                 return None  # a cached "no such row", and a row has been inserted since
             rows, objects = entries.rebuild(state.session, self.catalog, entity_columns, rows, objects)
@@ -380,42 +403,44 @@ class QueryCache:
             layout = shape.layouts[tenant] = _ShapeLayout(self, shape, tenant)
         if layout.reason is not None:
             return layout.reason
-        values = _parameter_values(cache_key, state.parameters)
+        try:
+            epoch = self.store.epoch()
+        except FerricError as exc:
+            self.store.failed(exc)  # the caller sees ferricd unavailable and steps aside
+            epoch = None
         plan = _Plan()
         plan.tenant, plan.shape, plan.tables, plan.strategy = tenant, shape, shape.tables, layout.strategy
         plan.ttl_ms = ttl_ms or layout.ttl_ms or self.default_ttl_ms
+        plan.entry = plan.read_keys = None
+        if epoch is None:
+            return plan
         lookup = shape.row_lookup
-        pk = None if lookup is None else canonical_pk(lookup.columns, [values[i] for i in lookup.positions])
+        parameters = state.parameters or {}
+        bindparams = cache_key.bindparams
+        if lookup is not None and layout.get_head is not None and len(bindparams) == len(lookup.positions):
+            # Only the primary key is a parameter (a filter added by an option would be another one).
+            pk = tuple([parameters[bind.key] if bind.key in parameters else bind.effective_value
+                        for bind in [bindparams[i] for i in lookup.positions]])
+            if lookup.python_types is not None and tuple(map(type, pk)) == lookup.python_types:
+                row = layout.row_plan(self, pk, epoch, lookup.exact_types)
+                if row is not None:
+                    plan.kind = "get"
+                    plan.selector, plan.dependencies, plan.keys, plan.read_keys, plan.entry = row
+                    plan.tags = layout.get_tags
+                    plan.signature = layout.get_signature
+                    return plan
+        values = _parameter_values(cache_key, parameters)
         try:
-            if pk is not None and layout.get_head is not None:
-                plan.kind, plan.selector, plan.head = "get", self.layout.pk_part(pk), layout.get_head
-                plan.selector_bytes = pack((plan.selector,))
-                if layout.row_head is None:
-                    plan.dependencies = layout.get_before_row + layout.get_after_row
-                else:
-                    plan.dependencies = layout.get_before_row + [layout.row_head + plan.selector_bytes] + \
-                        layout.get_after_row
-                plan.keys = plan.dependencies + layout.stamps
-                plan.tags = layout.get_tags
-                plan.signature = layout.get_signature
-            else:
-                plan.kind, plan.head = "query", layout.query_head
-                plan.selector = plan.selector_bytes = blake2b(self.codec.dumps(values), digest_size=16).digest()
-                plan.dependencies = plan.keys = layout.query_keys
-                plan.tags = layout.query_tags
-                plan.signature = layout.query_signature
+            selector = blake2b(self.codec.dumps(values), digest_size=16).digest()
         except NotEncodable as exc:
             return f"a parameter has no exact form in the cache: {exc}"
+        plan.kind, plan.selector = "query", selector
+        plan.dependencies = plan.keys = layout.query_keys
+        plan.entry = self.layout.entry(layout.query_head, pack((selector,)), epoch)
+        plan.read_keys = layout.query_keys + [plan.entry.key]
+        plan.tags = layout.query_tags
+        plan.signature = layout.query_signature
         return plan
-
-    def _entry(self, plan, values):
-        """The entry this plan computes under generation values ``values`` (read before its query)."""
-        digest = blake2b(plan.signature, digest_size=16)
-        digest.update(self.store.epoch())
-        digest.update(plan.selector_bytes)
-        digest.update(msgpack.packb(values[:len(plan.dependencies)]))
-        return self.layout.entry(plan.head, plan.selector, digest.digest())
-
 
 
 class _ShapeLayout:
@@ -458,6 +483,36 @@ class _ShapeLayout:
         row_marker = b"row" if self.row_head is not None else b""
         self.get_signature = blake2b(b"".join(self.get_before_row + [row_marker] + self.get_after_row),
                                      digest_size=16).digest()
+        self._rows: dict = {}
+
+    def row_plan(self, cache, pk, epoch, remember):
+        """``(selector, dependencies, keys, read_keys, entry)`` of a get of ``pk`` (its values of exactly
+        their columns' types); None if a value has no exact form. With ``remember`` (the key's types are
+        ints, strs, bytes or UUIDs, whose equal values are encoded alike) it is kept per primary key."""
+        if remember:
+            found = self._rows.get(pk)
+            if found is not None and found[0] == epoch:
+                return found[1]
+        layout = cache.layout
+        try:
+            selector = layout.pk_part(pk)
+        except NotEncodable:
+            return None
+        selector_bytes = pack((selector,))
+        if self.row_head is None:
+            dependencies = self.get_before_row + self.get_after_row
+        else:
+            dependencies = self.get_before_row + [self.row_head + selector_bytes] + self.get_after_row
+        entry = layout.entry(self.get_head, selector_bytes, epoch)
+        row = (selector, dependencies, dependencies + self.stamps, dependencies + [entry.key], entry)
+        if remember:
+            if len(self._rows) >= _ROW_PLANS:
+                self._rows.clear()
+            self._rows[pk] = (epoch, row)
+        return row
+
+
+_ROW_PLANS = 4096  # row plans remembered per statement shape and tenant
 
 
 def _stamp(table_generations) -> bytes:

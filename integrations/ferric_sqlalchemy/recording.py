@@ -79,11 +79,12 @@ class Recorder:
         tables, reason = self._shapes.tables_of_compiled(context.compiled)
         recording.add_tables(tables, reason)
 
-    def loaded(self, target, *_args) -> None:
-        """InstanceEvents.load / refresh: ``target`` was populated from a row just now."""
+    def loaded(self, state, *_args) -> None:
+        """InstanceEvents.load / refresh, listened to with ``raw=True``: ``state`` (an InstanceState) was
+        populated from a row just now."""
         recording = self._current.get()
         if recording is not None:
-            recording.fresh.add(instance_state(target))
+            recording.fresh.add(state)
 
     def served(self, tables, objects) -> None:
         """A nested result came from the cache: its tables and objects count as read and loaded here."""

@@ -15,6 +15,7 @@ import enum
 import os
 import threading
 import types
+import uuid
 from collections import OrderedDict
 from hashlib import blake2b
 
@@ -54,7 +55,7 @@ VOLATILE_FUNCTIONS = frozenset({
 class RowLookup:
     """A select of one mapped entity by its whole primary key (``session.get``, a lazy many-to-one load)."""
 
-    __slots__ = ("mapper", "table", "own_tables", "positions", "columns")
+    __slots__ = ("mapper", "table", "own_tables", "positions", "columns", "python_types", "exact_types")
 
     def __init__(self, mapper, positions):
         self.mapper = mapper
@@ -63,6 +64,14 @@ class RowLookup:
         # Per primary key column (mapper.primary_key order): its parameter's place in the cache key's bindparams.
         self.positions = positions
         self.columns = mapper.primary_key
+        # A key is a row key only if each value has exactly its column's Python type (catalog.canonical_pk).
+        try:
+            self.python_types = tuple(column.type.python_type for column in self.columns)
+        except NotImplementedError:
+            self.python_types = None
+        # Types whose equal values are equal in every respect (encoded alike), so a key can be looked up by value.
+        self.exact_types = self.python_types is not None and all(
+            python_type in (int, str, bytes, uuid.UUID) for python_type in self.python_types)
 
 
 class Shape:

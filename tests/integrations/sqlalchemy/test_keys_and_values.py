@@ -5,7 +5,6 @@ import decimal
 import enum
 import uuid
 import zoneinfo
-from hashlib import blake2b
 
 import pytest
 from hypothesis import given, settings
@@ -71,15 +70,14 @@ def test_generations_of_a_tenant_share_a_shard_and_entries_spread():
                    LAYOUT.row_generation(TENANT, "x}{", ("{evil}",))]
     assert len({hash_tag(key) for key in generations}) == 1
     head = LAYOUT.entry_head(TENANT, "users", "get", b"s")
-    digests = [blake2b(pack(((i,),)), digest_size=16).digest() for i in range(50)]  # they cover the selector
-    entries = [LAYOUT.entry(head, (i,), digests[i]).key for i in range(50)]
+    entries = [LAYOUT.entry(head, pack(((i,),)), b"7").key for i in range(50)]  # the tag covers the selector
     assert len({hash_tag(key) for key in entries}) == 50
-    entry = LAYOUT.entry(head, (1,), b"g" * 16)
+    assert LAYOUT.entry(head, pack(((1,),)), b"7").key != LAYOUT.entry(head, pack(((1,),)), b"8").key  # epoch
+    entry = LAYOUT.entry(head, pack(((1,),)), b"7")
     assert hash_tag(entry.lease_key) == hash_tag(entry.key) == entry.tag
     assert entry.lease_key != entry.key
-    assert unpack(entry.key[entry.key.index(b"}") + 1:]) == ("e", TENANT, "users", "get", b"s", (1,), b"g" * 16)
-    assert unpack(entry.lease_key[entry.lease_key.index(b"}") + 1:]) == \
-        ("l", TENANT, "users", "get", b"s", (1,), b"g" * 16)
+    assert unpack(entry.key[entry.key.index(b"}") + 1:]) == ("e", TENANT, "users", "get", b"s", (1,), b"7")
+    assert unpack(entry.lease_key[entry.lease_key.index(b"}") + 1:]) == ("l", TENANT, "users", "get", b"s", (1,), b"7")
 
 
 def test_the_layout_byte_by_byte():
