@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -307,6 +308,70 @@ static slot_outcome read_slot(const unsigned char *slot, const unsigned char *ke
     return SLOT_ANSWERED;
 }
 
+/* ---- a data file mapped past its end ----------------------------------------------------- */
+
+/* Python's mmap refuses a length past the file's size, so a growing active file had to be
+ * re-mapped (or read with pread) for every record written after the map. A mapping may extend
+ * past the end of the file: its pages become readable as the file grows into them, and a reader
+ * only touches records an index slot points at, which the shard wrote before publishing the slot.
+ * (A page wholly past the end would raise SIGBUS; a slot pointing there would need a 64-bit hash
+ * match with a corrupt table.) The object exports the bytes read-only and unmaps when the last
+ * view on it goes. */
+typedef struct {
+    PyObject_HEAD
+    void *address;
+    Py_ssize_t length;
+} FileWindow;
+
+static int window_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    FileWindow *window = (FileWindow *)self;
+    return PyBuffer_FillInfo(view, self, window->address, window->length, 1, flags);
+}
+
+static void window_dealloc(PyObject *self) {
+    FileWindow *window = (FileWindow *)self;
+    if (window->address != NULL) munmap(window->address, (size_t)window->length);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs window_as_buffer = {window_getbuffer, NULL};
+
+static PyTypeObject FileWindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ferric_ipc._localread.FileWindow",
+    .tp_basicsize = sizeof(FileWindow),
+    .tp_dealloc = window_dealloc,
+    .tp_as_buffer = &window_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A read-only shared mapping of a file, possibly longer than the file; unmapped when freed.",
+};
+
+PyDoc_STRVAR(map_window_doc,
+"map_window(fd, length) -> FileWindow\n\n"
+"Map ``length`` bytes of the file open at ``fd`` read-only and shared, even past its end.\n"
+"Bytes past the end must not be read until the file has grown over them.");
+
+static PyObject *map_window(PyObject *module, PyObject *args) {
+    int fd;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "in:map_window", &fd, &length)) return NULL;
+    if (length <= 0) {
+        PyErr_SetString(PyExc_ValueError, "map_window() needs a positive length");
+        return NULL;
+    }
+    FileWindow *window = PyObject_New(FileWindow, &FileWindowType);
+    if (window == NULL) return NULL;
+    window->address = NULL;
+    window->length = length;
+    void *address = mmap(NULL, (size_t)length, PROT_READ, MAP_SHARED, fd, 0);
+    if (address == MAP_FAILED) {
+        Py_DECREF(window);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    window->address = address;
+    return (PyObject *)window;
+}
+
 PyDoc_STRVAR(lookup_doc,
 "lookup(index_map, key, key_hash, now_ms, views) -> (value, expire_at_ms) | MISSING | FALLBACK | SLOW\n\n"
 "Probe a mapped shard index for the encoded ``key`` whose key_hash64 is ``key_hash``.\n"
@@ -412,6 +477,7 @@ static PyMethodDef methods[] = {
     {"key_hash64", py_key_hash64, METH_O, hash_doc},
     {"crc32", py_crc32, METH_O, crc_doc},
     {"configure", configure, METH_VARARGS, configure_doc},
+    {"map_window", map_window, METH_VARARGS, map_window_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -423,6 +489,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__localread(void) {
     crc_init();
+    if (PyType_Ready(&FileWindowType) < 0) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
     PyObject *zlib = PyImport_ImportModule("zlib");

@@ -416,6 +416,12 @@ class Client(_Commands[_RunNow]):
             self._shard_count = None
 
     @property
+    def slow_local_reads(self) -> int:
+        """Local reads the C lookup handed to the pure-Python path (a data file not mapped yet, or
+        grown past its mapping); 0 without the extension, where every local read takes that path."""
+        return sum(reader.slow_lookups for reader in list(self._readers.values()))
+
+    @property
     def shard_count(self) -> int:
         """Number of shards, read once from the daemon's ``ferricd.json`` in the run directory."""
         if self._forks != _ForkCount.value:

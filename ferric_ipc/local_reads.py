@@ -99,7 +99,10 @@ _RECORD_HEADER_BYTES = RECORD_HEADER_BYTES
 _RECORD_CRC_BYTES = RECORD_CRC.size  # the CRC covers the record after its own field
 _STATE_WORD = STATE_AT // 8  # the header word whose high half is the state (little-endian)
 _STATE = struct.Struct("<I")
-_REMAP_STEP_BYTES = 4 << 10  # re-map a growing data file once it grew this much; pread until then
+_REMAP_STEP_BYTES = 4 << 10  # without the extension: re-map a growing file once it grew this much; pread until then
+# With the extension, a file that grew since it was mapped is re-mapped this far past its end, so
+# the records the shard appends next are read from the map with no system call (the active file).
+_GROWTH_WINDOW_BYTES = 64 << 20
 # A shard that was SIGKILLed never retires its table, and if the run directory is then recreated
 # nothing else will: so every this often a reader checks that its file is still the one at the path.
 _RECHECK_PATH_MS = 100
@@ -111,6 +114,8 @@ class _DataFile:
     The mapping is one immutable ``(view, mapped_bytes)`` pair, replaced (never
     closed under a reader) when the file has grown: a thread still reading the
     old pair keeps it alive, and it is freed when the last reference goes.
+    A file seen growing is mapped _GROWTH_WINDOW_BYTES past its end when the
+    extension can (``map_window``): its next records then need no re-map.
     """
 
     def __init__(self, path: str) -> None:
@@ -126,7 +131,13 @@ class _DataFile:
         stat = os.fstat(self.fd)
         size = stat.st_size
         self.unlinked = stat.st_nlink == 0
-        if size > self.mapping[1]:
+        mapped = self.mapping[1]
+        if size <= mapped:
+            return
+        if mapped and native.extension is not None:  # grown since mapped: the active file
+            window = size + _GROWTH_WINDOW_BYTES
+            self.mapping = (memoryview(native.extension.map_window(self.fd, window)), window)
+        else:
             self.mapping = (memoryview(mmap.mmap(self.fd, size, prot=mmap.PROT_READ)), size)
 
     def read(self, offset: int, length: int) -> memoryview | bytes:
@@ -136,7 +147,7 @@ class _DataFile:
         if end <= mapped:
             return view[offset:end]
         data = os.pread(self.fd, length, offset)
-        if end - mapped >= _REMAP_STEP_BYTES:
+        if end - mapped >= _REMAP_STEP_BYTES or native.extension is not None:
             self._remap()
         return data
 
@@ -162,6 +173,7 @@ class LocalShardReader:
         self._views: dict[int, memoryview] = {}  # file_id -> the mapped view of self._files[file_id], for C
         self._files_generation: int | None = None  # the table's files_generation when _files was last emptied
         self._path_checked_ms = 0
+        self.slow_lookups = 0  # lookups the C path handed to the Python path (a file not mapped, or grown)
         self.access_path = access_path(run_dir, shard_id)
         self._access: _Access | None = None  # re-opened with the path check while missing or retired
         self._native_lookup: Callable[[mmap.mmap, bytes, int, int, dict[int, memoryview]], Any] | None = (
@@ -236,6 +248,7 @@ class LocalShardReader:
         if self._native_lookup is not None and table is not None and now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
             found: Found | Literal[Answer.SLOW] = self._native_lookup(table[0], key, key_hash, now_ms, self._views)
             if found is _SLOW:
+                self.slow_lookups += 1
                 found = self._lookup_python(key, key_hash, now_ms)
         else:
             found = self._lookup_python(key, key_hash, now_ms)

@@ -77,6 +77,9 @@ class Extension(Protocol):
     def configure(self, missing: object, fallback: object, slow: object) -> None:
         """The objects ``lookup`` returns besides a hit."""
 
+    def map_window(self, fd: int, length: int) -> Any:
+        """A read-only buffer of ``length`` bytes of the file at ``fd``, which may extend past its end."""
+
 
 def disabled() -> bool:
     """Whether FERRIC_PURE_PYTHON turns the extension off in this process."""

@@ -215,3 +215,32 @@ def test_the_extension_is_built_where_it_can_be():
         "ferric_ipc._localread did not build although a compiler and headers exist: "
         "run `pip install -e . -v` and read the build_ext output"
     )
+
+
+@needs_extension
+def test_reads_of_a_file_being_written_stay_on_the_c_path(tmp_path):
+    """A hot key rewritten between reads lands past the reader's map each time: after the first
+    growth the file is mapped well past its end, so the C path answers every later read itself."""
+    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
+    os.mkdir(run_dir)
+    tables = IndexFiles(run_dir, 0)
+    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
+    tables.publish(store.index_buffer)
+    reader = LocalShardReader(run_dir, shard, 0)
+    try:
+        keys = [f"hot{i}".encode() for i in range(100)]
+        store.write_batch([Put(key, b"first") for key in keys])  # the table is sized for them: no re-open
+        assert reader.lookup(keys[0], key_hash64(keys[0]), 1) == (b"first", 0)  # maps the file
+        rounds = 2000
+        for i in range(rounds):
+            key = keys[i % len(keys)]
+            value = b"%020d" % i
+            store.put(key, value)
+            assert reader.lookup(key, key_hash64(key), 1) == (value, 0)
+        # Only the first read past that map left the C path: it re-mapped the file with room to grow.
+        assert reader.slow_lookups == 1, f"{reader.slow_lookups} of {rounds} reads left the C path"
+        window = reader._files[1].mapping[1]
+        assert window > os.path.getsize(os.path.join(shard, data_file_name(1)))
+    finally:
+        reader.close()
+        store.close()
