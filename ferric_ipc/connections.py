@@ -193,7 +193,8 @@ class StreamShardConnection(ShardConnection):
                 sent = self._send(sock, data, wait_until)
                 if sent == len(data):
                     try:
-                        return self._receive(sock, _Replies(ids), wait_until)
+                        replies = self._receive(sock, _Replies(ids), wait_until)
+                        break
                     except _Unread:
                         if len(frames) > 1:
                             raise _Lost from None  # the last frame never arrived whole, but earlier ones may have
@@ -213,6 +214,8 @@ class StreamShardConnection(ShardConnection):
             # may hold half a request or half a reply, so it cannot be used again.
             self._close_socket()
             raise
+        # Every reply arrived whole: the stream is in step, and stays open whatever the replies say.
+        return replies.value()
 
     def _send(self, sock: socket.socket, data: bytes, wait_until: float) -> int:
         """How many bytes of ``data`` went out before it was all sent or the connection broke.
@@ -236,7 +239,7 @@ class StreamShardConnection(ShardConnection):
                 return sent
         return sent
 
-    def _receive(self, sock: socket.socket, replies: _Replies, wait_until: float) -> list[Any]:
+    def _receive(self, sock: socket.socket, replies: _Replies, wait_until: float) -> _Replies:
         reader = FrameReader(replies.add)
         answering = False  # bytes came back, so the shard was reading this connection
         while replies.pending:
@@ -253,7 +256,7 @@ class StreamShardConnection(ShardConnection):
                 raise _Lost
             answering = True
             reader.feed(chunk)
-        return replies.value()
+        return replies
 
     def _wait(self, events: int, wait_until: float) -> None:
         """Until the socket is ready for ``events`` (or hung up); _NoReply once ``wait_until`` passed.

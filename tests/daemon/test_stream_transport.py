@@ -22,7 +22,7 @@ import pytest
 from ferric_ipc.client import Client
 from ferric_ipc.protocol import PROTOCOL_VERSION
 
-from ferric_ipc.errors import FerricConnectionError, FerricTimeoutError
+from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.stream_server import MAX_OUTBOX_BYTES
 from tests.daemon.conftest import keys_on_shard
@@ -506,3 +506,20 @@ def test_signals_arriving_during_a_wait_do_not_extend_it(make_daemon):
         os.kill(pid, signal.SIGCONT)
     assert elapsed < 0.6, f"a 300 ms call took {elapsed:.2f} s under a 50 ms timer"
     assert daemon.stop() == 0
+
+
+
+def test_an_error_reply_keeps_the_connection(stream_daemon):
+    """An error reply arrives whole, like any other: the stream stays in step, so the client keeps
+    its connection instead of paying a new connect (and a new accept in the shard) after every error."""
+    client = stream_daemon.client(timeout_ms=3000, transport="unix", local_reads=False)
+    key = b"st:error-keeps"
+    shard_id = client._shard_of(key)
+    client.set(key, b"not a number")
+    sock = client._connection(shard_id)._sock
+    assert sock is not None
+    for _ in range(5):
+        with pytest.raises(FerricError, match="integer"):
+            client.incr(key)
+        assert client._connection(shard_id)._sock is sock, "the client dropped its connection after an error reply"
+    assert client.get(key) == b"not a number"
