@@ -6,6 +6,7 @@ import time
 import psutil
 
 from ferric_ipc.errors import CommandError, FerricError, ProtocolError
+from ferric_ipc.index_layout import DELETED, HASH_WORD, HEADER_WORDS, SLOT_EXPIRE_AT, SLOT_WORDS
 from ferric_ipc.keys import as_key, as_value
 from ferric_ipc.protocol import (
     MAX_TTL_MS,
@@ -25,6 +26,15 @@ _MAX_SCAN_COUNT = 10_000
 # Slots one scan or delete_prefix call looks at: each live one costs a read of its key, so this keeps
 # a call to a few milliseconds however large the shard is, and other requests are served in between.
 SCAN_SLOTS_PER_CALL = 1024
+# info leaves out keys that expired but were not yet removed (by the expiry sweep or a read). To find
+# them it reads the slots of the key directory (no data), the whole table when it has at most this many
+# slots; a larger table has this many read in INFO_SAMPLE_RUNS runs spread over it, and what they hold
+# is scaled up to the whole table: an estimate, and info says so (keys_estimated). That bounds an info
+# call to about 1 ms, up to 20 ms while most of the slots read hold expired keys the sweep has yet to reach.
+INFO_EXPIRY_SLOTS = 1 << 15
+INFO_SAMPLE_RUNS = 16
+INFO_CLASSIFIED = 2048  # expired entries whose keyspace info reads (see ShardCommands._stats_without_expired)
+_EXPIRE_WORD = SLOT_EXPIRE_AT // 8
 
 
 class ShardCommands:
@@ -322,6 +332,8 @@ class ShardCommands:
         return self.housekeeping
 
     def op_info(self):
+        """The shard's statistics. Counts of keys and bytes leave out expired keys not yet removed (see
+        ``expired_unswept``), which the store's own ``stats()`` still holds."""
         with self._process.oneshot():
             process = {
                 "pid": self._process.pid,
@@ -335,9 +347,42 @@ class ShardCommands:
             "epoch": self.epoch,
             "requests": self.requests,
             "errors": self.errors,
-            **self.store.stats(),
+            **self._stats_without_expired(),
             **process,
         }
+
+    def _stats_without_expired(self):
+        """``store.stats()`` with the keys whose TTL has passed but that are still in the key directory left out
+        of keys, live_bytes and the keyspaces' keys and bytes (their records count as dead bytes, which
+        a merge reclaims); adds ``expired_unswept`` (how many) and ``keys_estimated``."""
+        stats = self.store.stats()
+        capacity = stats["index_capacity"]
+        looked, expired = expired_entries(self.store.index_buffer, capacity, self._clock(), INFO_EXPIRY_SLOTS)
+        scale = capacity / looked if looked else 1.0
+        rows = list(stats["keyspaces"].values())
+        if len(rows) > 1 and expired:
+            # Which keyspace an entry is in takes a read of its key: at most INFO_CLASSIFIED of them, evenly
+            # spread over the expired entries found, stand for them all.
+            chosen = expired[::-(-len(expired) // INFO_CLASSIFIED)]
+            keys, held = [0] * len(rows), [0] * len(rows)
+            for file_id, offset, record_len in chosen:
+                number = self.store.accounts.of_record(file_id, offset)
+                keys[number] += 1
+                held[number] += record_len
+            share = len(expired) / len(chosen) * scale
+            sampled = len(chosen) < len(expired)
+        else:
+            keys, held, share, sampled = [len(expired)], [sum(entry[2] for entry in expired)], scale, False
+        for row, gone_keys, gone_bytes in zip(rows, keys, held):
+            row["keys"] = max(0, row["keys"] - round(gone_keys * share))
+            row["bytes"] = max(0, row["bytes"] - round(gone_bytes * share))
+        gone = min(stats["keys"], round(len(expired) * scale))
+        stats["keys"] -= gone
+        stats["expired_unswept"] = gone
+        stats["keys_estimated"] = looked < capacity or sampled
+        stats["live_bytes"] = max(0, stats["live_bytes"] - round(sum(entry[2] for entry in expired) * scale))
+        stats["dead_bytes"] = stats["data_bytes"] - stats["live_bytes"]
+        return stats
 
     # -- argument checks -------------------------------------------------------
 
@@ -363,3 +408,37 @@ class ShardCommands:
         if type(ttl_ms) is not int or not 0 < ttl_ms <= MAX_TTL_MS:
             raise CommandError("ttl_ms must be a positive integer number of milliseconds up to 2**62, or None")
         return self._clock() + ttl_ms
+
+
+def expired_entries(buffer, capacity, now_ms, max_slots):
+    """Entries of a key directory table (``buffer``, ``capacity`` slots) whose expiry is at or before ``now_ms``.
+
+    Returns ``(slots read, [(file_id, offset, record_len) of each expired entry among them])``. Reads
+    every slot if there are at most ``max_slots``, else ``max_slots`` of them in INFO_SAMPLE_RUNS runs
+    spread over the table (keys sit at slots chosen by their hash, so a run is a fair sample). Reads
+    slot words only, one field of every slot at C speed; free and deleted slots have expiry 0.
+    """
+    if capacity <= max_slots:
+        runs = [(0, capacity)]
+    else:
+        length, step = max_slots // INFO_SAMPLE_RUNS, capacity // INFO_SAMPLE_RUNS
+        runs = [(run * step, run * step + length) for run in range(INFO_SAMPLE_RUNS)]
+    looked, found = 0, []
+    with memoryview(buffer) as raw, raw.cast("Q") as words:
+        for start, end in runs:
+            looked += end - start
+            base, stop = HEADER_WORDS + start * SLOT_WORDS, HEADER_WORDS + end * SLOT_WORDS
+            with words[base + _EXPIRE_WORD:stop:SLOT_WORDS] as column:
+                expiries = column.tolist()
+            if len(expiries) == expiries.count(0) or min(filter(None, expiries)) > now_ms:
+                continue
+            with words[base + HASH_WORD:stop:SLOT_WORDS] as column:
+                hashes = column.tolist()
+            with words[base:stop:SLOT_WORDS] as column:
+                firsts = column.tolist()  # seq | file_id << 32
+            with words[base + 2:stop:SLOT_WORDS] as column:
+                places = column.tolist()  # offset | record_len << 32
+            found.extend((firsts[i] >> 32, places[i] & 0xFFFFFFFF, places[i] >> 32)
+                         for i, expire_at_ms in enumerate(expiries)
+                         if expire_at_ms and expire_at_ms <= now_ms and hashes[i] > DELETED)
+    return looked, found

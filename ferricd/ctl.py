@@ -12,6 +12,7 @@ from ferric_ipc import native
 from ferric_ipc.client import RUN_DIR_ENV, Client
 from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError
 from ferric_ipc.protocol import MAX_TTL_MS
+from ferricd.commands import INFO_EXPIRY_SLOTS
 from ferricd.compact import compact
 from ferricd.key_text import KeyTextError, parse_key, render_key
 from ferricd.storage.check import check_shard, shard_directories
@@ -60,7 +61,7 @@ def _share(part, whole):
 INFO_COLUMNS = [  # (heading, cell of one shard's info dict); totals add the numeric fields
     ("shard", lambda s: str(s["shard"])),
     ("pid", lambda s: str(s.get("pid", ""))),
-    ("keys", lambda s: f"{s.get('keys', 0):,}"),
+    ("keys", lambda s: f"{'~' if s.get('keys_estimated') else ''}{s.get('keys', 0):,}"),
     ("live", lambda s: human_bytes(s.get("live_bytes", 0))),
     ("dead", lambda s: human_bytes(s.get("dead_bytes", 0))),
     ("dead %", lambda s: _share(s.get("dead_bytes", 0), s.get("data_bytes", 0))),
@@ -100,16 +101,19 @@ def format_info(shards, local_reads):
     """A readable table of ``Client.info()``: per shard, totals, per keyspace, then what the numbers count."""
     rows = [[cell(shard) for _, cell in INFO_COLUMNS] for shard in shards]
     total = {name: sum(shard.get(name, 0) for shard in shards) for name in _SUMMED}
+    total["keys_estimated"] = any(shard.get("keys_estimated") for shard in shards)
     total_row = [cell({"shard": "all", "pid": "", **total}) for _, cell in INFO_COLUMNS]
     total_row[-2:] = ["", ""]
     rows.append(total_row)
     notes = [
-        "keys: entries in each shard's key directory (expired keys stay until the expiry sweep or a read "
-        "removes them); live: bytes of the records they point at; dead: bytes of overwritten, deleted and "
-        "expired records that a merge reclaims (ferricctl compact).",
+        "keys: live keys; expired keys are left out, also those the expiry sweep has not removed yet "
+        "(expired_unswept in --json); ~ marks an estimate, made when a shard's key directory has more than "
+        f"{INFO_EXPIRY_SLOTS:,} slots, from a sample of that many; live: bytes of the live keys' records; dead: "
+        "bytes of overwritten, deleted and expired records, which a merge reclaims (ferricctl compact).",
         "requests: requests the shard served since it started; hit %: of the gets it served (local reads "
         "never reach it).",
-        "keyspace bytes: whole records (header, key, value); max: the shard's share of the keyspace's max_bytes.",
+        "keyspace keys and bytes: live keys again, bytes of whole records (header, key, value); max: the "
+        "shard's share of the keyspace's max_bytes.",
         f"local reads in this client: {local_reads}",
     ]
     return "\n\n".join([format_table([heading for heading, _ in INFO_COLUMNS], rows), format_keyspaces(shards),
@@ -298,8 +302,12 @@ def build_parser():
         "prefix", nargs="?", default=b"", type=_key_argument, help="only keys starting with this")
     sub.add_parser("delete-prefix", help="delete every key with a prefix, print how many").add_argument(
         "prefix", type=_key_argument, help="the prefix (an empty one, '', deletes everything)")
-    info = sub.add_parser("info", help="per-shard statistics, with what each number counts")
-    info.add_argument("--json", action="store_true", help="print the raw statistics as JSON, for scripts")
+    info = sub.add_parser("info", help="per-shard statistics (live keys: expired ones left out), with what "
+                                       "each number counts")
+    info.add_argument("--json", action="store_true",
+                      help="print the statistics as JSON, for scripts: the same counts (keys, live_bytes, "
+                           "keyspaces: live keys only; expired_unswept: expired keys not yet removed; "
+                           "keys_estimated: true when those counts come from a sample)")
     watcher = sub.add_parser("monitor", help="refresh per-shard ops/s, hit rate and latency, like redis-cli --stat")
     watcher.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between refreshes (default 1)")
     watcher.add_argument("--count", type=_count, help="stop after this many refreshes (default: until Ctrl-C)")

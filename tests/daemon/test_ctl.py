@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,6 +95,44 @@ def test_info_reads_at_a_glance_and_as_json(ctl):
     data = json.loads(ctl("info", "--json").stdout)
     assert len(data["shards"]) == 2 and "local_reads" in data
     assert {"keys", "live_bytes", "dead_bytes", "requests"} <= data["shards"][0].keys()
+
+
+SLOW_SWEEP_CONFIG = """
+[storage]
+expiry_sweep_slots = 1
+"""
+
+
+def test_info_leaves_out_keys_that_expired_but_were_not_yet_swept(make_daemon):
+    # The sweep looks at one slot a tick here, so most expired keys are still in the key directory.
+    daemon = make_daemon(shards=2, config=SLOW_SWEEP_CONFIG)
+    with daemon.client(local_reads=False).pipeline() as pipe:
+        for i in range(2000):
+            pipe.set(f"short:{i}", b"s" * 100, ttl_ms=200)
+        for i in range(60):
+            pipe.set(f"long:{i}", b"l" * 100, ttl_ms=600_000)
+            pipe.set(f"forever:{i}", b"f" * 100)
+        pipe.execute()
+    time.sleep(0.5)
+
+    def ctl(*args):
+        done = subprocess.run([sys.executable, "-m", "ferricd.ctl", "--run-dir", daemon.run_dir, *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return done.stdout
+
+    shards = json.loads(ctl("info", "--json"))["shards"]
+    assert sum(s["keys"] for s in shards) == 120
+    assert sum(s["expired_unswept"] for s in shards) > 1000  # the situation under test: they were not swept
+    assert not any(s["keys_estimated"] for s in shards)
+    assert sum(s["keyspaces"]["default"]["keys"] for s in shards) == 120
+    for s in shards:
+        assert s["live_bytes"] + s["dead_bytes"] == s["data_bytes"]
+        assert s["keyspaces"]["default"]["bytes"] == s["live_bytes"]
+    text = ctl("info")
+    total = next(line.split() for line in text.splitlines() if line.split()[:1] == ["all"])
+    assert total[1] == "120"  # the "all" row: shard, keys, ...
+    assert "expired keys are left out" in text
 
 
 def test_monitor_prints_rates_and_latency(ctl):
