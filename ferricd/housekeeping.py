@@ -15,6 +15,7 @@ SWEEP_BUDGET_S = 0.002  # a slice may repeat while many keys expire, up to this 
 MERGE_CHECK_INTERVAL_S = 1.0  # how often the merge thresholds are compared with the shard's dead bytes
 MERGE_RETRY_S = 60.0  # after a merge failed or was refused, automatic merges wait this long
 MERGE_PAUSE_MS = 1  # between two merge slices, the longest a shard waits for requests (the poll's unit is 1 ms)
+MAPPED_FILES_RETRY_S = 10.0  # how often tables kept in memory for want of room in the run directory try it again
 
 
 class Housekeeping:
@@ -37,6 +38,7 @@ class Housekeeping:
         self._next_sweep_s = 0.0
         self._next_check_s = 0.0
         self._auto_after_s = 0.0  # no automatic merge before this (after a failure)
+        self._next_mapped_files_retry_s = 0.0
 
     # -- the shard loop's side ---------------------------------------------------
 
@@ -51,13 +53,17 @@ class Housekeeping:
         return min(idle_ms, MERGE_PAUSE_MS) if self.store.merging else idle_ms
 
     def run(self):
-        """One slice: a sweep and an eviction slice when due, then a merge slice, or a merge started if one is due."""
+        """One slice: a sweep and an eviction slice when due, the run directory's files tried again when due
+        (storage/index_file.py), then a merge slice, or a merge started if one is due."""
         now = self._monotonic()
         store = self.store
         if now >= self._next_sweep_s:
             self._next_sweep_s = now + SWEEP_INTERVAL_S
             store.sweep_expired(SWEEP_BUDGET_S)
             store.evict_over_limit()  # what writes left over their keyspace's bound (a lowered bound, at start)
+        if now >= self._next_mapped_files_retry_s:
+            self._next_mapped_files_retry_s = now + MAPPED_FILES_RETRY_S
+            store.retry_mapped_files()
         if store.merging:
             store.merge_step(store.settings.merge_slice_us / 1e6)
             if not store.merging:

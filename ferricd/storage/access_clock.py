@@ -16,9 +16,12 @@ In a daemon the bytes are the file ``run_dir/shard-K.access`` (layout:
 read marks its key without a round trip (ferric_ipc.local_reads). The file is
 made under a temporary name and renamed into place complete; the one it
 replaces is marked RETIRED, which tells clients to map the new one. A client
-can only skew the eviction choice, never lose or corrupt data.
+can only skew the eviction choice, never lose or corrupt data. If the run
+directory has no room for the file, the bytes stay in the shard's memory
+(clients' reads then leave no mark) until a growth or ``retry_file`` finds room again; ``error`` says why.
 """
 
+import logging
 import mmap
 import os
 
@@ -31,6 +34,9 @@ from ferric_ipc.file_layout import (
     ACCESS_VERSION,
 )
 from ferric_ipc.index_layout import STATE_LIVE, STATE_RETIRED
+from ferricd.storage.mapped_files import create_mapped
+
+log = logging.getLogger(__name__)
 
 MIN_BUCKETS = 4096
 BUCKETS_PER_SLOT = 4  # a table is 55-75 % full, so 5-7 buckets per key
@@ -53,6 +59,7 @@ class AccessClock:
         self.buckets = 0
         self._capacity = capacity  # the table size the buckets were last fitted to
         self.now = 0  # the clock, 0-255
+        self.error = None  # why the bytes are in memory although ``path`` is set; None if they are not
         if path is not None:
             _retire_file(path)  # a killed run's file: its readers move on to this run's
             _remove_leftovers(path)
@@ -84,32 +91,47 @@ class AccessClock:
             if buckets_for(capacity) > self.buckets:
                 self._replace(buckets_for(capacity))
 
+    def retry_file(self):
+        """Move the bytes into the file at ``path`` if they are in memory for want of room there."""
+        if self.error is not None:
+            self._replace(self.buckets)
+
     def _replace(self, buckets):
         nbytes = ACCESS_HEADER_BYTES + buckets
-        if self.path is None:
+        temp = None if self.path is None else f"{self.path}.{os.getpid()}.new"
+        if temp is None:
             buf = bytearray(nbytes)
         else:
-            temp = f"{self.path}.{os.getpid()}.new"
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_mode)
             try:
-                os.fchmod(fd, self.file_mode)  # the umask must not take the group's write permission away
-                os.ftruncate(fd, nbytes)
-                buf = mmap.mmap(fd, nbytes)
-            except BaseException:
-                os.close(fd)
-                os.unlink(temp)
-                raise
-            os.close(fd)
+                # exact_mode: the umask must not take the group's write permission away
+                buf = create_mapped(temp, nbytes, self.file_mode, exact_mode=True)
+            except OSError as exc:
+                self._no_room(nbytes, exc)
+                buf, temp = bytearray(nbytes), None
         ACCESS_HEADER.pack_into(buf, 0, ACCESS_MAGIC, ACCESS_VERSION, STATE_LIVE, buckets, self.now)
         fresh = memoryview(buf)[ACCESS_HEADER_BYTES:]
         if self._times is not None:
             # Bucket i of the old size covers buckets i, i + old, i + 2 * old, ... of the new one.
             old = bytes(self._times)
             fresh[:] = old * (buckets // len(old))
-        if self.path is not None:
+        if temp is not None:
             os.replace(temp, self.path)
+            if self.error is not None:
+                log.warning("the access times of %s fit in the run directory again: clients mark their reads",
+                            self.path)
+                self.error = None
         self._close_current()
+        if self.path is not None and temp is None:
+            _remove(self.path)  # retired just now: clients stop marking a file nobody reads
         self._buf, self._times, self.buckets, self.mask = buf, fresh, buckets, buckets - 1
+
+    def _no_room(self, nbytes, exc):
+        directory = os.path.dirname(self.path) or "."
+        if self.error is None:
+            log.error("could not put the access times %s in %s (%d bytes: %s): they stay in the shard's memory, "
+                      "and reads clients answer themselves do not count for eviction until they fit; "
+                      "free space in %s or make it larger", self.path, directory, nbytes, exc.strerror, directory)
+        self.error = f"no {nbytes}-byte access file in {directory} ({exc.strerror}): local reads leave no mark"
 
     def _close_current(self):
         """Retire the current buffer (readers of its file re-open the path) and let it go."""
@@ -117,7 +139,7 @@ class AccessClock:
             return
         self._buf[ACCESS_STATE_AT:ACCESS_STATE_AT + 4] = STATE_RETIRED.to_bytes(4, "little")
         self._times.release()
-        if self.path is not None:
+        if isinstance(self._buf, mmap.mmap):
             self._buf.close()
         self._buf = self._times = None
 
@@ -127,10 +149,14 @@ class AccessClock:
             return
         self._close_current()
         if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            _remove(self.path)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _remove_leftovers(path):

@@ -16,6 +16,7 @@ from ferricd.storage.errors import RotationPostponed
 from ferricd.storage.eviction import SampledEviction
 from ferricd.storage.expiry import ExpirySweep
 from ferricd.storage.hints import HintBuilder
+from ferricd.storage.index_file import MemoryTables
 from ferricd.storage.keyspaces import FSYNC_STRICTNESS, KeyspaceAccounts, KeyspaceTable
 from ferricd.storage.lock import DirectoryLock
 from ferricd.storage.merge import DONE, Merge
@@ -128,6 +129,7 @@ class BitcaskStore:
             self._lock.release()
             raise
         self._keydir.accounts = self.accounts
+        self._tables = tables or MemoryTables
 
     # -- reads -----------------------------------------------------------------
 
@@ -601,6 +603,14 @@ class BitcaskStore:
             self.accounts.evictions[number] += 1
         return len(victims)
 
+    def retry_mapped_files(self):
+        """Put the key directory and the access times back in the run directory if they are in the shard's
+        memory for want of room there (see stats' index_file_error); a copy of each, no more."""
+        if self._tables.error is not None:
+            self._keydir.index.move()
+        if self._access is not None:
+            self._access.retry_file()
+
     def _data_and_live_bytes(self):
         sizes = dict(self._files.sizes)
         if self._files.active is not None:
@@ -662,6 +672,9 @@ class BitcaskStore:
             "dead_bytes": total - live,
             "index_bytes": index.nbytes,
             "index_capacity": index.capacity,
+            # Why clients cannot read the key directory / mark access times themselves (a full run directory).
+            "index_file_error": self._tables.error,
+            "access_file_error": self._access.error if self._access is not None else None,
             "next_seq": self._next_seq,
             "corrupt_reads": self._keydir.corrupt_dropped,
             "merging": self.merging,

@@ -313,6 +313,16 @@ class ShardIndex:
         self.count, self.deleted = count, 0
         self._tables.replace(old_buf, new_buf)  # publish the new table, retire the old one
 
+    def move(self):
+        """Copy the table, as it is, into a fresh buffer from ``tables.allocate`` (e.g. back into the run
+        directory once it has room again); the old buffer goes to ``tables.replace``."""
+        new_buf = self._tables.allocate(len(self._buf))
+        new_buf[:] = self._buf
+        old_buf = self._buf
+        self._words.release()
+        self._buf, self._words = new_buf, memoryview(new_buf).cast("Q")
+        self._tables.replace(old_buf, new_buf)
+
     def close(self):
         """Let go of the buffer (required before a mapped buffer is closed)."""
         if self._words is not None:

@@ -6,14 +6,24 @@ a reader never sees a half-built table. A table that is replaced (grown) or
 abandoned (shard stopping, or a restarted shard finding its predecessor's) is
 marked RETIRED in its header; readers still mapping it notice and re-open.
 An unlinked file stays readable for whoever has it mapped, so nobody faults.
+
+A table that finds no room in the run directory (a full tmpfs) stays in the
+shard's memory, unpublished: clients then ask the shard for every read, the
+log and ``error`` say why, and the next table made (a growth, or a move the
+shard's housekeeping asks for: BitcaskStore.retry_mapped_files) tries the
+file again.
 """
 
 import itertools
+import logging
 import mmap
 import os
 
 from ferric_ipc.file_layout import index_path
 from ferric_ipc.index_layout import STATE_AT, STATE_RETIRED
+from ferricd.storage.mapped_files import create_mapped
+
+log = logging.getLogger(__name__)
 
 
 def _mark_retired(buf):
@@ -33,6 +43,8 @@ class IndexFiles:
         self._temp_paths = {}  # id(mmap) -> its file while unpublished
         self._counter = itertools.count()
         self.published = None
+        self._publishing = False  # publish() was called: every table from now on is published
+        self.error = None  # why the current table is in memory, not in the run directory; None if it is not
 
     def retire_previous(self):
         """Retire a table left by an earlier run of this shard, before this one changes any data,
@@ -50,35 +62,57 @@ class IndexFiles:
             pass
 
     def allocate(self, nbytes):
-        """A zero-filled writable mapping of ``nbytes`` under a temporary name."""
+        """A zero-filled writable mapping of ``nbytes`` under a temporary name, or a bytearray if the
+        run directory has no room for it (or refuses it otherwise): see ``error``."""
         path = f"{self.path}.{os.getpid()}.{next(self._counter)}.new"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_mode)
         try:
-            os.ftruncate(fd, nbytes)
-            buf = mmap.mmap(fd, nbytes)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
+            buf = create_mapped(path, nbytes, self.file_mode)
+        except OSError as exc:
+            directory = os.path.dirname(self.path)
+            if self.error is None:
+                log.error("could not put the key directory %s in %s (%d bytes: %s): it stays in the shard's "
+                          "memory, and clients ask the shard for every read until it fits there; "
+                          "free space in %s or make it larger", os.path.basename(self.path), directory, nbytes,
+                          exc.strerror, directory)
+            self.error = f"no {nbytes}-byte table in {directory} ({exc.strerror}): reads go through the shard"
+            return bytearray(nbytes)
+        if self.error is not None:
+            log.warning("the key directory of %s fits in %s again: clients read it directly",
+                        os.path.basename(self.path), os.path.dirname(self.path))
+            self.error = None
         self._temp_paths[id(buf)] = path
         return buf
 
     def publish(self, buf):
-        """Make ``buf`` the table clients find at ``shard-K.idx``."""
-        os.replace(self._temp_paths.pop(id(buf)), self.path)
-        self.published = buf
+        """Make ``buf`` the table clients find at ``shard-K.idx``, and every table that replaces it after it.
+
+        A table in memory (``allocate`` found no room) is not published: the path is
+        removed, so clients ask the shard instead of reading a table that no longer changes.
+        """
+        self._publishing = True
+        path = self._temp_paths.pop(id(buf), None)
+        if path is None:
+            self.published = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        else:
+            os.replace(path, self.path)
+            self.published = buf
 
     def replace(self, old, new):
-        """A ShardIndex grew from ``old`` into ``new``: publish ``new`` if ``old`` was public, retire ``old``."""
+        """A ShardIndex grew from ``old`` into ``new``: retire ``old``, publish ``new`` once tables are published."""
         if self.published is old:
             # Retire first: if the shard dies between the two steps, no reader is left on a
             # table that looks LIVE but will never change again (readers fall back meanwhile).
             _mark_retired(old)
-            self.publish(new)
-        else:
+        elif id(old) in self._temp_paths:
             os.unlink(self._temp_paths.pop(id(old)))
-        old.close()
+        if self._publishing:
+            self.publish(new)
+        if isinstance(old, mmap.mmap):
+            old.close()
 
     def close(self):
         """Retire the published table (the shard is stopping) and remove its file."""
@@ -100,6 +134,8 @@ class IndexFiles:
 
 class MemoryTables:
     """The in-process default: tables in bytearrays, nothing published."""
+
+    error = None  # nothing is wrong with a table meant to be in memory
 
     @staticmethod
     def allocate(nbytes):
