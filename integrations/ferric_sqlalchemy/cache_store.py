@@ -6,7 +6,8 @@ token is never reused, so an entry stored under an old token stays
 unreachable even after its generation expired or was evicted and came back.
 Reads (generations, entries, a lease being held) are local reads of the mapped
 index; writes are one round trip each (a store and its lease release share
-one transaction; a commit's bumps are one transaction on its tenant's shard).
+one transaction; a commit's bumps are one ``mset`` per shard they live on: the
+generations of one database share a shard, so a commit is one round trip).
 
 When ferricd cannot be reached the cache steps aside: statements go to the
 database, a warning is logged (at most once a minute), invalidations that
@@ -28,7 +29,7 @@ from ferric_sqlalchemy.invalidation import Invalidation
 GENERATION_TTL_MS = 86_400_000
 RETRY_INTERVAL_S = 1.0
 _TOKEN_BYTES = 8
-_OPS_PER_TRANSACTION = 500
+_KEYS_PER_MSET = 2_000  # bumps per request, so that a huge invalidation is several bounded frames
 _POLL_FIRST_S, _POLL_MAX_S = 0.001, 0.02
 
 
@@ -156,31 +157,34 @@ class CacheStore:
             self.failed(exc)
 
     def _bump(self, invalidation: Invalidation) -> None:
+        """Give every generation the invalidation names a fresh token: one ``mset`` per shard they live on.
+
+        Generations of one tenant share a hash tag, so a commit writing to one database is one request to
+        one shard whatever the number of tables and rows. Nothing needs the bumps to be atomic: a reader
+        that sees some of them and not others stores its result under a mix no later reader sees.
+        """
         layout = self.layout
-        by_tenant: dict[bytes, list[bytes]] = {}
+        keys: list[bytes] = []
         counted: list[str] = []
         for (tenant, table), pks in invalidation.rows.items():
-            by_tenant.setdefault(tenant, []).extend(layout.row_generation(tenant, table, pk) for pk in pks)
+            keys.extend(layout.row_generation(tenant, table, pk) for pk in pks)
         for tenant, table in invalidation.tables:
-            by_tenant.setdefault(tenant, []).append(layout.table_generation(tenant, table))
+            keys.append(layout.table_generation(tenant, table))
             counted.append(table)
         for tenant, table in invalidation.bulk:
-            by_tenant.setdefault(tenant, []).append(layout.bulk_generation(tenant, table))
-        for tenant, keys in by_tenant.items():
-            tag = layout.tenant_tag(tenant)
-            for start in range(0, len(keys), _OPS_PER_TRANSACTION):
-                with self.client.transaction(tag) as transaction:
-                    for key in keys[start:start + _OPS_PER_TRANSACTION]:
-                        transaction.set(key, new_token(), ttl_ms=GENERATION_TTL_MS)
-                    transaction.execute()
+            keys.append(layout.bulk_generation(tenant, table))
         if invalidation.everything:
-            for region in self.regions():
-                self.client.set(layout.region_generation(region), new_token(), ttl_ms=GENERATION_TTL_MS)
+            keys.extend(layout.region_generation(region) for region in self.regions())
+        self._replace(keys)
         self.stats.count("invalidations", counted)
 
+    def _replace(self, keys: list[bytes]) -> None:
+        for start in range(0, len(keys), _KEYS_PER_MSET):
+            self.client.mset({key: new_token() for key in keys[start:start + _KEYS_PER_MSET]},
+                             ttl_ms=GENERATION_TTL_MS)
+
     def bump_regions(self, regions) -> None:
-        for region in regions:
-            self.client.set(self.layout.region_generation(region), new_token(), ttl_ms=GENERATION_TTL_MS)
+        self._replace([self.layout.region_generation(region) for region in regions])
 
     # -- entries and leases -------------------------------------------------------------------
 

@@ -66,10 +66,12 @@ class ConnectionWrites:
 class SessionWrites:
     """A Session's side of the tracking: its connections, and what its open transaction wrote."""
 
-    __slots__ = ("connections", "flushing", "flushed_tables", "committing", "written")
+    __slots__ = ("connections", "only", "flushing", "flushed_tables", "committing", "written")
 
     def __init__(self):
         self.connections: list[ConnectionWrites] = []
+        # (writes, tenant) of the transaction's connection while it has just one: every flush wrote there
+        self.only: tuple[ConnectionWrites, bytes] | None = None
         self.flushing = False
         self.flushed_tables: list[tuple[ConnectionWrites, bytes, str]] = []  # the flush's own statements
         self.committing = False
@@ -301,6 +303,8 @@ class WriteTracker:
         writes.owner = session_writes
         if writes not in session_writes.connections:
             session_writes.connections.append(writes)
+            session_writes.only = (writes, self.tenants.of(connection, None)) \
+                if len(session_writes.connections) == 1 else None
 
     def _before_flush(self, session, flush_context, instances):
         self.catalog.refresh()
@@ -330,8 +334,11 @@ class WriteTracker:
                 if not any(self.catalog.table(table.fullname) for table in mapper.tables):
                     targets[mapper] = False
                     continue
-                connection = session.connection(bind_arguments={"mapper": mapper})
-                target = targets[mapper] = (self.connection_writes(connection), self.tenants.of(connection, None))
+                target = session_writes.only
+                if target is None:  # several connections (binds per mapper): the one this mapper's rows went to
+                    connection = session.connection(bind_arguments={"mapper": mapper})
+                    target = (self.connection_writes(connection), self.tenants.of(connection, None))
+                targets[mapper] = target
             elif target is False:
                 continue
             writes, tenant = target
@@ -391,6 +398,7 @@ class WriteTracker:
             if connection_writes.owner is writes:
                 connection_writes.owner = None
         writes.connections = []
+        writes.only = None
         writes.written = set()
         writes.flushing = writes.committing = False
 

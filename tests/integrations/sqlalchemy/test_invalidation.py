@@ -375,3 +375,38 @@ def test_invalidate_tables_and_naming_the_database(db, ferricd):
         fresh.invalidate(User)  # this process's new cache has used no database yet: it must be told which
     with pytest.raises(TypeError, match="mapped class"):
         db.cache.invalidate(object)
+
+
+class _Requests:
+    """Counts the calls a Client makes that go to ferricd (every write, and reads that are not local)."""
+
+    WRITES = ("set", "mset", "delete", "delete_if", "set_if", "incr", "lease", "release", "transaction",
+              "pipeline", "patch", "expire", "getex", "getdel", "ping", "hello")
+
+    def __init__(self, client):
+        self.calls: list[str] = []
+        for name in self.WRITES:
+            original = getattr(client, name)
+            setattr(client, name, self._counting(name, original))
+
+    def _counting(self, name, original):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return original(*args, **kwargs)
+        return call
+
+
+def test_a_commit_writing_several_tables_is_one_request_to_ferricd(db):
+    """Rows of three tables, their table generations and (bulk) the whole of a fourth: one mset, and the
+    generations of one database share a shard, so one round trip."""
+    seed(db)
+    requests = _Requests(db.cache.store.client)
+    with db.Session() as session:
+        session.get(User, 2).name = "renamed"
+        session.add(Address(id=99, user_id=3, email="new@x"))
+        session.add(Tag(id=9, label="green"))
+        session.execute(update(Product).values(name="pencil"))
+        requests.calls.clear()  # the reads above may have stored entries
+        session.commit()
+    assert requests.calls == ["mset"]
+    assert db.cache.stats()["tables"]["products"]["invalidations"] >= 1
