@@ -467,7 +467,7 @@ class BitcaskStore:
             yield self
         finally:
             self._grouping = False
-            if (self._failed or self._always_pending and self._unsynced) and not self._closed:
+            if (self._failure() or self._always_pending and self._unsynced) and not self._closed:
                 self.sync()
 
     def sync_if_due(self):
@@ -479,7 +479,7 @@ class BitcaskStore:
         """
         waited_ms = self._monotonic_clock() - self._last_sync_ms
         due = self._interval_pending and waited_ms >= self.settings.fsync_interval_ms
-        if due or self._failed:
+        if due or self._failure():
             self.sync()
 
     def _fail(self, reason):
@@ -497,8 +497,14 @@ class BitcaskStore:
         self._check_not_failed()
 
     def _check_not_failed(self):
-        if self._failed:
-            raise StorageError(f"{self._failed}; this store refuses writes until it is reopened")
+        failure = self._failure()
+        if failure:
+            raise StorageError(f"{failure}; this store refuses writes until it is reopened")
+
+    def _failure(self):
+        """Why this store must be reopened (an fsync failed, or its key directory is damaged), or None."""
+        damage = self._keydir.index.damage
+        return self._failed or (damage and f"the key directory is damaged ({damage}); reopening rebuilds it")
 
     # -- merge and active expiry -----------------------------------------------
 
@@ -509,7 +515,7 @@ class BitcaskStore:
     def merge_wanted(self):
         """Whether a merge should start on its own: ``merge_auto`` and both merge thresholds passed."""
         settings = self.settings
-        if not settings.merge_auto or self.merging or self._failed:
+        if not settings.merge_auto or self.merging or self._failure():
             return False
         total, live = self._data_and_live_bytes()
         dead = total - live
@@ -575,7 +581,7 @@ class BitcaskStore:
         left. An evicted key is deleted as by ``delete`` (a tombstone, synced as
         its keyspace's policy says), so it stays gone after a crash.
         """
-        if self._eviction is None or self._evicting or self._failed or self._closed:
+        if self._eviction is None or self._evicting or self._failure() or self._closed:
             return 0
         self._access.fit(self._keydir.index.capacity)
         over = self.accounts.over_limit()
@@ -631,7 +637,7 @@ class BitcaskStore:
                 self._access.close()
             if not self._failed:
                 self._close_active()
-                if self.settings.snapshot_on_close:
+                if self.settings.snapshot_on_close and not self._keydir.index.damage:  # a reopen rebuilds it
                     self._write_snapshot()
         finally:
             self._keydir.index.close()

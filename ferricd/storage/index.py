@@ -12,6 +12,12 @@ rebuilt, which happens when live entries plus markers pass MAX_LOAD.
 Every slot write is seqlock-style: seq goes odd, the body is written, seq goes
 even. A reader in another process that sees the same even seq before and after
 copying a slot has a consistent copy.
+
+Every probe visits each slot at most once. A table where a probe finds no free
+slot after all of them is damaged (MAX_LOAD keeps a quarter free): the probe
+raises CorruptDataError and ``damage`` says why, so the store stops and a fresh
+shard rebuilds the table from the data files (``check_table`` does the same
+for a saved table before it is used).
 """
 
 from ferric_ipc.index_layout import (
@@ -63,6 +69,8 @@ class ShardIndex:
         magic, version, _state, epoch, capacity, count, deleted = HEADER.unpack_from(buf, 0)
         if magic != INDEX_MAGIC or version != INDEX_VERSION:
             raise CorruptDataError(f"not a key directory (magic {magic!r}, version {version})")
+        if capacity < MIN_CAPACITY:
+            raise CorruptDataError(f"key directory of {capacity} slots, fewer than any table has")
         if len(buf) < table_bytes(capacity):
             raise CorruptDataError(f"key directory truncated: {len(buf)} bytes for {capacity} slots")
         self._buf = buf
@@ -72,6 +80,7 @@ class ShardIndex:
         self.capacity = capacity
         self.count = count
         self.deleted = deleted
+        self.damage = None  # why this table cannot be trusted any more; None while it can
 
     @classmethod
     def create(cls, capacity=MIN_CAPACITY, epoch=0, tables=None):
@@ -113,7 +122,7 @@ class ShardIndex:
         words = self._words
         capacity = self.capacity
         slot = key_hash % capacity
-        while True:
+        for _ in range(capacity):
             stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
             if stored == EMPTY:
                 return
@@ -125,6 +134,7 @@ class ShardIndex:
             slot += 1
             if slot == capacity:
                 slot = 0
+        self._no_free_slot()
 
     def slot_at(self, key_hash: int, file_id: int, offset: int):
         """``(slot, expire_at_ms)`` of the slot holding ``key_hash`` and pointing at ``file_id``/``offset``, or None.
@@ -135,7 +145,7 @@ class ShardIndex:
         words = self._words
         capacity = self.capacity
         slot = key_hash % capacity
-        while True:
+        for _ in range(capacity):
             base = HEADER_WORDS + slot * SLOT_WORDS
             stored = words[base + HASH_WORD]
             if stored == EMPTY:
@@ -145,6 +155,7 @@ class ShardIndex:
             slot += 1
             if slot == capacity:
                 slot = 0
+        return self._no_free_slot()
 
     def entry(self, slot: int):
         """``(key_hash, file_id, offset, record_len, expire_at_ms)`` stored in ``slot``."""
@@ -208,10 +219,14 @@ class ShardIndex:
         words = self._words
         capacity = self.capacity
         slot = key_hash % capacity
-        while words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] > DELETED:
+        for _ in range(capacity):
+            if words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] <= DELETED:
+                break
             slot += 1
             if slot == capacity:
                 slot = 0
+        else:
+            self._no_free_slot()
         if words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] == DELETED:
             self.deleted -= 1
         self._write_slot(slot, file_id, key_hash, offset, record_len, expire_at_ms)
@@ -232,7 +247,7 @@ class ShardIndex:
         capacity = self.capacity
         slot = key_hash % capacity
         free = -1
-        while True:
+        for _ in range(capacity):
             stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
             if stored == EMPTY:
                 break
@@ -243,6 +258,8 @@ class ShardIndex:
             slot += 1
             if slot == capacity:
                 slot = 0
+        else:
+            self._no_free_slot()
         if free >= 0:
             slot = free
             self.deleted -= 1
@@ -274,6 +291,10 @@ class ShardIndex:
         words[base + _EXPIRE_WORD] = expire_at_ms
         words[base] = ((seq + 2) & _SEQ_MASK) | (file_id << 32)  # even: consistent again
 
+    def _no_free_slot(self):
+        self.damage = f"no free slot in any of its {self.capacity} slots (a table is kept at most {MAX_LOAD:.0%} full)"
+        raise CorruptDataError(f"the key directory is damaged: {self.damage}")
+
     def write_counts(self):
         """Store count and deleted in the header (besides files_generation, the rest never changes for a live table)."""
         COUNTS.pack_into(self._buf, COUNTS_AT, self.count, self.deleted)
@@ -295,10 +316,15 @@ class ShardIndex:
             if key_hash <= DELETED:
                 continue
             target = key_hash % new_capacity
-            while new_words[HEADER_WORDS + target * SLOT_WORDS + HASH_WORD] != EMPTY:
+            for _ in range(new_capacity):
+                if new_words[HEADER_WORDS + target * SLOT_WORDS + HASH_WORD] == EMPTY:
+                    break
                 target += 1
                 if target == new_capacity:
                     target = 0
+            else:  # more live slots than the header counted: the old table is damaged
+                fresh.close()
+                self._no_free_slot()
             new_at = table_bytes(target)
             new_buf[new_at:new_at + SLOT_BYTES] = old_buf[at:at + SLOT_BYTES]
             new_buf[new_at:new_at + 4] = b"\0\0\0\0"  # a fresh table starts every seq at 0
@@ -332,4 +358,27 @@ class ShardIndex:
     def bytes_per_key(self) -> float:
         """Table bytes divided by live entries (the memory cost per key, keys themselves excluded)."""
         return self.nbytes / self.count if self.count else float(self.nbytes)
+
+
+def check_table(buf, file_ids):
+    """Raise CorruptDataError, saying why, unless ``buf`` holds a table a shard could have made whose live
+    slots point only at the data files ``file_ids``: for a saved table, whose CRC only says it was saved whole."""
+    ShardIndex(buf).close()  # header, size
+    _magic, _version, _state, _epoch, capacity, count, deleted = HEADER.unpack_from(buf, 0)
+    if len(buf) != table_bytes(capacity):
+        raise CorruptDataError(f"key directory of {len(buf)} bytes for {capacity} slots")
+    with memoryview(buf).cast("Q") as words:  # strided copies of one word per slot: C speed
+        hashes = words[HEADER_WORDS + HASH_WORD::SLOT_WORDS].tolist()
+        firsts = words[HEADER_WORDS::SLOT_WORDS].tolist()
+    found_deleted = hashes.count(DELETED)
+    found_live = capacity - hashes.count(EMPTY) - found_deleted
+    if (found_live, found_deleted) != (count, deleted):
+        raise CorruptDataError(f"key directory header counts {count} live and {deleted} deleted slots, "
+                               f"its slots hold {found_live} and {found_deleted}")
+    if count + deleted > capacity * MAX_LOAD:
+        raise CorruptDataError(f"key directory {count + deleted}/{capacity} full, past the {MAX_LOAD:.0%} "
+                               "any table is kept at")
+    unknown = {first >> 32 for first, key_hash in zip(firsts, hashes) if key_hash > DELETED}.difference(file_ids)
+    if unknown:
+        raise CorruptDataError(f"key directory points at data files that do not exist: {sorted(unknown)[:5]}")
 

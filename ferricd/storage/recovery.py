@@ -1,7 +1,8 @@
 """Startup: rebuild a shard's key directory from its snapshot, hint files, or data files, and repair a torn tail.
 
 Order of preference, cheapest first:
-1. ``keydir.snapshot`` left by a clean close, if it matches the files on disk exactly;
+1. ``keydir.snapshot`` left by a clean close, if it matches the files on disk exactly and
+   holds a table a shard could have made (index.check_table);
 2. per file, a valid hint file (fixed-size entries, no hashing, no CRC per record);
 3. a scan of the data file, which also writes the missing hint for next time.
 
@@ -19,7 +20,7 @@ from ferricd.storage.atomic_files import fsync_directory
 from ferricd.storage.datafiles import DATA_SUFFIX, HINT_SUFFIX, data_path, hint_path, list_data_file_ids
 from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.hints import HintBuilder, read_hint
-from ferricd.storage.index import ShardIndex, capacity_for
+from ferricd.storage.index import ShardIndex, capacity_for, check_table
 from ferricd.storage.keydir import KeyDirectory
 from ferricd.storage.records import RecordScanner
 from ferricd.storage.snapshot import discard_snapshot, read_snapshot
@@ -89,6 +90,12 @@ def _from_snapshot(directory, ids, files, epoch, tables, report):
     actual = {file_id: os.path.getsize(data_path(directory, file_id)) for file_id in ids}
     if actual != snapshot.file_sizes:
         log.warning("ignoring key directory snapshot: the data files changed after it was written")
+        discard_snapshot(directory)
+        return None
+    try:
+        check_table(snapshot.index_buffer, actual)
+    except CorruptDataError as exc:
+        log.error("ignoring key directory snapshot, rebuilding from the data files: %s", exc)
         discard_snapshot(directory)
         return None
     for file_id in ids:
