@@ -150,6 +150,9 @@ class _Replies:
     def __init__(self, ids: list[int]) -> None:
         self.pending = {request_id: position for position, request_id in enumerate(ids)}
         self.results: list[Any] = [None] * len(ids)
+        # An error for no request: about the connection itself (refused, or a frame it could not follow),
+        # which the shard closes after sending it. Raised instead of "connection lost" when the stream ends.
+        self.refusal: FerricError | None = None
 
     def add(self, frame: bytes) -> None:
         request_id: int | None
@@ -160,6 +163,8 @@ class _Replies:
             request_id, result = getattr(error, "request_id", None), error
         if request_id in self.pending:  # anything else is a late reply to an abandoned request
             self.results[self.pending.pop(request_id)] = result
+        elif request_id is None and isinstance(result, FerricError):
+            self.refusal = result
 
     def value(self) -> list[Any]:
         for result in self.results:
@@ -249,11 +254,11 @@ class StreamShardConnection(ShardConnection):
             except BlockingIOError:
                 continue  # woken for nothing
             except ConnectionResetError:
-                raise (_Lost if answering else _Unread) from None
+                raise (replies.refusal or (_Lost if answering else _Unread)) from None
             except OSError:
                 raise _Lost from None
             if not chunk:
-                raise _Lost
+                raise replies.refusal or _Lost()
             answering = True
             reader.feed(chunk)
         return replies

@@ -15,14 +15,15 @@ HEADER_BYTES = STREAM_HEADER.size
 
 
 class FrameTooLarge(ProtocolError):
-    """A peer announced a frame longer than MAX_STREAM_FRAME_BYTES: the stream cannot be resynchronised."""
+    """A peer announced a frame longer than the reader takes: the stream cannot be resynchronised."""
 
 
 class FrameReader:
     """Splits a byte stream into frames, calling ``emit`` with each one in order."""
 
-    def __init__(self, emit: Callable[[bytes], object]) -> None:
+    def __init__(self, emit: Callable[[bytes], object], max_frame_bytes: int = MAX_STREAM_FRAME_BYTES) -> None:
         self._emit = emit
+        self._max_frame_bytes = max_frame_bytes
         self._inbox = bytearray()  # the start of a frame still arriving
 
     def feed(self, chunk: bytes) -> None:
@@ -34,15 +35,15 @@ class FrameReader:
         if not inbox and len(chunk) >= HEADER_BYTES:
             # The common case: one whole frame in one chunk, nothing left over.
             (length,) = STREAM_HEADER.unpack_from(chunk)
-            if len(chunk) == HEADER_BYTES + length:
+            if len(chunk) == HEADER_BYTES + length and length <= self._max_frame_bytes:
                 self._emit(chunk[HEADER_BYTES:])
                 return
         inbox += chunk
         start = 0
         while len(inbox) - start >= HEADER_BYTES:
             (length,) = STREAM_HEADER.unpack_from(inbox, start)
-            if length > MAX_STREAM_FRAME_BYTES:
-                raise FrameTooLarge(f"a frame of {length} bytes announced; at most {MAX_STREAM_FRAME_BYTES}")
+            if length > self._max_frame_bytes:
+                raise FrameTooLarge(f"a frame of {length} bytes announced; at most {self._max_frame_bytes}")
             end = start + HEADER_BYTES + length
             if end > len(inbox):
                 break

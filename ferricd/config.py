@@ -27,6 +27,8 @@ DEFAULTS = {
         "restart_backoff_initial_ms": 100,  # first delay before restarting a crashed shard
         "restart_backoff_max_ms": 30_000,  # the delay doubles per consecutive failure up to this
         "healthy_after_ms": 30_000,  # a shard up this long has its failure count reset
+        "max_connections": 4096,  # per shard, stream and ZeroMQ peers together; a descriptor each (LimitNOFILE)
+        "client_buffer_bytes": "256MiB",  # per shard: requests not yet run and replies not yet sent, all peers
         "log_level": "info",
     },
     # Every StoreSettings option but the two set elsewhere; their defaults and units are in that table.
@@ -50,7 +52,7 @@ KEYSPACE_OPTIONS = DEFAULTS["keyspaces"][DEFAULT_KEYSPACE]
 
 _SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$")
-_SIZE_OPTIONS = {"max_file_bytes", "max_value_bytes", "merge_trigger_dead_bytes"}
+_SIZE_OPTIONS = {"max_file_bytes", "max_value_bytes", "merge_trigger_dead_bytes", "client_buffer_bytes"}
 # StoreSettings fields no [storage] option sets: fsync is the default keyspace's, file_mode the daemon's.
 _STORE_SETTINGS_SET_ELSEWHERE = {"fsync", "file_mode"}
 
@@ -69,6 +71,8 @@ DEFAULTS["storage"] = {
     if field.name not in _STORE_SETTINGS_SET_ELSEWHERE
 }
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
+MAX_CONNECTIONS_LIMIT = 1 << 20  # the kernel's default ceiling on open files per process (fs.nr_open)
+REQUEST_OVERHEAD_BYTES = 1 << 20  # room in a request frame for its key and framing beyond the largest value
 
 
 class ConfigError(FerricError, ValueError):
@@ -86,6 +90,8 @@ class DaemonConfig:
     restart_backoff_initial_ms: int
     restart_backoff_max_ms: int
     healthy_after_ms: int
+    max_connections: int
+    client_buffer_bytes: int
     log_level: str
     storage: StoreSettings  # its fsync is the default keyspace's
     keyspaces: tuple  # Keyspace, the default one first
@@ -185,10 +191,14 @@ def _merge_storage_fsync(merged, data, value, source):
 def _build(merged):
     daemon, storage = merged["daemon"], merged["storage"]
     for name, default in DEFAULTS["daemon"].items():
-        if type(daemon[name]) is not type(default):
+        if name in _SIZE_OPTIONS:
+            daemon[name] = _size(f"daemon.{name}", daemon[name])
+        elif type(daemon[name]) is not type(default):
             raise ConfigError(f"daemon.{name} must be {type(default).__name__}, not {daemon[name]!r}")
     if daemon["shards"] < 0 or daemon["shards"] > 1024:
         raise ConfigError("daemon.shards must be between 1 and 1024, or 0 for one per CPU core")
+    if not 1 <= daemon["max_connections"] <= MAX_CONNECTIONS_LIMIT:
+        raise ConfigError(f"daemon.max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}")
     if daemon["log_level"] not in _LOG_LEVELS:
         raise ConfigError(f"daemon.log_level must be one of {sorted(_LOG_LEVELS)}")
     for name in DEFAULTS["daemon"]:
@@ -202,6 +212,10 @@ def _build(merged):
         store_settings = StoreSettings(**storage_values, fsync=keyspaces[0].fsync)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"storage.{exc}") from None
+    least_buffer_bytes = 2 * (store_settings.max_value_bytes + REQUEST_OVERHEAD_BYTES)
+    if daemon["client_buffer_bytes"] < least_buffer_bytes:
+        raise ConfigError(f"daemon.client_buffer_bytes must be at least {_size_text(least_buffer_bytes)}: half of it "
+                          "is the longest request a shard takes, which must fit a value of storage.max_value_bytes")
     return DaemonConfig(**daemon, storage=store_settings, keyspaces=keyspaces)
 
 

@@ -11,6 +11,7 @@ import ctypes
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -33,11 +34,16 @@ from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.index_file import IndexFiles
 from ferricd.storage.lock import DirectoryLock
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
-from ferricd.stream_server import OutOfDescriptors, StreamListener
+from ferricd.stream_server import ClientBuffers, OutOfDescriptors, StreamListener
 
 TICK_MS = 100  # housekeeping (interval fsync, expiry sweep, merge checks, stop flag) at least this often
 MAX_REQUESTS_PER_COMMIT = 1024  # so replies are never held back for long
-FD_WARNING_INTERVAL_S = 10  # out of descriptors: say so at most this often
+WARNING_INTERVAL_S = 10  # out of descriptors, connections refused or dropped: say so at most this often
+# Descriptors kept back from peers: data, hint and index files, merges, ZeroMQ's own, and the
+# connections libzmq accepts before the loop counts them (it aborts when accept() finds none left).
+FD_RESERVE_FRACTION = 8  # one eighth of the open-file limit
+FD_RESERVE_MIN = 32
+ZMQ_RELISTEN_PAUSE_S = 1.0  # at the connection cap, the ZeroMQ endpoint stops listening this long
 _POLLIN, _POLLOUT = select.EPOLLIN, select.EPOLLOUT
 _POLLERR = select.EPOLLERR | select.EPOLLHUP  # the peer hung up or the socket failed
 _ZMQ_POLLIN = int(zmq.POLLIN)  # a plain int: pyzmq's IntFlag arithmetic costs microseconds
@@ -63,8 +69,14 @@ class ShardServer:
         self.housekeeping = None
         self._poller = self._listener_fd = self._zmq_fd = self._heartbeat = None
         self._zmq_touched = True  # the ROUTER may hold messages its descriptor no longer signals
+        self._monitor = self._monitor_fd = None  # the ROUTER's connection events, to count its peers
+        self._zmq_peers = 0
+        self._zmq_listening = False
+        self._zmq_relisten_at = 0.0  # monotonic seconds
         self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
-        self._fd_warned_at = float("-inf")
+        self._warned_at = {}  # what was warned about -> monotonic seconds, to say each at most every interval
+        self._buffers = ClientBuffers(config.client_buffer_bytes)
+        self._max_connections = config.max_connections
         self._streams = {}  # fd -> StreamConnection
         self._masks = {}  # fd -> the poll events registered for that connection
         self._waiting = set()  # StreamConnections holding received requests not yet taken
@@ -92,8 +104,12 @@ class ShardServer:
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.linger = 0
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._socket.bind(self.endpoint)
-        self._listener = StreamListener(self.stream_endpoint)
+        self._zmq_listening = True
+        self._socket.maxmsgsize = self._buffers.max_frame_bytes  # ZeroMQ drops a peer that sends more
+        self._listener = StreamListener(self.stream_endpoint, self._buffers)
+        self._max_connections = _connection_cap(self.config.max_connections)
         # The first beat tells the supervisor this shard recovered and serves.
         self._heartbeat = HeartbeatWriter(self.config.run_dir, self.shard_id, self.config.storage.file_mode)
         log.info("serving %s and %s", self.endpoint, self.stream_endpoint)
@@ -109,6 +125,9 @@ class ShardServer:
         self._poller.register(self._listener_fd, _POLLIN)
         self._zmq_fd = self._socket.getsockopt(zmq.FD)
         self._poller.register(self._zmq_fd, _POLLIN)
+        self._monitor_fd = self._monitor.getsockopt(zmq.FD)
+        self._poller.register(self._monitor_fd, _POLLIN)
+        self._count_zmq_peers()
         while not should_stop():
             # Requests already received (but left for lack of reply room or past the per-commit
             # limit) are served without waiting for the poll; so are messages the ROUTER holds.
@@ -122,6 +141,8 @@ class ShardServer:
             self.housekeeping.run()
             self.store.sync_if_due()
             self._heartbeat.beat()
+            if not self._zmq_listening:
+                self._count_zmq_peers()  # listen again once stream peers left too
             if self._listener_paused_until is not None and time.monotonic() >= self._listener_paused_until:
                 self._listener_paused_until = None
                 self._poller.register(self._listener_fd, _POLLIN)
@@ -149,6 +170,8 @@ class ShardServer:
             elif fd == self._zmq_fd:
                 self._zmq_touched = True
                 self._receive_router(requests)
+            elif fd == self._monitor_fd:
+                self._count_zmq_peers()
             elif fd == self._listener_fd:
                 self._accept()
         replies = []  # (reply_to, request_id, reply frame): reply_to is an identity (bytes) or a StreamConnection
@@ -181,6 +204,8 @@ class ShardServer:
                         f"the reply is {len(reply)} bytes, over the stream's {MAX_STREAM_FRAME_BYTES}-byte frame "
                         "limit: ask for fewer or smaller values at once")
                 reply_to.send(reply)
+        if self._buffers.over:  # replies the peers do not read
+            self._shed_clients()
         for connection in served:  # stop reading those left with requests or a full outbox; resume the others
             if self._streams.get(connection.fileno()) is connection:
                 self._watch(connection)
@@ -215,6 +240,10 @@ class ShardServer:
             if not open_:
                 self._drop_stream(connection)
                 return
+            if self._buffers.over:
+                self._shed_clients()
+                if self._streams.get(connection.fileno()) is not connection:
+                    return  # it was the one dropped
             if connection.frames:
                 self._waiting.add(connection)  # handle_ready takes them next, then updates what to poll
 
@@ -224,7 +253,7 @@ class ShardServer:
         for _ in range(MAX_REQUESTS_PER_COMMIT):
             if not connection.frames or room <= 0:
                 break
-            request_id, reply = self.handle([connection.frames.popleft()])
+            request_id, reply = self.handle([connection.take_frame()])
             room -= len(reply)
             replies.append((connection, request_id, reply))
         if not connection.frames:
@@ -235,19 +264,86 @@ class ShardServer:
             accepted = self._listener.accept()
         except OutOfDescriptors as exc:
             accepted = exc.args[0]
-            now = time.monotonic()
-            if now - self._fd_warned_at >= FD_WARNING_INTERVAL_S:
-                self._fd_warned_at = now
-                log.warning("out of file descriptors (%s): new connections to %s wait in the backlog; "
-                            "raise LimitNOFILE or look for a client that leaks connections",
-                            exc.__cause__, self.stream_endpoint)
+            self._warn_now_and_then(
+                "descriptors", "out of file descriptors (%s): new connections to %s wait in the backlog; "
+                "raise LimitNOFILE or look for a client that leaks connections", exc.__cause__, self.stream_endpoint)
             self._poller.unregister(self._listener_fd)
             self._listener_paused_until = time.monotonic() + TICK_MS / 1000
         for connection in accepted:
+            if len(self._streams) + self._zmq_peers >= self._max_connections:
+                self._refuse(connection)
+                continue
             fd = connection.fileno()
             self._streams[fd] = connection
             self._masks[fd] = _POLLIN
             self._poller.register(fd, _POLLIN)
+
+    def _count_zmq_peers(self):
+        """Follow the ROUTER's peers from its monitor; at the cap, stop listening for ZMQ_RELISTEN_PAUSE_S.
+
+        libzmq accepts on its own thread and aborts the process when accept() finds no descriptor
+        left, and it cannot refuse one peer: only closing the listener stops it accepting, and that
+        also ends the connections accepted through it (their clients reconnect by themselves).
+        """
+        while True:  # the monitor's descriptor is edge-triggered: drain it
+            try:
+                event = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind = int.from_bytes(event[0][:2], "little")
+            if kind == zmq.EVENT_ACCEPTED:
+                self._zmq_peers += 1
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._zmq_peers = max(0, self._zmq_peers - 1)
+        peers = len(self._streams) + self._zmq_peers
+        now = time.monotonic()
+        if self._zmq_listening and peers >= self._max_connections:
+            self._socket.unbind(self.endpoint)
+            self._zmq_listening = False
+            self._zmq_peers = 0  # ended with the listener, without a disconnect event each
+            self._zmq_relisten_at = now + ZMQ_RELISTEN_PAUSE_S
+            self._warn_now_and_then(
+                "zmq-cap", "%d connections, the most this shard takes (daemon.max_connections, bounded by the "
+                "open-file limit): %s stops listening for %g s, which also ends its ZeroMQ connections "
+                "(their clients reconnect by themselves)", peers, self.endpoint, ZMQ_RELISTEN_PAUSE_S)
+        elif not self._zmq_listening and now >= self._zmq_relisten_at and peers < self._max_connections:
+            self._socket.bind(self.endpoint)
+            self._zmq_listening = True
+            log.info("%s listens again", self.endpoint)
+
+    def _refuse(self, connection):
+        """Tell a peer past the connection cap why, and close its connection."""
+        message = (f"shard {self.shard_id} already serves {len(self._streams) + self._zmq_peers} connections, "
+                   "the most it takes "
+                   f"(daemon.max_connections, bounded by the open-file limit): close idle clients, or raise both")
+        self._warn_now_and_then("cap", "refused a connection: %s", message)
+        connection.send(protocol.error_reply(None, "LIMIT", message))
+        connection.close()
+
+    def _shed_clients(self):
+        """Over client_buffer_bytes: drop the peers holding bytes that went longest without progress (stalled
+        mid-request, or not reading their replies) until well under it. Not the largest holders: a client
+        that just asked for a large value holds more, for a moment, than each of a crowd of stalled ones."""
+        buffers = self._buffers
+        holders = sorted((connection for connection in self._streams.values() if connection.held_bytes),
+                         key=lambda connection: connection.progress_s)
+        dropped = dropped_bytes = 0
+        for connection in holders:
+            if buffers.used_bytes <= buffers.shed_to_bytes:
+                break
+            dropped += 1
+            dropped_bytes += connection.held_bytes
+            self._drop_stream(connection)
+        self._warn_now_and_then(
+            "buffers", "peers held more than daemon.client_buffer_bytes (%d) of requests and unread replies: "
+            "dropped %d connections that had made no progress for longest (%d bytes); clients that stall "
+            "mid-request or do not read their replies", buffers.limit_bytes, dropped, dropped_bytes)
+
+    def _warn_now_and_then(self, topic, message, *args):
+        now = time.monotonic()
+        if now - self._warned_at.get(topic, float("-inf")) >= WARNING_INTERVAL_S:
+            self._warned_at[topic] = now
+            log.warning(message, *args)
 
     def _watch(self, connection):
         """Poll ``connection`` for what it can do now: read unless backlogged, write while replies wait."""
@@ -340,6 +436,9 @@ class ShardServer:
                 self._heartbeat.close()
             if self._poller is not None:
                 self._poller.close()
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close()
             if self._socket is not None:
                 self._socket.close()
                 self._context.term()
@@ -357,6 +456,32 @@ class ShardServer:
                 self.tables.close()
             if self._socket_lock is not None:
                 self._socket_lock.release()
+
+
+def connection_cap(max_connections, open_files):
+    """How many peers a shard serves under an open-file limit of ``open_files``: ``max_connections``, or
+    fewer, so that a reserve of descriptors (an eighth, at least FD_RESERVE_MIN) stays for its files."""
+    if open_files == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, open_files - max(FD_RESERVE_MIN, open_files // FD_RESERVE_FRACTION)))
+
+
+def _connection_cap(max_connections):
+    """``connection_cap`` under this process's open-file limit, raised to its hard limit first (as a
+    server should); says so when the limit lowers the cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    cap = connection_cap(max_connections, soft)
+    if cap < max_connections:
+        log.warning("daemon.max_connections is %d, but the open-file limit is %d: taking at most %d connections "
+                    "(%d descriptors kept for files); raise LimitNOFILE (ulimit -n) to serve more",
+                    max_connections, soft, cap, soft - cap)
+    return cap
 
 
 def _die_with_parent():

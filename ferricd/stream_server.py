@@ -15,10 +15,11 @@ which is most of what a sequential request costs (docs/architecture.md).
 import errno
 import os
 import socket
+import time
 from collections import deque
 
-from ferric_ipc.protocol import STREAM_HEADER
-from ferric_ipc.stream_frames import FrameReader
+from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES, STREAM_HEADER
+from ferric_ipc.stream_frames import HEADER_BYTES, FrameReader
 
 READ_CHUNK_BYTES = 256 * 1024  # one recv per readable connection; poll is level-triggered
 LISTEN_BACKLOG = 512  # every worker process of every application on the host may connect at once
@@ -27,18 +28,53 @@ LISTEN_BACKLOG = 512  # every worker process of every application on the host ma
 MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 
 
-class StreamConnection:
-    """One client connection: bytes read but not yet framed, and replies not yet sent."""
+class ClientBuffers:
+    """What a shard holds for all its stream peers together: bytes of requests received but not yet
+    run (whole or partial frames) and of replies not yet sent, against ``limit_bytes``."""
 
-    def __init__(self, sock):
+    def __init__(self, limit_bytes):
+        self.limit_bytes = limit_bytes
+        self.used_bytes = 0
+
+    @property
+    def max_frame_bytes(self):
+        """The longest request frame taken: half the bound, so one peer's request leaves room for the others."""
+        return min(MAX_STREAM_FRAME_BYTES, self.limit_bytes // 2)
+
+    @property
+    def over(self):
+        return self.used_bytes > self.limit_bytes
+
+    @property
+    def shed_to_bytes(self):
+        """Where shedding stops: a quarter under the bound, so that it is not needed again at the next read."""
+        return self.limit_bytes - self.limit_bytes // 4
+
+
+class StreamConnection:
+    """One client connection: bytes read but not yet framed, and replies not yet sent.
+
+    ``held_bytes`` counts what it holds in the shard, also added to the shared ``buffers``:
+    every chunk read until its frame is taken, and every reply byte until it is sent.
+    ``progress_s`` is when the peer last sent bytes or took some of its replies (monotonic).
+    """
+
+    def __init__(self, sock, buffers):
         sock.setblocking(False)
         self.sock = sock
         self.frames = deque()  # whole request frames received and not yet taken
-        self._reader = FrameReader(self.frames.append)
+        self._reader = FrameReader(self.frames.append, buffers.max_frame_bytes)
         self._outbox = bytearray()
+        self._buffers = buffers
+        self.held_bytes = 0
+        self.progress_s = time.monotonic()
 
     def fileno(self):
         return self.sock.fileno()
+
+    def _hold(self, nbytes):
+        self.held_bytes += nbytes
+        self._buffers.used_bytes += nbytes
 
     @property
     def wants_write(self):
@@ -68,8 +104,16 @@ class StreamConnection:
             return False
         if not chunk:
             return False
+        self.progress_s = time.monotonic()
+        self._hold(len(chunk))
         self._reader.feed(chunk)
         return True
+
+    def take_frame(self):
+        """The oldest received request frame, no longer held for the peer."""
+        frame = self.frames.popleft()
+        self._hold(-(HEADER_BYTES + len(frame)))
+        return frame
 
     def send(self, frame):
         """Queue one reply frame and send as much as the socket takes now."""
@@ -83,9 +127,11 @@ class StreamConnection:
                 return
             if sent < len(data):
                 self._outbox += memoryview(data)[sent:]
+                self._hold(len(data) - sent)
             return
         self._outbox += STREAM_HEADER.pack(len(frame))
         self._outbox += frame
+        self._hold(HEADER_BYTES + len(frame))
         self.flush()
 
     def flush(self):
@@ -96,12 +142,18 @@ class StreamConnection:
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
+                self._hold(-len(self._outbox))
                 self._outbox.clear()
                 return False
             del self._outbox[:sent]
+            self._hold(-sent)
+            self.progress_s = time.monotonic()
         return True
 
     def close(self):
+        self._hold(-self.held_bytes)  # what it held is dropped with it
+        self.frames.clear()
+        self._outbox = bytearray()
         self.sock.close()
 
 
@@ -112,8 +164,9 @@ class OutOfDescriptors(Exception):
 class StreamListener:
     """The listening socket at ``path``; the caller must hold the shard's lock (binding replaces a stale file)."""
 
-    def __init__(self, path):
+    def __init__(self, path, buffers):
         self.path = path
+        self.buffers = buffers
         try:
             os.unlink(path)  # left by a shard that was killed: nobody listens on it any more
         except FileNotFoundError:
@@ -148,7 +201,7 @@ class StreamListener:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise OutOfDescriptors(accepted) from exc
                 continue  # ECONNABORTED and the like: that peer gave up; the others are still there
-            accepted.append(StreamConnection(sock))
+            accepted.append(StreamConnection(sock, self.buffers))
 
     def close(self):
         self.sock.close()

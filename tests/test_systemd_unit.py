@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ferricd.config import DEFAULTS, load_config
+from ferricd.shard import connection_cap
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "ferricd.service"
@@ -143,6 +144,11 @@ def test_unit_timeouts_fit_the_daemon_settings():
     watchdog_s = systemd_seconds(service["WatchdogSec"][0])
     assert watchdog_s / 2 >= 2 * daemon["health_interval_ms"] / 1000
     assert service["KillMode"][0] in ("mixed", "control-group")
+
+
+def test_unit_open_file_limit_leaves_every_shard_its_connections_and_a_reserve():
+    limit = int(parse_unit(UNIT)["Service"]["LimitNOFILE"][0])
+    assert connection_cap(DEFAULTS["daemon"]["max_connections"], limit) == DEFAULTS["daemon"]["max_connections"]
 
 
 def test_unit_umask_lets_the_group_connect_to_the_sockets():

@@ -22,7 +22,7 @@ import pytest
 from ferric_ipc.client import Client
 from ferric_ipc.protocol import PROTOCOL_VERSION
 
-from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError
+from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError, LimitError
 from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.stream_server import MAX_OUTBOX_BYTES
 from tests.daemon.conftest import keys_on_shard
@@ -254,28 +254,48 @@ def test_a_send_interrupted_mid_frame_leaves_the_next_call_working(make_daemon):
     assert daemon.stop() == 0
 
 
-def test_running_out_of_file_descriptors_pauses_accepting_without_spinning(make_daemon):
-    """With every descriptor in use the listener stays readable; the shard must stop polling it for a
-    while (not burn a CPU), say so once, and accept the waiting peers when descriptors free up."""
+def test_connections_past_the_cap_are_refused_with_a_reason_and_the_shard_keeps_serving(make_daemon):
+    """Under an open-file limit of 64 a shard keeps a reserve of descriptors and takes at most the rest
+    as connections: a peer past that gets a LIMIT error saying why, then its connection closes; the
+    shard neither runs out of descriptors nor spins, and takes new peers once others leave."""
     daemon = make_daemon(shards=1, max_open_files=64)
     client = daemon.client(timeout_ms=3000, transport="unix", local_reads=False)
     shard_pid = client.hello()["pid"]
-    socks = []
-    for _ in range(80):  # more than the shard has descriptors for; the rest wait in the backlog
-        socks.append(connect(daemon))
-    time.sleep(0.3)
+    socks, refused = [], 0
+    for i in range(80):
+        sock = connect(daemon)
+        try:
+            sock.sendall(framed([i, "ping", []]))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed before the ping went out; the reason is waiting to be read
+        (reply,) = read_replies(sock, 1)
+        if reply == [i, 0, "pong"]:
+            socks.append(sock)
+            continue
+        assert reply[:2] == [None, 1] and reply[2][0] == "LIMIT", reply
+        assert "max_connections" in reply[2][1], reply
+        assert closed_by_peer(sock)
+        sock.close()
+        refused += 1
+    assert socks and refused, (len(socks), refused)
+    assert len(socks) + 1 + refused == 80 + 1  # the client's own connection counts too
+    assert "open-file limit is 64" in daemon.stderr()
     shard = psutil.Process(shard_pid)
+    assert shard.num_fds() < 64
     cpu_before = sum(shard.cpu_times()[:2])
     time.sleep(1.0)
     cpu_used = sum(shard.cpu_times()[:2]) - cpu_before
-    assert cpu_used < 0.5, f"the shard used {cpu_used:.2f} s of CPU in 1 s while out of descriptors"
-    for sock in socks[:40]:
+    assert cpu_used < 0.5, f"the shard used {cpu_used:.2f} s of CPU in 1 s while at its cap"
+    with pytest.raises(LimitError, match="max_connections"):  # the client says why, at once
+        daemon.client(timeout_ms=3000, transport="unix", local_reads=False).ping()
+    for sock in socks[:10]:
         sock.close()
-    for i, sock in enumerate(socks[40:]):  # accepted once descriptors freed up
-        sock.sendall(framed([i, "ping", []]))
-        assert read_replies(sock, 1) == [[i, 0, "pong"]]
-        sock.close()
-    assert daemon.stderr().count("out of file descriptors") == 1
+    time.sleep(0.2)
+    fresh = connect(daemon)  # taken again once others left
+    fresh.sendall(framed([7, "ping", []]))
+    assert read_replies(fresh, 1) == [[7, 0, "pong"]]
+    assert shard.pid == client.hello()["pid"]
+    assert daemon.stderr().count("refused a connection") == 1  # said once, not once per peer
     still_serving(client, "fds")
     assert daemon.stop() == 0
 
@@ -523,3 +543,44 @@ def test_an_error_reply_keeps_the_connection(stream_daemon):
             client.incr(key)
         assert client._connection(shard_id)._sock is sock, "the client dropped its connection after an error reply"
     assert client.get(key) == b"not a number"
+
+
+def test_zeromq_peers_past_the_cap_do_not_abort_the_shard(make_daemon):
+    """libzmq accepts on its own thread and aborts the process (SIGABRT) when accept() finds no
+    descriptor left: the shard counts its ZeroMQ peers and stops listening for a while at the cap
+    instead (which ends its ZeroMQ connections; their clients reconnect by themselves)."""
+    import zmq
+
+    daemon = make_daemon(shards=1, max_open_files=64)
+    client = daemon.client(timeout_ms=3000, transport="unix", local_reads=False)
+    shard_pid = client.hello()["pid"]
+    context = zmq.Context()
+    dealers, answered = [], 0
+    try:
+        for i in range(80):
+            dealer = context.socket(zmq.DEALER)
+            dealer.linger = 0
+            dealer.connect(f"ipc://{daemon.run_dir}/shard-0.sock")
+            dealer.send(pack([i, "ping", []]))
+            dealers.append(dealer)
+            if dealer.poll(200):
+                assert msgpack.unpackb(dealer.recv(), raw=False) == [i, 0, "pong"]
+                answered += 1
+        assert "SIGABRT" not in daemon.stderr() and client.hello()["pid"] == shard_pid, "the shard was replaced"
+        assert 0 < answered < 80, answered
+        assert daemon.stderr().count("stops listening for") == 1  # said once, not once per pause
+        for dealer in dealers:
+            dealer.close()
+        dealers = []
+        deadline = time.monotonic() + 5
+        while "listens again" not in daemon.stderr():
+            assert time.monotonic() < deadline, "ZeroMQ did not listen again once its peers left"
+            time.sleep(0.1)
+        zmq_client = daemon.client(timeout_ms=3000, transport="zmq", local_reads=False)
+        assert zmq_client.ping() is True
+        still_serving(client, "zmq-cap")
+    finally:
+        for dealer in dealers:
+            dealer.close()
+        context.term()
+    assert daemon.stop() == 0
