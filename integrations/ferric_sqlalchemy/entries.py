@@ -112,9 +112,9 @@ def decode(codec, data: bytes, offset: int = 0):
     return fields
 
 
-def rebuild(session, catalog, entity_columns, rows, objects):
+def rebuild(session, catalog, entity_columns, rows, objects, own_listener=None):
     """The rows with positions in ``entity_columns`` replaced by persistent instances of ``session``;
-    returns (rows, instances)."""
+    returns (rows, instances). ``own_listener``: a load listener not to call (the cache's own)."""
     instances = []
     new = {}  # mapper -> [(state, dict, identity key), ...] of the instances made here
     identity_map = session.identity_map
@@ -159,7 +159,7 @@ def rebuild(session, catalog, entity_columns, rows, objects):
     for made_mapper, made in new.items():
         orm_internals.register_loaded_many(session, made_mapper, made)
     for made_mapper, made in new.items():  # InstanceEvents.load once every instance is in the Session
-        orm_internals.fire_load_many(made_mapper, made)
+        orm_internals.fire_load_many(made_mapper, made, own_listener)
     if entity_columns == [True]:  # the common case, rows of one entity
         return [(instances[position],) for position, in rows], instances
     out_rows = [tuple(instances[cell] if entity and cell is not None else cell

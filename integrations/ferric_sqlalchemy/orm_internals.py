@@ -111,12 +111,17 @@ def register_loaded_many(session, mapper, loaded) -> None:
             loaded_as_persistent(session, state)
 
 
-def fire_load_many(mapper, loaded) -> None:
-    """``fire_load`` for the instances ``register_loaded_many`` registered."""
+def fire_load_many(mapper, loaded, skip=None) -> None:
+    """``fire_load`` for the instances ``register_loaded_many`` registered, leaving out the listener ``skip``
+    (the cache's own, which has nothing to do for instances built from the cache)."""
     load = mapper.class_manager.dispatch.load
-    if load:
+    if not load:
+        return
+    listeners = [fn for fn in load if fn != skip]  # in the order the event calls them
+    if listeners:
         for state, _, _ in loaded:
-            load(state, None)
+            for fn in listeners:
+                fn(state, None)
 
 
 _EAGER_COLUMNS: dict = {}

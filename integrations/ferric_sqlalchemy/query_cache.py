@@ -351,7 +351,9 @@ class QueryCache:
             keys, attributes, entity_columns, rows, objects, stamp = entries.decode(self.codec, data, offset)
             if stamp is not None and stamp != _stamp(self.store.read(plan.keys[len(plan.dependencies):])):
                 return None  # a cached "no such row", and a row has been inserted since
-            rows, objects = entries.rebuild(state.session, self.catalog, entity_columns, rows, objects)
+            # The recorder's load listener is left out: an instance built here is recorded by served() below.
+            rows, objects = entries.rebuild(state.session, self.catalog, entity_columns, rows, objects,
+                                            self.recorder.loaded)
         except entries.CorruptEntry:
             return None
         if self.recorder.current() is not None:  # an eager load served inside a load being computed
