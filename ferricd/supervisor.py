@@ -12,6 +12,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -92,6 +93,12 @@ class Supervisor:
         created = [path for path in (config.data_dir, config.run_dir) if not os.path.exists(path)]
         os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
         os.makedirs(config.run_dir, mode=0o750, exist_ok=True)
+        problem = _unsafe_directory(config.data_dir, "data directory") or _unsafe_directory(config.run_dir,
+                                                                                            "run directory")
+        if problem:
+            _remove_created(created)
+            log.error("%s", problem)
+            return EXIT_CONFIG_ERROR
         try:
             self._locks = [DirectoryLock(config.data_dir, LOCK_NAME, "data directory"),
                            DirectoryLock(config.run_dir, LOCK_NAME, "run directory")]
@@ -117,7 +124,7 @@ class Supervisor:
                 "data_dir": os.path.abspath(config.data_dir),  # clients map the shards' data files from here
                 "max_value_bytes": config.storage.max_value_bytes,  # clients refuse longer values before sending
             }).encode()],
-            file_mode=0o644,
+            file_mode=config.storage.file_mode,  # readable by whoever may use the sockets, like the tables
         )
         if native.extension is None and not native.disabled():
             # pip hides a build's output unless -v, so this is where an operator learns it.
@@ -343,6 +350,19 @@ def _version():
         return metadata.version("ferricstore")
     except metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+def _unsafe_directory(path, what):
+    """Why ferricd must not use ``path`` (None if it may): another user could plant a file or a symlink in a
+    directory they own or may write, and ferricd, often root, would then write through it."""
+    status = os.stat(path)
+    if status.st_uid != os.geteuid():
+        return (f"the {what} {os.path.abspath(path)} belongs to uid {status.st_uid}, not to the user ferricd runs as "
+                f"(uid {os.geteuid()}): chown it to that user, or run ferricd as its owner")
+    if status.st_mode & stat.S_IWOTH:
+        return (f"the {what} {os.path.abspath(path)} may be written by every user (mode {stat.filemode(status.st_mode)}): "
+                f"run chmod o-w {os.path.abspath(path)}")
+    return None
 
 
 def _remove_created(paths):

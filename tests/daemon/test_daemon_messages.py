@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.daemon_process import short_tempdir
 
 
@@ -73,3 +75,44 @@ def test_check_config_prints_one_line_either_way(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "unknown option daemon.bogus" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _start_on(data_dir, run_dir):
+    return subprocess.run([sys.executable, "-m", "ferricd", "--data-dir", data_dir, "--run-dir", run_dir,
+                           "--shards", "1"], capture_output=True, text=True, timeout=60)
+
+
+def test_a_directory_every_user_may_write_is_refused_with_the_fix():
+    base = short_tempdir()
+    data_dir, run_dir = os.path.join(base, "data"), os.path.join(base, "run")
+    os.mkdir(run_dir)
+    os.chmod(run_dir, 0o777)  # chmod, not mkdir's mode: the umask would take the o+w away
+    try:
+        done = _start_on(data_dir, run_dir)
+        assert done.returncode == 2, done.stderr
+        assert f"may be written by every user (mode drwxrwxrwx): run chmod o-w {run_dir}" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not os.path.exists(data_dir), "the data directory this start created is gone again"
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user takes root")
+def test_a_directory_another_user_owns_is_refused_with_the_fix():
+    base = short_tempdir()
+    data_dir, run_dir = os.path.join(base, "data"), os.path.join(base, "run")
+    os.mkdir(data_dir, 0o750)
+    os.chown(data_dir, 65534, 65534)  # nobody: it could plant a symlink where ferricd, as root, writes
+    try:
+        done = _start_on(data_dir, run_dir)
+        assert done.returncode == 2, done.stderr
+        assert f"the data directory {data_dir} belongs to uid 65534, not to the user ferricd runs as (uid 0)" \
+            in done.stderr
+    finally:
+        shutil.rmtree(base)
+
+
+def test_ferricd_json_has_the_mode_of_the_other_files(make_daemon):
+    daemon = make_daemon(shards=1)
+    mode = os.stat(os.path.join(daemon.run_dir, "ferricd.json")).st_mode & 0o777
+    assert mode == 0o640, oct(mode)  # storage.file_mode: group-readable, like the tables and the sockets' users
