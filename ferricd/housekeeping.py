@@ -30,7 +30,8 @@ class Housekeeping:
     def __init__(self, store, run_dir, monotonic=time.monotonic):
         self.store = store
         self._monotonic = monotonic
-        self._lock_fd = os.open(os.path.join(run_dir, MERGE_LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._lock_fd = os.open(os.path.join(run_dir, MERGE_LOCK_NAME),
+                                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         self._next_merge_id = 1
         self._requested = None  # merge id a client asked for, not started yet
         self._current = None  # {"merge_id", "before": stats, ...} of the running merge

@@ -172,8 +172,14 @@ def _remove_leftovers(path):
 
 def _retire_file(path):
     try:
-        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as old:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)  # a planted symlink is not ours to mark
+    except OSError:  # none, unreadable, or a symlink: nothing to retire (the new file replaces the name)
+        return
+    try:
+        with mmap.mmap(fd, 0) as old:
             if len(old) >= ACCESS_HEADER_BYTES and old[:len(ACCESS_MAGIC)] == ACCESS_MAGIC:
                 old[ACCESS_STATE_AT:ACCESS_STATE_AT + 4] = STATE_RETIRED.to_bytes(4, "little")
-    except (OSError, ValueError):  # none, unreadable, or empty: nothing to retire
+    except (OSError, ValueError):  # empty: nothing to retire
         pass
+    finally:
+        os.close(fd)

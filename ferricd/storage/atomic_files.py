@@ -16,10 +16,15 @@ def write_atomically(path, chunks, file_mode=0o640):
     """Write ``chunks`` to ``path`` so that a crash leaves either no file or the whole new one.
 
     Temp name, fsync, rename, fsync of the directory. Raises OSError; the temp
-    file is removed on failure.
+    file is removed on failure. The temp file is made new: whatever was at its name
+    (a crash's leftover, or a symlink someone planted) is removed, never written through.
     """
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode)
     try:
         for chunk in chunks:
             view = memoryview(chunk)

@@ -50,7 +50,7 @@ class ActiveFile:
     def __init__(self, directory, file_id, directory_fd, file_mode=0o640):
         self.file_id = file_id
         self.path = data_path(directory, file_id)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, file_mode)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode)
         self._directory_fd = directory_fd  # None once the file's name is durable
         self.size = 0
 
@@ -167,7 +167,7 @@ class DataFiles:
         mapped = self._maps.pop(file_id)
         if mapped is not None:
             mapped.close()
-        fd = os.open(data_path(self.directory, file_id), os.O_RDWR)
+        fd = os.open(data_path(self.directory, file_id), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, size)
             os.fsync(fd)

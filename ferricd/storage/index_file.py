@@ -14,6 +14,7 @@ shard's housekeeping asks for: BitcaskStore.retry_mapped_files) tries the
 file again.
 """
 
+import errno
 import itertools
 import logging
 import mmap
@@ -54,12 +55,21 @@ class IndexFiles:
             if leftover.startswith(name + ".") and leftover.endswith(".new"):
                 os.unlink(os.path.join(directory, leftover))
         try:
-            with open(self.path, "r+b") as f:
-                with mmap.mmap(f.fileno(), 0) as old:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)  # a planted symlink: ELOOP
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        else:
+            try:
+                with mmap.mmap(fd, 0) as old:
                     _mark_retired(old)
-            os.unlink(self.path)
-        except (FileNotFoundError, ValueError):  # none, or an empty file
-            pass
+            except ValueError:  # an empty file
+                pass
+            finally:
+                os.close(fd)
+        os.unlink(self.path)
 
     def allocate(self, nbytes):
         """A zero-filled writable mapping of ``nbytes`` under a temporary name, or a bytearray if the

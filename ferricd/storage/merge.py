@@ -81,7 +81,8 @@ class _Output:
         self.path = data_path(directory, file_id)
         self.tmp_path = f"{self.path}.tmp"
         self.hint_path = hint_path(directory, file_id)
-        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
+        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          file_mode)
         self.size = 0
         self.pending = bytearray()
         self.hint = HintBuilder()
