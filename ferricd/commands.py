@@ -354,7 +354,8 @@ class ShardCommands:
     def _stats_without_expired(self):
         """``store.stats()`` with the keys whose TTL has passed but that are still in the key directory left out
         of keys, live_bytes and the keyspaces' keys and bytes (their records count as dead bytes, which
-        a merge reclaims); adds ``expired_unswept`` (how many) and ``keys_estimated``."""
+        a merge reclaims); adds ``expired_unswept`` (how many), and ``keys_estimated`` and
+        ``keyspaces_estimated``, true when those counts come from a sample."""
         stats = self.store.stats()
         capacity = stats["index_capacity"]
         looked, expired = expired_entries(self.store.index_buffer, capacity, self._clock(), INFO_EXPIRY_SLOTS)
@@ -379,7 +380,8 @@ class ShardCommands:
         gone = min(stats["keys"], round(len(expired) * scale))
         stats["keys"] -= gone
         stats["expired_unswept"] = gone
-        stats["keys_estimated"] = looked < capacity or sampled
+        stats["keys_estimated"] = looked < capacity
+        stats["keyspaces_estimated"] = looked < capacity or sampled
         stats["live_bytes"] = max(0, stats["live_bytes"] - round(sum(entry[2] for entry in expired) * scale))
         stats["dead_bytes"] = stats["data_bytes"] - stats["live_bytes"]
         return stats

@@ -12,7 +12,7 @@ from ferric_ipc import native
 from ferric_ipc.client import RUN_DIR_ENV, Client
 from ferric_ipc.errors import FerricConnectionError, FerricError, FerricTimeoutError
 from ferric_ipc.protocol import MAX_TTL_MS
-from ferricd.commands import INFO_EXPIRY_SLOTS
+from ferricd.commands import INFO_CLASSIFIED, INFO_EXPIRY_SLOTS
 from ferricd.compact import compact
 from ferricd.key_text import KeyTextError, parse_key, render_key
 from ferricd.storage.check import check_shard, shard_directories
@@ -94,6 +94,10 @@ def format_keyspaces(shards):
     """One row per shard and keyspace: what each keyspace holds there, its share of max_bytes, its evictions."""
     rows = [[str(shard["shard"]), name, *(cell(row) for _, cell in KEYSPACE_COLUMNS)]
             for shard in shards for name, row in shard.get("keyspaces", {}).items()]
+    for row, estimated in zip(rows, (shard.get("keyspaces_estimated") for shard in shards
+                                     for _ in shard.get("keyspaces", {}))):
+        if estimated:
+            row[2] = "~" + row[2]
     return format_table(["shard", "keyspace", *(heading for heading, _ in KEYSPACE_COLUMNS)], rows)
 
 
@@ -112,8 +116,9 @@ def format_info(shards, local_reads):
         "bytes of overwritten, deleted and expired records, which a merge reclaims (ferricctl compact).",
         "requests: requests the shard served since it started; hit %: of the gets it served (local reads "
         "never reach it).",
-        "keyspace keys and bytes: live keys again, bytes of whole records (header, key, value); max: the "
-        "shard's share of the keyspace's max_bytes.",
+        "keyspace keys and bytes: live keys again, bytes of whole records (header, key, value); ~ marks an "
+        f"estimate (also made when over {INFO_CLASSIFIED:,} expired keys wait: that many are sorted into "
+        "keyspaces); max: the shard's share of the keyspace's max_bytes.",
         f"local reads in this client: {local_reads}",
     ]
     return "\n\n".join([format_table([heading for heading, _ in INFO_COLUMNS], rows), format_keyspaces(shards),
@@ -307,7 +312,7 @@ def build_parser():
     info.add_argument("--json", action="store_true",
                       help="print the statistics as JSON, for scripts: the same counts (keys, live_bytes, "
                            "keyspaces: live keys only; expired_unswept: expired keys not yet removed; "
-                           "keys_estimated: true when those counts come from a sample)")
+                           "keys_estimated, keyspaces_estimated: true when those counts come from a sample)")
     watcher = sub.add_parser("monitor", help="refresh per-shard ops/s, hit rate and latency, like redis-cli --stat")
     watcher.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between refreshes (default 1)")
     watcher.add_argument("--count", type=_count, help="stop after this many refreshes (default: until Ctrl-C)")

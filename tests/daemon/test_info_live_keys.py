@@ -32,7 +32,8 @@ def test_expired_keys_are_left_out_of_every_count_exactly_in_a_small_table(store
     assert before["keys"] == 430 and before["expired_unswept"] == 0
     clock.advance(101)
     info = ShardCommands(store, 0, 1, 1, clock).op_info()
-    assert (info["keys"], info["expired_unswept"], info["keys_estimated"]) == (110, 320, False)
+    assert (info["keys"], info["expired_unswept"], info["keys_estimated"], info["keyspaces_estimated"]) == (
+        110, 320, False, False)
     assert info["keyspaces"]["default"]["keys"] == 100 and info["keyspaces"]["sessions"]["keys"] == 10
     expired_bytes = sum(HEADER_BYTES + len(key) + 40 for key in [b"k:e%d" % i for i in range(300)]
                         + [b"sess:e%d" % i for i in range(20)])
@@ -48,7 +49,7 @@ def test_a_large_table_is_sampled_and_the_count_says_it_is_an_estimate(store, cl
     capacity = store.stats()["index_capacity"]
     monkeypatch.setattr(commands, "INFO_EXPIRY_SLOTS", capacity // 4)
     info = ShardCommands(store, 0, 1, 1, clock).op_info()
-    assert info["keys_estimated"] is True
+    assert info["keys_estimated"] is True and info["keyspaces_estimated"] is True
     assert info["keys"] + info["expired_unswept"] == 10_000
     assert abs(info["expired_unswept"] - 6000) < 600  # a quarter of the slots, in 16 runs: within 10 %
 
@@ -61,3 +62,14 @@ def test_expired_entries_reads_no_more_slots_than_its_bound(store, clock):
     looked, found = expired_entries(store.index_buffer, capacity, clock() + 101, max_slots=capacity)
     assert looked == capacity and len(found) == 3000
     assert expired_entries(store.index_buffer, capacity, clock(), max_slots=capacity) == (capacity, [])
+
+
+def test_many_expired_keys_are_sorted_into_keyspaces_by_a_sample(store, clock, monkeypatch):
+    fill(store, clock, 400, 100)
+    fill(store, clock, 200, 50, prefix=b"sess:")
+    clock.advance(101)
+    monkeypatch.setattr(commands, "INFO_CLASSIFIED", 60)  # 600 expired: every 10th is read
+    info = ShardCommands(store, 0, 1, 1, clock).op_info()
+    assert (info["keys"], info["keys_estimated"], info["keyspaces_estimated"]) == (300, False, True)
+    default, sessions = info["keyspaces"]["default"]["keys"], info["keyspaces"]["sessions"]["keys"]
+    assert default + sessions == 300 and abs(default - 200) <= 100
