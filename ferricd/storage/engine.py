@@ -439,8 +439,9 @@ class BitcaskStore:
     def sync(self):
         """fdatasync the active file now; every write so far then survives a crash.
 
-        Raises StorageError once an fsync has failed: a later one succeeding proves nothing about
-        the pages the kernel dropped, so the store must be reopened (the shard exits and is replaced).
+        Raises StorageError once the store has failed (``_failure``): after a failed fsync a later
+        one succeeding proves nothing about the pages the kernel dropped, and a damaged key directory
+        is rebuilt only by reopening, so the store must be reopened (the shard exits and is replaced).
         """
         self._check_not_failed()
         active = self._files.active
@@ -474,7 +475,7 @@ class BitcaskStore:
         """For fsync="interval": sync if such writes are pending and fsync_interval_ms has passed.
 
         The shard's loop calls this on its housekeeping tick so that idle
-        periods also reach the disk; it raises StorageError once an fsync has
+        periods also reach the disk; it raises StorageError once the store has
         failed (see ``sync``), which makes the shard exit.
         """
         waited_ms = self._monotonic_clock() - self._last_sync_ms
