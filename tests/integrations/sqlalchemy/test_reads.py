@@ -4,10 +4,20 @@ import datetime
 import decimal
 
 import pytest
-from sqlalchemy import event, func, inspect, select, text, update
-from sqlalchemy.orm import aliased, defer, joinedload, selectinload, subqueryload, undefer
+from sqlalchemy import String, event, func, inspect, select, text, update
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    aliased,
+    defer,
+    joinedload,
+    mapped_column,
+    selectinload,
+    subqueryload,
+    undefer,
+)
 
-from ferric_sqlalchemy import NotCacheableError
+from ferric_sqlalchemy import NotCacheableError, cacheable
 from tests.integrations.sqlalchemy.models import Address, AuditLog, Country, Draft, Membership, Status, Tag, User
 from tests.integrations.sqlalchemy.seed import PARIS, TOKEN, seed
 
@@ -279,3 +289,48 @@ def test_rows_of_several_entities_with_outer_joined_nones(db):
     (first, second), counts = twice(db, read)
     assert first == second == [(1, "a1@x", 11), (1, "b1@x", 12), (40, None, None)]
     assert counts == [1, 0]
+
+
+class _NoCaseBase(DeclarativeBase):
+    pass
+
+
+@cacheable
+class NoCaseCode(_NoCaseBase):
+    """A key the database compares without case (SQLite's NOCASE): get("FR") finds the row "fr"."""
+
+    __tablename__ = "nocase_codes"
+    code: Mapped[str] = mapped_column(String(10, collation="NOCASE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+def test_a_get_answered_with_another_key_is_not_cached(db):
+    """Writes name the row by the key the database holds ("fr"): an entry for get("FR") would never be
+    invalidated by them, so it is not stored."""
+    if db.backend != "sqlite":
+        pytest.skip("NOCASE is SQLite's collation")
+    _NoCaseBase.metadata.create_all(db.engine)
+    with db.Session() as session:
+        session.add(NoCaseCode(code="fr", name="France"))
+        session.commit()
+    for _ in range(2):
+        with db.Session() as session:
+            assert session.get(NoCaseCode, "FR").name == "France"
+    with db.Session() as session:
+        session.get(NoCaseCode, "fr").name = "Francia"
+        session.commit()
+    with db.Session() as session:
+        assert session.get(NoCaseCode, "FR").name == "Francia"
+    with db.Session() as session:
+        assert session.get(NoCaseCode, "fr").name == "Francia"
+
+
+def test_a_get_with_a_filter_option_is_keyed_by_the_filter_value_too(db):
+    """A loader criteria's value is a parameter of the statement besides the key: two values, two entries."""
+    from sqlalchemy.orm import with_loader_criteria
+
+    seed(db)
+    for name, found in (("user2", True), ("nobody", False), ("user2", True), ("nobody", False)):
+        with db.Session() as session:
+            user = session.get(User, 2, options=[with_loader_criteria(User, User.name == name)])
+            assert (user is not None) is found, name
