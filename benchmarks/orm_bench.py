@@ -16,7 +16,7 @@ own, dropped at the end, and measures in one run on one machine:
 2. the same for a 20-row list query (``select(User) ... limit(20)``);
 3. the cost invalidation adds to a commit: ``session.commit()`` of a one-row
    ORM update with the cache attached against without (PostgreSQL), and the
-   time ferric_sqlalchemy spends publishing it (one ferricd transaction);
+   time ferric_sqlalchemy spends publishing it (one ferricd request, an mset);
 4. database queries when 8 processes miss one entry at once (a 50 ms query),
    with the lease (``read_write``) and without (``nonstrict_read_write``);
 5. ratios and the targets with PASS/MISS: get hit >= 10x faster than
@@ -400,7 +400,7 @@ def main():
                     timed_commits(plain, commit_ops, commit_samples[label], 1 + 2 * HOT)
         for label, sample in commit_samples.items():
             print(f"  {label:11s} p50 {sample.p50_us():8.1f} us   mean {sample.mean_us():8.1f} us")
-        print(f"  publishing the invalidation (one ferricd transaction): p50 {publish.p50_us():.1f} us, "
+        print(f"  publishing the invalidation (one ferricd request): p50 {publish.p50_us():.1f} us, "
               f"mean {publish.mean_us():.1f} us")
         pings = Samples()
         probe = Client(ferricd.run_dir)
