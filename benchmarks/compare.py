@@ -465,7 +465,7 @@ def slow_share(reads):
         return "all (no C extension)"
     if "slow" not in reads:
         return "n/a: this Client has no slow_local_reads counter"
-    return f"{ratio(reads['slow'], reads.get('local', 0)):.2%}, {reads['slow']:,}"
+    return f"{reads['slow']:,} ({ratio(reads['slow'], reads.get('local', 0)):.3%})"
 
 
 def number(value, decimals):
@@ -489,14 +489,15 @@ def print_run(label, procs, result):
           f"load avg {result['load_avg']:.2f} at the end")
     print(f"    {'action':8} {'count':>9} {'miss':>7} {'p50_us':>9} {'p90_us':>9} {'p99_us':>9} {'max_us':>10} {'total_s':>9}")
     for action, row in result["actions"].items():
-        print(f"    {action:8} {row['count']:9,} {row['miss']:7,} {row['p50_us']:9.1f} {row['p90_us']:9.1f} "
-              f"{row['p99_us']:9.1f} {row['max_us']:10.1f} {row['total_s']:9.3f}")
+        print(f"    {action:8} {row['count']:9,} {row['miss']:7,} {number(row['p50_us'], 1):>9} "
+              f"{number(row['p90_us'], 1):>9} {number(row['p99_us'], 1):>9} {number(row['max_us'], 1):>10} "
+              f"{row['total_s']:9.3f}")
     count = sum(row["count"] for row in result["actions"].values())
     print(f"    {'total':8} {count:9,} {'':>7} {'':>9} {'':>9} {'':>9} {'':>10} {result['total_s']:9.3f}")
     reads = result["read_counts"]
     if reads.get("local"):
-        print(f"    reads (warm-up included): {reads['local']:,} local ({slow_share(reads)} of them took the slow "
-              f"Python path), {reads.get('fallback', 0):,} sent to a shard")
+        print(f"    reads (warm-up included): {reads['local']:,} local, of which slow (pure-Python path): "
+              f"{slow_share(reads)}; {reads.get('fallback', 0):,} sent to a shard")
     elif reads:
         print(f"    reads (warm-up included): all {reads.get('fallback', 0):,} sent to a shard")
     sys.stdout.flush()
@@ -536,7 +537,7 @@ def ferric_label(local_reads, fsync):
 
 
 DEFAULT_LABEL = ferric_label(True, DEFAULT_FSYNC)
-READ_ONLY_LABEL = "ferric local reads, fsync=interval, 100% get"
+READ_ONLY_LABEL = f"{LOCAL}, fsync={DEFAULT_FSYNC}, 100% get"
 REDIS_LABEL = "redis-py, appendonly no"
 REDIS_AOF_LABEL = "redis-py, appendonly yes, appendfsync always"
 MEMCACHED_LABELS = {False: "pymemcache, noreply=False", True: "pymemcache, noreply=True"}
