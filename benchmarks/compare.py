@@ -60,7 +60,6 @@ Targets (PASS/MISS):
 import argparse
 import multiprocessing
 import os
-import pickle
 import random
 import shutil
 import signal
@@ -72,6 +71,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from queue import Empty
+
+import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -338,7 +339,7 @@ def _worker(backend, number, ops, get_below, start_event, queue, results_path):
         read_counts = ferric_read_counts(client) if backend.kind == "ferric" else {}
         close_client(client)
         with open(results_path, "wb") as f:
-            pickle.dump({"timings_s": timings_s, "misses": misses, "read_counts": read_counts}, f)
+            f.write(msgpack.packb({"timings_s": timings_s, "misses": misses, "read_counts": read_counts}))
         queue.put(("done", number, None))
     except BaseException:
         queue.put(("error", number, traceback.format_exc()))
@@ -372,7 +373,7 @@ def run_mixed(backend, procs, ops, workdir, get_below=GET_BELOW):
     preload(backend)
     ctx = multiprocessing.get_context("fork")
     start_event, queue = ctx.Event(), ctx.Queue()
-    paths = [os.path.join(workdir, f"out-{n}.pkl") for n in range(procs)]
+    paths = [os.path.join(workdir, f"out-{n}.msgpack") for n in range(procs)]
     workers = [ctx.Process(target=_worker, args=(backend, n, ops, get_below, start_event, queue, paths[n]), daemon=True)
                for n in range(procs)]
     try:
@@ -392,7 +393,7 @@ def run_mixed(backend, procs, ops, workdir, get_below=GET_BELOW):
     outputs = []
     for path in paths:
         with open(path, "rb") as f:
-            outputs.append(pickle.load(f))
+            outputs.append(msgpack.unpackb(f.read(), strict_map_key=False))
         os.remove(path)
     result = merge(outputs)
     result["wall_s"] = wall_s
