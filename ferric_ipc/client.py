@@ -417,8 +417,9 @@ class Client(_Commands[_RunNow]):
 
     @property
     def slow_local_reads(self) -> int:
-        """Local reads the C lookup handed to the pure-Python path (a data file not mapped yet, or
-        grown past its mapping); 0 without the extension, where every local read takes that path."""
+        """Local reads the pure-Python path answered although the C extension is loaded: a data file not
+        mapped yet or grown past its mapping, and the check every 100 ms that a table is still current.
+        0 without the extension, where every local read takes that path."""
         return sum(reader.slow_lookups for reader in list(self._readers.values()))
 
     @property

@@ -173,7 +173,7 @@ class LocalShardReader:
         self._views: dict[int, memoryview] = {}  # file_id -> the mapped view of self._files[file_id], for C
         self._files_generation: int | None = None  # the table's files_generation when _files was last emptied
         self._path_checked_ms = 0
-        self.slow_lookups = 0  # lookups the C path handed to the Python path (a file not mapped, or grown)
+        self.slow_lookups = 0  # lookups the Python path answered though the C path is loaded
         self.access_path = access_path(run_dir, shard_id)
         self._access: _Access | None = None  # re-opened with the path check while missing or retired
         self._native_lookup: Callable[[mmap.mmap, bytes, int, int, dict[int, memoryview]], Any] | None = (
@@ -251,6 +251,8 @@ class LocalShardReader:
                 self.slow_lookups += 1
                 found = self._lookup_python(key, key_hash, now_ms)
         else:
+            if self._native_lookup is not None:
+                self.slow_lookups += 1  # the periodic check that the table is still the one at its path
             found = self._lookup_python(key, key_hash, now_ms)
         access = self._access
         if access is not None and type(found) is tuple:
