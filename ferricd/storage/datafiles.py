@@ -13,6 +13,7 @@ import re
 
 from ferric_ipc.errors import StorageError, StorageFullError
 from ferric_ipc.file_layout import data_file_name
+from ferricd.storage.errors import CorruptDataError
 
 DATA_SUFFIX = ".data"
 HINT_SUFFIX = ".hint"
@@ -112,6 +113,7 @@ class DataFiles:
         self._maps = {}  # file_id -> mmap, or None for an empty file
         self.sizes = {}  # file_id -> bytes, closed files
         self.active = None
+        self.damage = None  # set when asked for a file it does not have: the key directory pointing there is damaged
 
     def open_closed(self, file_id):
         """Map an existing closed file for reading."""
@@ -123,15 +125,29 @@ class DataFiles:
 
     def view(self, file_id):
         """The mapped bytes of a closed file (empty for an empty file)."""
-        mapped = self._maps[file_id]
+        try:
+            mapped = self._maps[file_id]
+        except KeyError:
+            self._no_such_file(file_id)
         return memoryview(mapped) if mapped is not None else memoryview(b"")
 
     def read(self, file_id, offset, length):
-        """``length`` bytes at ``offset``: a zero-copy view for closed files, bytes for the active file."""
+        """``length`` bytes at ``offset``: a zero-copy view for closed files, bytes for the active file.
+
+        Raises CorruptDataError for a file this shard does not have (see ``damage``).
+        """
         active = self.active
         if active is not None and file_id == active.file_id:
             return active.read(offset, length)
-        return memoryview(self._maps[file_id])[offset:offset + length]
+        try:
+            return memoryview(self._maps[file_id])[offset:offset + length]
+        except KeyError:
+            self._no_such_file(file_id)
+
+    def _no_such_file(self, file_id):
+        # Every file id the shard's key directory holds names one of these files: it was asked for another.
+        self.damage = f"it points at data file {file_id}, which this shard does not have"
+        raise CorruptDataError(f"the key directory is damaged: {self.damage}") from None
 
     def start_active(self, file_id):
         """Create a new, empty active file (never an existing one: closed files stay closed).

@@ -504,8 +504,12 @@ class BitcaskStore:
 
     def _failure(self):
         """Why this store must be reopened (an fsync failed, or its key directory is damaged), or None."""
-        damage = self._keydir.index.damage
+        damage = self._table_damage()
         return self._failed or (damage and f"the key directory is damaged ({damage}); reopening rebuilds it")
+
+    def _table_damage(self):
+        """Why the key directory cannot be trusted (a probe found no free slot, or a read it led to no file)."""
+        return self._keydir.index.damage or self._files.damage
 
     # -- merge and active expiry -----------------------------------------------
 
@@ -638,7 +642,7 @@ class BitcaskStore:
                 self._access.close()
             if not self._failed:
                 self._close_active()
-                if self.settings.snapshot_on_close and not self._keydir.index.damage:  # a reopen rebuilds it
+                if self.settings.snapshot_on_close and not self._table_damage():  # a reopen rebuilds it
                     self._write_snapshot()
         finally:
             self._keydir.index.close()

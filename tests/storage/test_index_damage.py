@@ -72,3 +72,25 @@ def test_a_live_table_with_no_free_slot_fails_the_store_and_a_reopen_rebuilds_it
     again = open_store()
     assert {key: again.get(key) for key in KEYS} == KEYS
     assert again.get(b"never written") is None
+
+
+@pytest.mark.timeout(20)
+def test_a_live_slot_naming_a_data_file_that_does_not_exist_fails_the_store_and_a_reopen_rebuilds_it(
+        open_store, shard_dir):
+    store = _filled(open_store)
+    words = memoryview(store.index_buffer).cast("Q")
+    live = [slot for slot in range(store.table_capacity) if words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] > 1]
+    first_word = HEADER_WORDS + live[0] * SLOT_WORDS  # seq u32 | file_id u32
+    words[first_word] = (999 << 32) | (words[first_word] & 0xFFFFFFFF)
+    words.release()
+
+    with pytest.raises(CorruptDataError, match="data file 999"):
+        for key in KEYS:
+            store.get(key)
+    with pytest.raises(StorageError, match="damaged"):
+        store.sync_if_due()
+    store.close()
+    assert not os.path.exists(os.path.join(shard_dir, SNAPSHOT_NAME))
+
+    again = open_store()
+    assert {key: again.get(key) for key in KEYS} == KEYS
