@@ -76,6 +76,7 @@ class ShardServer:
         self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
         self._warned_at = {}  # what was warned about -> monotonic seconds, to say each at most every interval
         self._buffers = ClientBuffers(config.client_buffer_bytes)
+        self._round_reply_bytes = 0  # replies built in this round of handle_ready, not yet queued or sent
         self._max_connections = config.max_connections
         self._streams = {}  # fd -> StreamConnection
         self._masks = {}  # fd -> the poll events registered for that connection
@@ -182,6 +183,7 @@ class ShardServer:
                 for reply_to, frames in requests:
                     replies.append((reply_to, *self.handle(frames)))
                 served = list(self._waiting)
+                self._round_reply_bytes = 0
                 for connection in served:
                     self._take_stream_requests(connection, replies)
         except StorageError as exc:  # the shared fsync failed: nothing in the batch may be acknowledged
@@ -248,13 +250,16 @@ class ShardServer:
                 self._waiting.add(connection)  # handle_ready takes them next, then updates what to poll
 
     def _take_stream_requests(self, connection, replies):
-        """Run ``connection``'s received requests while its replies have room (bounded per commit)."""
-        room = connection.reply_room
+        """Run ``connection``'s received requests while its replies have room (bounded per commit), and while
+        the replies built this round fit in client_buffer_bytes beside what peers hold (one request at least)."""
+        buffers = self._buffers
+        room = min(connection.reply_room, buffers.limit_bytes - buffers.used_bytes - self._round_reply_bytes)
         for _ in range(MAX_REQUESTS_PER_COMMIT):
-            if not connection.frames or room <= 0:
+            if not connection.frames or (room <= 0 and self._round_reply_bytes):
                 break
             request_id, reply = self.handle([connection.take_frame()])
             room -= len(reply)
+            self._round_reply_bytes += len(reply)
             replies.append((connection, request_id, reply))
         if not connection.frames:
             self._waiting.discard(connection)
