@@ -121,7 +121,11 @@ def format_info(shards, local_reads):
         "keyspaces); max: the shard's share of the keyspace's max_bytes.",
         f"local reads in this client: {local_reads}",
     ]
-    return "\n\n".join([format_table([heading for heading, _ in INFO_COLUMNS], rows), format_keyspaces(shards),
+    problems = [f"shard {shard['shard']}: {shard[field]}; free space in the run directory: the shard puts it "
+                "back there by itself" for shard in shards for field in ("index_file_error", "access_file_error")
+                if shard.get(field)]
+    return "\n\n".join([*(["PROBLEMS\n" + "\n".join(problems)] if problems else []),
+                        format_table([heading for heading, _ in INFO_COLUMNS], rows), format_keyspaces(shards),
                         "\n".join(notes)])
 
 

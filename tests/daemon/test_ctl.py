@@ -160,3 +160,16 @@ def test_rendering_keeps_printable_text_as_it_is():
     assert render_key(b"a\\b") == "a\\\\b"
     with pytest.raises(KeyTextError):
         parse_key("a\\x4")
+
+
+def test_info_leads_with_what_is_wrong():
+    """A table the shard could not put in the run directory (tests/daemon/test_hardening_full_run_dir.py
+    makes one) is named above the numbers, with what to do about it."""
+    from ferricd.ctl import format_info
+
+    error = "no 4096-byte table in /run/ferricd (No space left on device): reads go through the shard"
+    text = format_info([{"shard": 0, "index_file_error": error, "access_file_error": None},
+                        {"shard": 1, "index_file_error": None}], "C extension")
+    assert text.startswith("PROBLEMS\nshard 0: " + error + "; free space in the run directory")
+    assert "shard 1:" not in text.split("\n\n")[0]
+    assert "PROBLEMS" not in format_info([{"shard": 0, "index_file_error": None}], "C extension")
