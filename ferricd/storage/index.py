@@ -121,8 +121,8 @@ class ShardIndex:
         """
         words = self._words
         capacity = self.capacity
-        slot = key_hash % capacity
-        for _ in range(capacity):
+        slot = home = key_hash % capacity
+        while True:
             stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
             if stored == EMPTY:
                 return
@@ -134,7 +134,8 @@ class ShardIndex:
             slot += 1
             if slot == capacity:
                 slot = 0
-        self._no_free_slot()
+            if slot == home:  # every slot visited (a compare, not a range object: every lookup runs this loop)
+                self._no_free_slot()
 
     def slot_at(self, key_hash: int, file_id: int, offset: int):
         """``(slot, expire_at_ms)`` of the slot holding ``key_hash`` and pointing at ``file_id``/``offset``, or None.
@@ -144,8 +145,8 @@ class ShardIndex:
         """
         words = self._words
         capacity = self.capacity
-        slot = key_hash % capacity
-        for _ in range(capacity):
+        slot = home = key_hash % capacity
+        while True:
             base = HEADER_WORDS + slot * SLOT_WORDS
             stored = words[base + HASH_WORD]
             if stored == EMPTY:
@@ -155,7 +156,8 @@ class ShardIndex:
             slot += 1
             if slot == capacity:
                 slot = 0
-        return self._no_free_slot()
+            if slot == home:
+                self._no_free_slot()
 
     def entry(self, slot: int):
         """``(key_hash, file_id, offset, record_len, expire_at_ms)`` stored in ``slot``."""
@@ -218,15 +220,13 @@ class ShardIndex:
             self.rebuild(capacity_for(self.count + 1))
         words = self._words
         capacity = self.capacity
-        slot = key_hash % capacity
-        for _ in range(capacity):
-            if words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] <= DELETED:
-                break
+        slot = home = key_hash % capacity
+        while words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] > DELETED:
             slot += 1
             if slot == capacity:
                 slot = 0
-        else:
-            self._no_free_slot()
+            if slot == home:
+                self._no_free_slot()
         if words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD] == DELETED:
             self.deleted -= 1
         self._write_slot(slot, file_id, key_hash, offset, record_len, expire_at_ms)
@@ -245,9 +245,9 @@ class ShardIndex:
             self.rebuild(capacity_for(self.count + 1))
         words = self._words
         capacity = self.capacity
-        slot = key_hash % capacity
+        slot = home = key_hash % capacity
         free = -1
-        for _ in range(capacity):
+        while True:
             stored = words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
             if stored == EMPTY:
                 break
@@ -258,8 +258,8 @@ class ShardIndex:
             slot += 1
             if slot == capacity:
                 slot = 0
-        else:
-            self._no_free_slot()
+            if slot == home:
+                self._no_free_slot()
         if free >= 0:
             slot = free
             self.deleted -= 1
@@ -315,16 +315,14 @@ class ShardIndex:
             key_hash = self._words[HEADER_WORDS + slot * SLOT_WORDS + HASH_WORD]
             if key_hash <= DELETED:
                 continue
-            target = key_hash % new_capacity
-            for _ in range(new_capacity):
-                if new_words[HEADER_WORDS + target * SLOT_WORDS + HASH_WORD] == EMPTY:
-                    break
+            target = home = key_hash % new_capacity
+            while new_words[HEADER_WORDS + target * SLOT_WORDS + HASH_WORD] != EMPTY:
                 target += 1
                 if target == new_capacity:
                     target = 0
-            else:  # more live slots than the header counted: the old table is damaged
-                fresh.close()
-                self._no_free_slot()
+                if target == home:  # more live slots than the header counted: the old table is damaged
+                    fresh.close()
+                    self._no_free_slot()
             new_at = table_bytes(target)
             new_buf[new_at:new_at + SLOT_BYTES] = old_buf[at:at + SLOT_BYTES]
             new_buf[new_at:new_at + 4] = b"\0\0\0\0"  # a fresh table starts every seq at 0
