@@ -85,6 +85,7 @@ class QueryCache:
         self.tracker.recorder = self.recorder
         self._targets: list = []
         self._lock = threading.Lock()
+        self.row_plans: dict = {}  # (_ShapeLayout, primary key) -> (epoch, its keys): see _ShapeLayout.row_plan
 
     # -- attaching ------------------------------------------------------------------------------
 
@@ -485,14 +486,14 @@ class _ShapeLayout:
         row_marker = b"row" if self.row_head is not None else b""
         self.get_signature = blake2b(b"".join(self.get_before_row + [row_marker] + self.get_after_row),
                                      digest_size=16).digest()
-        self._rows: dict = {}
 
     def row_plan(self, cache, pk, epoch, remember):
         """``(selector, dependencies, keys, read_keys, entry)`` of a get of ``pk`` (its values of exactly
         their columns' types); None if a value has no exact form. With ``remember`` (the key's types are
         ints, strs, bytes or UUIDs, whose equal values are encoded alike) it is kept per primary key."""
+        remembered = cache.row_plans
         if remember:
-            found = self._rows.get(pk)
+            found = remembered.get((self, pk))
             if found is not None and found[0] == epoch:
                 return found[1]
         layout = cache.layout
@@ -508,13 +509,14 @@ class _ShapeLayout:
         entry = layout.entry(self.get_head, selector_bytes, epoch)
         row = (selector, dependencies, dependencies + self.stamps, dependencies + [entry.key], entry)
         if remember:
-            if len(self._rows) >= _ROW_PLANS:
-                self._rows.clear()
-            self._rows[pk] = (epoch, row)
+            if len(remembered) >= ROW_PLANS:
+                remembered.clear()
+            remembered[self, pk] = (epoch, row)
         return row
 
 
-_ROW_PLANS = 4096  # row plans remembered per statement shape and tenant
+#: Keys of gets remembered per process (about 1 KB each), by statement shape, tenant and primary key.
+ROW_PLANS = 10_000
 
 
 def _stamp(table_generations) -> bytes:
