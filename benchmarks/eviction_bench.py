@@ -274,7 +274,7 @@ def run_marking(reads, rounds):
                 for name in times:
                     reader._access = access if name == "marking" else None
                     # Hold off the path check (it would map the file again) for the round.
-                    reader._path_checked_ms = time.time_ns() // 1_000_000 + 3_600_000
+                    reader._path_checked_ns = time.monotonic_ns() + 3_600 * 10**9
                     times[name].append(local_get_us(client, "sa:read", reads))
             locals_only = client.read_counts["fallback"] == 0
     finally:

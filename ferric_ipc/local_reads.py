@@ -36,6 +36,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Callable
@@ -106,6 +107,7 @@ _GROWTH_WINDOW_BYTES = 64 << 20
 # A shard that was SIGKILLed never retires its table, and if the run directory is then recreated
 # nothing else will: so every this often a reader checks that its file is still the one at the path.
 _RECHECK_PATH_MS = 100
+_RECHECK_PATH_NS = _RECHECK_PATH_MS * 1_000_000  # on the monotonic clock: a wall clock stepped back stops nothing
 
 
 class _DataFile:
@@ -172,7 +174,7 @@ class LocalShardReader:
         self._files: dict[int, _DataFile] = {}  # file_id -> _DataFile, for the epoch of the current table
         self._views: dict[int, memoryview] = {}  # file_id -> the mapped view of self._files[file_id], for C
         self._files_generation: int | None = None  # the table's files_generation when _files was last emptied
-        self._path_checked_ms = 0
+        self._path_checked_ns = -_RECHECK_PATH_NS  # monotonic: when _same_file last ran
         self.slow_lookups = 0  # lookups the Python path answered though the C path is loaded
         self.access_path = access_path(run_dir, shard_id)
         self._access: _Access | None = None  # re-opened with the path check while missing or retired
@@ -197,10 +199,10 @@ class LocalShardReader:
             self._table = table
             return table if table is not None and _is_live(table[0]) else None
 
-    def _same_file(self, table: _Table, now_ms: int) -> bool:
+    def _same_file(self, table: _Table) -> bool:
         """Whether ``table`` is still the file at the index path (checked every _RECHECK_PATH_MS); first drops
         this reader's data files if the shard deleted some since."""
-        self._path_checked_ms = now_ms
+        self._path_checked_ns = time.monotonic_ns()
         if table[1][FILES_GENERATION_WORD] != self._files_generation:
             self._drop_files(table)
         access = self._access
@@ -245,7 +247,8 @@ class LocalShardReader:
         spares keys read here, without a round trip (docs/storage.md, "Eviction").
         """
         table = self._table
-        if self._native_lookup is not None and table is not None and now_ms - self._path_checked_ms < _RECHECK_PATH_MS:
+        checked_ns = time.monotonic_ns() - self._path_checked_ns
+        if self._native_lookup is not None and table is not None and checked_ns < _RECHECK_PATH_NS:
             found: Found | Literal[Answer.SLOW] = self._native_lookup(table[0], key, key_hash, now_ms, self._views)
             if found is _SLOW:
                 self.slow_lookups += 1
@@ -256,6 +259,10 @@ class LocalShardReader:
             found = self._lookup_python(key, key_hash, now_ms)
         access = self._access
         if access is not None and type(found) is tuple:
+            if access[0][ACCESS_STATE_AT] != STATE_LIVE:  # replaced by a larger file: mark that one, now
+                access = self._access = _map_access(self.access_path)
+                if access is None:
+                    return found
             # A plain byte store, racing nobody who matters: the shard only reads it, or pins it old.
             times, at = access[0], ACCESS_HEADER_BYTES + (key_hash & access[1])
             clock = times[ACCESS_CLOCK_AT]
@@ -269,7 +276,7 @@ class LocalShardReader:
             if (
                 table is None
                 or table[1][_STATE_WORD] >> 32 != STATE_LIVE
-                or (now_ms - self._path_checked_ms >= _RECHECK_PATH_MS and not self._same_file(table, now_ms))
+                or (time.monotonic_ns() - self._path_checked_ns >= _RECHECK_PATH_NS and not self._same_file(table))
             ):
                 table = self._open(table)
                 if table is None:

@@ -56,7 +56,7 @@ class ShardCommands:
         self.epoch = epoch
         self._clock = clock
         self._process = psutil.Process()
-        self._started = time.time()
+        self._started_s = time.monotonic()  # uptime is an interval: a wall-clock step must not change it
         self.requests = 0
         self.errors = 0
 
@@ -340,7 +340,7 @@ class ShardCommands:
                 "rss_bytes": self._process.memory_info().rss,
                 "cpu_seconds": sum(self._process.cpu_times()[:2]),
                 "open_files": self._process.num_fds(),
-                "uptime_s": round(time.time() - self._started, 1),
+                "uptime_s": round(time.monotonic() - self._started_s, 1),
             }
         return {
             "shard": self.shard_id,

@@ -7,10 +7,12 @@ their expiry, misses, expired keys, deleted keys, keys in rotated files, tables 
 grew, damaged records (which both must refuse rather than answer).
 """
 
+import mmap
 import os
 import shutil
 import sysconfig
 import tempfile
+import time
 import zlib
 
 import pytest
@@ -230,8 +232,9 @@ def test_reads_of_a_file_being_written_stay_on_the_c_path(tmp_path):
     try:
         keys = [f"hot{i}".encode() for i in range(100)]
         store.write_batch([Put(key, b"first") for key in keys])  # the table is sized for them: no re-open
-        # Maps the file, on the Python path (which also checks the table is the one at its path; with
-        # now_ms fixed at 1 that check is not due again).
+        # Maps the file, on the Python path, which also checks that the table is the one at its path (and
+        # does so again every 100 ms: each check is one more read on that path).
+        started_ns = time.monotonic_ns()
         assert reader.lookup(keys[0], key_hash64(keys[0]), 1) == (b"first", 0)
         assert reader.slow_lookups == 1
         rounds = 2000
@@ -240,10 +243,51 @@ def test_reads_of_a_file_being_written_stay_on_the_c_path(tmp_path):
             value = b"%020d" % i
             store.put(key, value)
             assert reader.lookup(key, key_hash64(key), 1) == (value, 0)
-        # Only the first read past that map left the C path: it re-mapped the file with room to grow.
-        assert reader.slow_lookups == 2, f"{reader.slow_lookups - 1} of {rounds} reads left the C path"
+        # Besides the path checks, only the first read past that map left the C path: it re-mapped the
+        # file with room to grow.
+        path_checks = (time.monotonic_ns() - started_ns) // local_reads._RECHECK_PATH_NS
+        assert reader.slow_lookups <= 2 + path_checks, f"{reader.slow_lookups} of {rounds} reads left the C path"
         window = reader._files[1].mapping[1]
         assert window > os.path.getsize(os.path.join(shard, data_file_name(1)))
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_a_hit_marks_the_access_file_that_replaced_the_one_it_mapped(tmp_path):
+    """When the key directory grows, the shard moves its access times to a larger file and retires the old
+    one: the next local hit must mark the new file at once, not the retired one until the next path check
+    (a lag of up to 100 ms in which hot keys read only locally age like cold ones)."""
+    from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, access_path
+    from ferricd.storage.keyspaces import Keyspace, KeyspaceTable
+
+    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
+    os.mkdir(run_dir)
+    tables = IndexFiles(run_dir, 0)
+    keyspaces = KeyspaceTable([Keyspace("default", b"", "never", "none", 0, 0),
+                               Keyspace("cache", b"sa:", "never", "lru", 1 << 30, 0)])
+    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables, keyspaces=keyspaces,
+                         access_path=access_path(run_dir, 0))
+    tables.publish(store.index_buffer)
+    reader = LocalShardReader(run_dir, shard, 0)
+    key = b"sa:hot"
+    try:
+        store.put(key, b"v")
+        for _ in range(2):  # the first maps the table, the second (its path check) the access file
+            assert reader.lookup(key, key_hash64(key), 1) == (b"v", 0)
+        assert reader._access is not None
+        reader._path_checked_ns = time.monotonic_ns() + 10**12  # no periodic path check during the test
+        mapped_inode = os.stat(access_path(run_dir, 0)).st_ino
+        store.write_batch([Put(f"sa:fill:{i}".encode(), b"v") for i in range(20_000)])  # grows both files
+        assert os.stat(access_path(run_dir, 0)).st_ino != mapped_inode, "the access file was not replaced"
+        with open(access_path(run_dir, 0), "r+b") as f:
+            times = mmap.mmap(f.fileno(), 0)
+        buckets = ACCESS_HEADER.unpack_from(times)[3]
+        bucket = ACCESS_HEADER_BYTES + (key_hash64(key) & (buckets - 1))
+        times[ACCESS_CLOCK_AT], times[bucket] = 7, 3  # a clock that moved on since the key's last use
+        assert reader.lookup(key, key_hash64(key), 1) == (b"v", 0)
+        assert times[bucket] == 7, "the hit marked the retired access file"
+        times.close()
     finally:
         reader.close()
         store.close()
