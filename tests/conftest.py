@@ -1,6 +1,7 @@
 """Fixtures shared by every test package: a controllable clock, stores in temporary directories, real daemons."""
 
 import logging
+import os
 
 import pytest
 
@@ -12,6 +13,20 @@ from tests.fake_clock import FakeClock
 @pytest.fixture
 def clock():
     return FakeClock()
+
+
+@pytest.fixture
+def fdatasync_calls(monkeypatch):
+    """The descriptors of every fdatasync this test makes (the calls still happen)."""
+    calls = []
+    real = os.fdatasync
+
+    def counting(fd):
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    return calls
 
 
 @pytest.fixture

@@ -6,26 +6,19 @@ machine's C compiler): fsync and fdatasync return EIO while a flag file exists.
 """
 
 import os
-import shutil
-import subprocess
 import threading
 import time
 
 import pytest
 
 from ferric_ipc.errors import FerricError, StorageError
+from tests.daemon.faults import build_shim
 
-SHIM_SOURCE = os.path.join(os.path.dirname(__file__), "faults", "fail_fsync.c")
 
 
 @pytest.fixture(scope="module")
 def fail_fsync_shim(tmp_path_factory):
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler to build the fsync fault-injection library")
-    shim = str(tmp_path_factory.mktemp("shim") / "fail_fsync.so")
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", shim, SHIM_SOURCE, "-ldl"], check=True)
-    return shim
+    return build_shim(tmp_path_factory, "fail_fsync", "fsync")
 
 
 def test_a_failed_group_fsync_acknowledges_nothing_and_the_shard_is_replaced(make_daemon, fail_fsync_shim):

@@ -6,13 +6,12 @@ C compiler): CLOCK_REALTIME moves by the seconds written in a file, and every fd
 """
 
 import os
-import shutil
-import subprocess
 import time
 
 import pytest
 
-SHIM_SOURCE = os.path.join(os.path.dirname(__file__), "faults", "step_wall_clock.c")
+from tests.daemon.faults import build_shim
+
 INTERVAL_MS = 100
 CONFIG = f'[storage]\nfsync_interval_ms = {INTERVAL_MS}\n[keyspaces.default]\nfsync = "interval"\n'
 SYNC_TIMEOUT_S = 5  # fifty intervals
@@ -20,12 +19,7 @@ SYNC_TIMEOUT_S = 5  # fifty intervals
 
 @pytest.fixture(scope="module")
 def step_wall_clock_shim(tmp_path_factory):
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler to build the clock-step fault-injection library")
-    shim = str(tmp_path_factory.mktemp("shim") / "step_wall_clock.so")
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", shim, SHIM_SOURCE, "-ldl"], check=True)
-    return shim
+    return build_shim(tmp_path_factory, "step_wall_clock", "clock-step")
 
 
 def _syncs(log_path):

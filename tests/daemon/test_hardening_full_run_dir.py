@@ -8,27 +8,20 @@ machine's C compiler): growing a file in the run directory leaves it without pag
 """
 
 import os
-import shutil
-import subprocess
 import time
 
 import pytest
 
 from ferric_ipc.file_layout import index_path
 from ferricd.housekeeping import MAPPED_FILES_RETRY_S
+from tests.daemon.faults import build_shim
 
-SHIM_SOURCE = os.path.join(os.path.dirname(__file__), "faults", "full_run_dir.c")
 VALUE = b"v" * 100
 
 
 @pytest.fixture(scope="module")
 def full_run_dir_shim(tmp_path_factory):
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler to build the full-filesystem fault-injection library")
-    shim = str(tmp_path_factory.mktemp("shim") / "full_run_dir.so")
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", shim, SHIM_SOURCE, "-ldl"], check=True)
-    return shim
+    return build_shim(tmp_path_factory, "full_run_dir", "full-filesystem")
 
 
 def _full_daemon(make_daemon, shim, full_from_the_start):

@@ -1,28 +1,11 @@
 """Which clock times what: the fsync interval runs on the monotonic clock, expiry on the wall clock, so a wall
 clock stepped back (NTP, an operator, a VM restored from a snapshot) neither postpones a sync nor keeps a key."""
 
-import os
-
-import pytest
-
 from ferricd.storage import BitcaskStore, StoreSettings
 from tests.fake_clock import FakeClock
 
 HOUR_MS = 3_600_000
 
-
-@pytest.fixture
-def fdatasync_calls(monkeypatch):
-    """Count real fdatasync calls (they still happen)."""
-    calls = []
-    real = os.fdatasync
-
-    def counting(fd):
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting)
-    return calls
 
 
 def test_the_wall_clock_stepping_back_does_not_postpone_an_interval_sync(shard_dir, clock, fdatasync_calls):

@@ -208,19 +208,6 @@ def test_a_batch_spanning_rotations_is_all_readable(open_store, shard_dir):
     assert all(store.get(f"k{i}") == b"x" * 90 for i in range(50))
 
 
-@pytest.fixture
-def fdatasync_calls(monkeypatch):
-    """Count real fdatasync calls (they still happen)."""
-    calls = []
-    real = os.fdatasync
-
-    def counting(fd):
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting)
-    return calls
-
 
 def test_always_syncs_every_call_and_a_batch_once(open_store, fdatasync_calls):
     store = open_store(fsync="always")

@@ -1,6 +1,5 @@
 """Keyspaces in one store: which keyspace a key is in, what each holds, fsync per write, and hard limits."""
 
-import os
 
 import pytest
 
@@ -167,18 +166,6 @@ def test_interval_writes_are_synced_by_the_tick_and_never_writes_are_not(open_ke
     store.sync_if_due()
     assert len(fdatasync_calls) == 2
 
-
-@pytest.fixture
-def fdatasync_calls(monkeypatch):
-    calls = []
-    real = os.fdatasync
-
-    def counting(fd):
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting)
-    return calls
 
 
 # -- a keyspace that never evicts, with a bound -----------------------------------------------------
