@@ -382,6 +382,7 @@ class Client(_Commands[_RunNow]):
         self._shard_count: int | None = None
         self._data_dir: str | None = None
         self._value_limit = _UNBOUNDED_VALUE
+        self._request_limit = protocol.MAX_STREAM_FRAME_BYTES  # ferricd.json's max_request_bytes once read
 
     # -- plumbing --------------------------------------------------------------
 
@@ -398,6 +399,7 @@ class Client(_Commands[_RunNow]):
                         connection = StreamShardConnection(self.run_dir, shard_id)
                     else:
                         connection = ZmqShardConnection(zmq.Context.instance(), self.run_dir, shard_id)
+                    connection.max_request_bytes = self._request_limit
                     self._connections[shard_id] = connection
         return connection
 
@@ -442,6 +444,8 @@ class Client(_Commands[_RunNow]):
             self._data_dir = daemon.get("data_dir")
             limit = daemon.get("max_value_bytes")
             self._value_limit = limit if type(limit) is int and limit > 0 else _UNBOUNDED_VALUE
+            limit = daemon.get("max_request_bytes")
+            self._request_limit = limit if type(limit) is int and limit > 0 else protocol.MAX_STREAM_FRAME_BYTES
             return shard_count
         return self._shard_count
 

@@ -78,6 +78,9 @@ class ShardConnection(ABC):
     def __init__(self, shard_id: int, endpoint: str) -> None:
         self.shard_id = shard_id
         self.endpoint = endpoint
+        # The longest request frame the shard takes (ferricd.json's max_request_bytes): one past it would
+        # close the connection (a stream) or drop the peer (ZeroMQ), so it is refused before it is sent.
+        self.max_request_bytes = protocol.MAX_STREAM_FRAME_BYTES
         self.lock = threading.Lock()
         self._next_id = 1
 
@@ -136,7 +139,14 @@ class ShardConnection(ABC):
         for op, args in requests:
             request_id, self._next_id = self._next_id, (self._next_id + 1) % 2**64
             ids.append(request_id)
-            frames.append(protocol.request(request_id, op, args))
+            frame = protocol.request(request_id, op, args)
+            if len(frame) > self.max_request_bytes:
+                raise LimitError(
+                    f"a request of {len(frame)} bytes is over the {self.max_request_bytes} bytes shard "
+                    f"{self.shard_id} takes (half of its daemon.client_buffer_bytes): send it in smaller "
+                    "pipelines, or raise client_buffer_bytes"
+                )
+            frames.append(frame)
         return ids, frames
 
     def close(self) -> None:
@@ -187,7 +197,7 @@ class StreamShardConnection(ShardConnection):
     def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
         wait_until = min(deadline, time.monotonic() + timeout_ms / 1000)
         ids, frames = self._frames(requests)
-        data = b"".join(protocol.STREAM_HEADER.pack(_frame_length(frame)) + frame for frame in frames)
+        data = b"".join(protocol.STREAM_HEADER.pack(len(frame)) + frame for frame in frames)
         # Bytes that must arrive before the shard can have applied anything: the first frame, whole.
         first_frame_bytes = HEADER_BYTES + len(frames[0])
         pause_s = _FIRST_RECONNECT_PAUSE_S
@@ -317,15 +327,6 @@ def _pause_before_reconnecting(pause_s: float, wait_until: float) -> float:
         raise _NoReply(maybe_applied=False)
     time.sleep(min(pause_s, left_s))
     return min(2 * pause_s, _MAX_RECONNECT_PAUSE_S)
-
-
-def _frame_length(frame: bytes) -> int:
-    if len(frame) > protocol.MAX_STREAM_FRAME_BYTES:
-        raise LimitError(
-            f"a request of {len(frame)} bytes is over the {protocol.MAX_STREAM_FRAME_BYTES}-byte frame limit; "
-            "send it in smaller pipelines"
-        )
-    return len(frame)
 
 
 class ZmqShardConnection(ShardConnection):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 from ferric_ipc.errors import FerricError
 from ferric_ipc.file_layout import DEFAULT_RUN_DIR
+from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.storage.keyspaces import DEFAULT_KEYSPACE, Keyspace, KeyspaceTable
 from ferricd.storage.settings import FSYNC_POLICIES, StoreSettings
 
@@ -95,6 +96,12 @@ class DaemonConfig:
     log_level: str
     storage: StoreSettings  # its fsync is the default keyspace's
     keyspaces: tuple  # Keyspace, the default one first
+
+    @property
+    def max_request_bytes(self):
+        """The longest request frame a shard takes: half of client_buffer_bytes, so one peer's request leaves
+        room for the others' (clients read it from ferricd.json and refuse longer ones before sending)."""
+        return min(MAX_STREAM_FRAME_BYTES, self.client_buffer_bytes // 2)
 
     def to_dict(self):
         """Plain data (for handing the resolved settings to a shard process)."""

@@ -75,7 +75,7 @@ class ShardServer:
         self._zmq_relisten_at = 0.0  # monotonic seconds
         self._listener_paused_until = None  # monotonic seconds: accept() ran out of descriptors
         self._warned_at = {}  # what was warned about -> monotonic seconds, to say each at most every interval
-        self._buffers = ClientBuffers(config.client_buffer_bytes)
+        self._buffers = ClientBuffers(config.client_buffer_bytes, config.max_request_bytes)
         self._round_reply_bytes = 0  # replies built in this round of handle_ready, not yet queued or sent
         self._max_connections = config.max_connections
         self._streams = {}  # fd -> StreamConnection

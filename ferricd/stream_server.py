@@ -18,7 +18,7 @@ import socket
 import time
 from collections import deque
 
-from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES, STREAM_HEADER
+from ferric_ipc.protocol import STREAM_HEADER
 from ferric_ipc.stream_frames import HEADER_BYTES, FrameReader
 
 READ_CHUNK_BYTES = 256 * 1024  # one recv per readable connection; poll is level-triggered
@@ -32,14 +32,10 @@ class ClientBuffers:
     """What a shard holds for all its stream peers together: bytes of requests received but not yet
     run (whole or partial frames) and of replies not yet sent, against ``limit_bytes``."""
 
-    def __init__(self, limit_bytes):
+    def __init__(self, limit_bytes, max_frame_bytes):
         self.limit_bytes = limit_bytes
+        self.max_frame_bytes = max_frame_bytes  # the longest request frame taken
         self.used_bytes = 0
-
-    @property
-    def max_frame_bytes(self):
-        """The longest request frame taken: half the bound, so one peer's request leaves room for the others."""
-        return min(MAX_STREAM_FRAME_BYTES, self.limit_bytes // 2)
 
     @property
     def over(self):

@@ -123,6 +123,7 @@ class Supervisor:
                 "transports": [TRANSPORT_UNIX, TRANSPORT_ZMQ],
                 "data_dir": os.path.abspath(config.data_dir),  # clients map the shards' data files from here
                 "max_value_bytes": config.storage.max_value_bytes,  # clients refuse longer values before sending
+                "max_request_bytes": config.max_request_bytes,  # and longer request frames (pipelines)
             }).encode()],
             file_mode=config.storage.file_mode,  # readable by whoever may use the sockets, like the tables
         )

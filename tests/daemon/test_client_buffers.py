@@ -13,6 +13,9 @@ import time
 
 import msgpack
 import psutil
+import pytest
+
+from ferric_ipc.errors import LimitError
 
 from tests.daemon.test_stream_transport import connect, framed, still_serving
 
@@ -91,3 +94,16 @@ def test_a_request_longer_than_half_the_bound_is_refused_with_the_limit(make_dae
     assert str(BUFFER_BYTES // 2) in reply[2][1]
     sock.close()
     still_serving(client, "long-request")
+
+
+def test_the_client_refuses_a_pipeline_longer_than_the_shard_takes_before_sending_it(make_daemon):
+    daemon = make_daemon(shards=1, config=CONFIG)
+    for transport in ("unix", "zmq"):
+        client = daemon.client(timeout_ms=3000, transport=transport, local_reads=False)
+        pipe = client.pipeline()
+        for i in range(20):  # 20 MiB in one frame, over the 16 MiB this shard takes
+            pipe.set(f"cb:pipe:{i}", b"p" * (1 << 20))
+        with pytest.raises(LimitError, match="client_buffer_bytes"):
+            pipe.execute()
+        assert client.get("cb:pipe:0") is None  # nothing was sent
+        assert client.ping() is True  # and the connection is as good as before
