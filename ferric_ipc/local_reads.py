@@ -313,6 +313,8 @@ class LocalShardReader:
                 continue  # the shard is writing this slot
             if stored_hash != key_hash:
                 return None  # deleted or given to another key since the probe saw it
+            if SLOT_SEQ.unpack_from(mapped, at)[0] != seq:
+                continue  # torn copy: an offset from one write and a file from another could point past a file's end
             try:
                 data_file = self._files.get(file_id) or self._data_file(file_id)
                 view, mapped_bytes = data_file.mapping

@@ -33,7 +33,6 @@ from ferricd.storage import BitcaskStore
 from ferricd.storage.errors import DirectoryLockedError
 from ferricd.storage.index_file import IndexFiles
 from ferricd.storage.lock import DirectoryLock
-from ferric_ipc.protocol import MAX_STREAM_FRAME_BYTES
 from ferricd.stream_server import ClientBuffers, OutOfDescriptors, StreamListener
 
 TICK_MS = 100  # housekeeping (interval fsync, expiry sweep, merge checks, stop flag) at least this often
@@ -200,11 +199,11 @@ class ShardServer:
                 except zmq.ZMQError:  # the client went away (or its queue is full); it will time out
                     pass
             elif self._streams.get(reply_to.fileno()) is reply_to:  # not dropped meanwhile
-                if len(reply) > MAX_STREAM_FRAME_BYTES:
+                if len(reply) > self._buffers.max_frame_bytes:  # it could never be held whole for the peer
                     reply = protocol.error_reply(
                         request_id, "LIMIT",
-                        f"the reply is {len(reply)} bytes, over the stream's {MAX_STREAM_FRAME_BYTES}-byte frame "
-                        "limit: ask for fewer or smaller values at once")
+                        f"the reply is {len(reply)} bytes, over the {self._buffers.max_frame_bytes} bytes a shard "
+                        "sends at once (half of daemon.client_buffer_bytes): ask for fewer or smaller values at once")
                 reply_to.send(reply)
         if self._buffers.over:  # replies the peers do not read
             self._shed_clients()
@@ -255,7 +254,7 @@ class ShardServer:
         buffers = self._buffers
         room = min(connection.reply_room, buffers.limit_bytes - buffers.used_bytes - self._round_reply_bytes)
         for _ in range(MAX_REQUESTS_PER_COMMIT):
-            if not connection.frames or (room <= 0 and self._round_reply_bytes):
+            if not connection.frames or connection.reply_room <= 0 or (room <= 0 and self._round_reply_bytes):
                 break
             request_id, reply = self.handle([connection.take_frame()])
             room -= len(reply)
@@ -302,8 +301,10 @@ class ShardServer:
                 self._zmq_peers = max(0, self._zmq_peers - 1)
         peers = len(self._streams) + self._zmq_peers
         now = time.monotonic()
-        if self._zmq_listening and peers >= self._max_connections:
+        # Past the cap, not at it: at it, the stream side still takes no more, and ZeroMQ peers keep being served.
+        if self._zmq_listening and peers > self._max_connections:
             self._socket.unbind(self.endpoint)
+            self._zmq_touched = True  # unbind ran libzmq's commands, which may have taken a read notification
             self._zmq_listening = False
             self._zmq_peers = 0  # ended with the listener, without a disconnect event each
             self._zmq_relisten_at = now + ZMQ_RELISTEN_PAUSE_S
@@ -313,6 +314,7 @@ class ShardServer:
                 "(their clients reconnect by themselves)", peers, self.endpoint, ZMQ_RELISTEN_PAUSE_S)
         elif not self._zmq_listening and now >= self._zmq_relisten_at and peers < self._max_connections:
             self._socket.bind(self.endpoint)
+            self._zmq_touched = True
             self._zmq_listening = True
             log.info("%s listens again", self.endpoint)
 
@@ -339,10 +341,11 @@ class ShardServer:
             dropped += 1
             dropped_bytes += connection.held_bytes
             self._drop_stream(connection)
-        self._warn_now_and_then(
-            "buffers", "peers held more than daemon.client_buffer_bytes (%d) of requests and unread replies: "
-            "dropped %d connections that had made no progress for longest (%d bytes); clients that stall "
-            "mid-request or do not read their replies", buffers.limit_bytes, dropped, dropped_bytes)
+        if dropped:
+            self._warn_now_and_then(
+                "buffers", "peers held more than daemon.client_buffer_bytes (%d) of requests and unread replies: "
+                "dropped %d connections that had made no progress for longest (%d bytes); clients that stall "
+                "mid-request or do not read their replies", buffers.limit_bytes, dropped, dropped_bytes)
 
     def _warn_now_and_then(self, topic, message, *args):
         now = time.monotonic()

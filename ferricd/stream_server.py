@@ -109,6 +109,7 @@ class StreamConnection:
         """The oldest received request frame, no longer held for the peer."""
         frame = self.frames.popleft()
         self._hold(-(HEADER_BYTES + len(frame)))
+        self.progress_s = time.monotonic()  # its requests move on: not a stalled peer
         return frame
 
     def send(self, frame):

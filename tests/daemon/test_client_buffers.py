@@ -107,3 +107,18 @@ def test_the_client_refuses_a_pipeline_longer_than_the_shard_takes_before_sendin
             pipe.execute()
         assert client.get("cb:pipe:0") is None  # nothing was sent
         assert client.ping() is True  # and the connection is as good as before
+
+
+def test_a_reply_longer_than_half_the_bound_is_refused_at_once_not_timed_out(make_daemon):
+    """A reply that could never be held whole for its peer gets a LIMIT error saying so; before, it was
+    queued past the bound, its connection shed, and the client waited out its timeout."""
+    daemon = make_daemon(shards=1, config=CONFIG)
+    client = daemon.client(timeout_ms=5000, transport="unix", local_reads=False)
+    keys = [f"cb:large:{i}" for i in range(20)]  # 20 MiB in one reply, over the 16 MiB this shard sends
+    for half in (keys[:10], keys[10:]):  # each write under the request limit
+        client.mset({key: b"L" * ((1 << 20) - 64) for key in half})
+    started = time.monotonic()
+    with pytest.raises(LimitError, match="client_buffer_bytes"):
+        client.mget(keys)
+    assert time.monotonic() - started < 2, "refused only at the timeout"
+    assert client.mget(keys[:4]) == [b"L" * ((1 << 20) - 64)] * 4  # fewer at once are served, same connection
