@@ -7,6 +7,8 @@ the shard polls the listening socket and every connection, calls ``accept`` and
 connection has ``reply_room``, and ``send`` queues a reply that ``flush``
 finishes when the connection is writable again. A peer that does not read its
 replies is therefore not read from either: its requests wait in its socket.
+Every connection counts what it holds in the shard against one ``ClientBuffers``
+per shard, which the shard's loop keeps under daemon.client_buffer_bytes.
 
 Without ZeroMQ's I/O threads a round trip wakes two threads instead of six,
 which is most of what a sequential request costs (docs/architecture.md).
