@@ -37,7 +37,6 @@ import importlib.util
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from flask.sessions import SecureCookieSessionInterface  # noqa: E402
 import ferric_flask  # noqa: E402
 from ferric_ipc import Client  # noqa: E402
 from ipc_bench import Ferricd, RedisServer, machine_report, percentile, terminate, version_of  # noqa: E402
+from tests.gunicorn_process import control_socket_flags, free_port  # noqa: E402  (the tests start gunicorn alike)
 
 try:
     import redis
@@ -173,20 +173,6 @@ def summary_us(samples):
 
 
 # -- 2: requests/s under gunicorn ------------------------------------------------------------------
-
-
-def control_socket_flags():
-    """Gunicorn >= 25 opens a control socket at one path per user: parallel masters would take it from each other."""
-    import gunicorn.config
-
-    settings = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
-    return ["--no-control-socket"] if "control_socket_disable" in settings else []
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Gunicorn:

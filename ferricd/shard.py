@@ -104,10 +104,10 @@ class ShardServer:
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.linger = 0
+        self._socket.maxmsgsize = self._buffers.max_frame_bytes  # ZeroMQ drops a peer that sends more
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._socket.bind(self.endpoint)
         self._zmq_listening = True
-        self._socket.maxmsgsize = self._buffers.max_frame_bytes  # ZeroMQ drops a peer that sends more
         self._listener = StreamListener(self.stream_endpoint, self._buffers)
         self._max_connections = _connection_cap(self.config.max_connections)
         # The first beat tells the supervisor this shard recovered and serves.
@@ -161,19 +161,18 @@ class ShardServer:
     def handle_ready(self, ready):
         """Apply every ready request (``ready``: what the poller returned) under one group commit, then reply."""
         requests = []  # (identity, frames) from the ROUTER
-        if self._zmq_touched:
-            self._receive_router(requests)
         for fd, events in ready:
             connection = self._streams.get(fd)
             if connection is not None:
                 self._stream_ready(connection, events)
             elif fd == self._zmq_fd:
                 self._zmq_touched = True
-                self._receive_router(requests)
             elif fd == self._monitor_fd:
                 self._count_zmq_peers()
             elif fd == self._listener_fd:
                 self._accept()
+        if self._zmq_touched:
+            self._receive_router(requests)
         replies = []  # (reply_to, request_id, reply frame): reply_to is an identity (bytes) or a StreamConnection
         served = []
         failure = None

@@ -8,7 +8,6 @@ peers that stall mid-request or never read their replies cannot grow it without 
 import os
 import socket
 import struct
-import threading
 import time
 
 import msgpack

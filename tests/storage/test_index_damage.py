@@ -13,7 +13,6 @@ import pytest
 
 from ferric_ipc.errors import StorageError
 from ferric_ipc.index_layout import HASH_WORD, HEADER_BYTES, HEADER_WORDS, SLOT_WORDS
-from ferricd.storage import BitcaskStore, StoreSettings
 from ferricd.storage.errors import CorruptDataError
 from ferricd.storage.snapshot import SNAPSHOT_NAME, read_snapshot, write_snapshot
 
