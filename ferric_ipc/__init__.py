@@ -21,9 +21,9 @@ from ferric_ipc.errors import (
 from ferric_ipc.keys import MAX_KEY_BYTES, as_key, as_value, key_hash64
 
 if TYPE_CHECKING:
-    from ferric_ipc.client import Client, Lease, Lock, Pipeline, Transaction
+    from ferric_ipc.client import Client, Lease, Lock, Pipeline, Submitted, Transaction
 
-_CLIENT_NAMES = frozenset({"Client", "Lease", "Lock", "Pipeline", "Transaction"})
+_CLIENT_NAMES = frozenset({"Client", "Lease", "Lock", "Pipeline", "Submitted", "Transaction"})
 
 __all__ = [
     "Client",
@@ -40,6 +40,7 @@ __all__ = [
     "ProtocolError",
     "StorageError",
     "StorageFullError",
+    "Submitted",
     "Transaction",
     "as_key",
     "as_value",

@@ -15,7 +15,7 @@ import msgpack
 import zmq
 
 from ferric_ipc import protocol
-from ferric_ipc.connections import ShardConnection, StreamShardConnection, ZmqShardConnection
+from ferric_ipc.connections import InFlight, ShardConnection, StreamShardConnection, ZmqShardConnection
 from ferric_ipc.daemon_file import RUN_DIR_ENV, read_daemon_file
 from ferric_ipc.errors import (
     CommandError,
@@ -783,6 +783,22 @@ class Transaction(_Commands[_Queue]):
         results = client._call_raw(self._shard, "multi", [[[op, args] for op, args in queued]], retry)
         return [_typed(op, result) for (op, _), result in zip(queued, results)]
 
+    def submit(self) -> "Submitted":
+        """Send the queued operations as one transaction without waiting for it to run.
+
+        The request is on its way when this returns; ``result()`` on what it
+        returns waits for the outcome (what ``execute()`` would have returned or
+        raised). Other calls on this Client may run in between: the shard
+        answers in order, and each reply reaches its caller. It is sent once,
+        never again; if the connection is lost before the reply, ``result()``
+        raises FerricConnectionError saying it may or may not have been applied.
+        """
+        queued, self._queued = self._queued, []
+        client = self._client
+        request = ("multi", [[[op, args] for op, args in queued]])
+        return Submitted(client._connection(self._shard).send([request], client.timeout_ms), [op for op, _ in queued],
+                         client.timeout_ms)
+
     def reset(self) -> None:
         """Drop the queued operations."""
         self._queued = []
@@ -795,6 +811,30 @@ class Transaction(_Commands[_Queue]):
 
     def __exit__(self, *exc_info: object) -> None:
         self.reset()
+
+
+class Submitted:
+    """A transaction sent by ``Transaction.submit()``, whose outcome has not been read yet."""
+
+    def __init__(self, in_flight: InFlight, ops: list[str], timeout_ms: int) -> None:
+        self._in_flight = in_flight
+        self._ops = ops
+        self._timeout_ms = timeout_ms
+        self._pid = os.getpid()
+
+    def done(self) -> bool:
+        """True once the outcome arrived (or the connection was lost): ``result()`` will not wait."""
+        return self._in_flight.done()
+
+    def result(self, timeout_ms: int | None = None) -> list[Any]:
+        """The operations' results in order, as ``execute()`` returns them; raises what it would raise.
+
+        Waits at most ``timeout_ms`` (the Client's timeout by default) for the reply.
+        """
+        if os.getpid() != self._pid:
+            raise FerricError("this transaction was submitted by the parent process; its reply is the parent's to read")
+        (results,) = self._in_flight.result(self._timeout_ms if timeout_ms is None else timeout_ms)
+        return [_typed(op, result) for op, result in zip(self._ops, results)]
 
 
 class Lock:

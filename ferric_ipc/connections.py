@@ -13,6 +13,13 @@ timeout_ms, retry)`` the same way:
   reset with the request unread;
 - a timed-out request that may have reached the shard says that its outcome is
   unknown, unless it is one of the ops that change nothing.
+
+``send(requests, timeout_ms)`` puts requests on the channel without waiting and
+returns an InFlight whose ``result()`` waits for their replies; a later call
+on the channel reads whatever replies came first and keeps them for their
+InFlight. A socket closed for any reason ends every InFlight on it with an
+error saying its requests may or may not have been applied: they are never
+sent twice.
 """
 
 import errno
@@ -83,6 +90,12 @@ class ShardConnection(ABC):
         self.max_request_bytes = protocol.MAX_STREAM_FRAME_BYTES
         self.lock = threading.Lock()
         self._next_id = 1
+        # Every request sent on the current socket and not answered yet, by id: the call waiting for it,
+        # or an InFlight. Replies are handed out here, so a reply read by any wait reaches its owner.
+        self._waiting: dict[int, _Replies] = {}
+        # An error for no request: about the connection itself (refused, or a frame it could not follow),
+        # which the shard closes after sending it. Raised instead of "connection lost" when the stream ends.
+        self._refusal: FerricError | None = None
 
     def call(self, requests: Requests, timeout_ms: int, retry: bool) -> list[Any]:
         """Send ``[(op, args), ...]`` pipelined; return their results in order.
@@ -105,21 +118,95 @@ class ShardConnection(ABC):
                 except _Lost:
                     self._close_socket()
                     if not retry:
-                        raise FerricConnectionError(
-                            f"shard {self.shard_id} ({self.endpoint}) closed the connection before answering: "
-                            "the request may or may not have been applied (the shard stopped or restarted); "
-                            "check its state before repeating a write that must not happen twice"
-                        ) from None
+                        raise self._lost() from None
                     if time.monotonic() >= deadline:
                         raise self._timed_out(timeout_ms, False) from None
+
+    def send(self, requests: Requests, timeout_ms: int) -> "InFlight":
+        """Send ``requests`` now (within ``timeout_ms``) and return without waiting for their replies.
+
+        They are sent once, never again: a request that cannot be sent whole raises here, one whose
+        connection is lost later makes ``InFlight.result()`` raise.
+        """
+        wait_until = time.monotonic() + timeout_ms / 1000
+        with self.lock:
+            ids, frames = self._frames(requests)
+            replies = _Replies(ids)
+            try:
+                self._send_frames(frames, wait_until)
+            except _NoReply as no_reply:
+                self._close_socket()
+                raise self._timed_out(timeout_ms, no_reply.maybe_applied) from None
+            except _Lost:
+                self._close_socket()
+                raise self._lost() from None
+            self._expect(replies)
+            return InFlight(self, replies)
+
+    def collect(self, replies: "_Replies", timeout_ms: int) -> list[Any]:
+        """Wait (at most ``timeout_ms``) for the replies an InFlight stands for; their results."""
+        with self.lock:
+            if replies.pending:
+                try:
+                    self._await(replies, time.monotonic() + timeout_ms / 1000)
+                except _NoReply:
+                    self._close_socket()
+                    raise self._timed_out(timeout_ms, True) from None
+                except (_Lost, _Unread):
+                    self._close_socket()  # which ends ``replies`` with "may or may not have been applied"
+                except BaseException:
+                    self._close_socket()  # interrupted mid-reply: the stream cannot be used again
+                    raise
+        return replies.value()
+
+    def _expect(self, replies: "_Replies") -> None:
+        for request_id in replies.pending:
+            self._waiting[request_id] = replies
+
+    def _dispatch(self, frame: bytes) -> None:
+        """Hand one reply frame to whoever waits for it."""
+        request_id: int | None
+        result: Any
+        try:
+            request_id, result = protocol.parse_reply(frame)
+        except FerricError as error:
+            request_id, result = getattr(error, "request_id", None), error
+        replies = self._waiting.pop(request_id, None) if request_id is not None else None
+        if replies is not None:
+            replies.add(request_id, result)
+        elif request_id is None and isinstance(result, FerricError):
+            self._refusal = result
+
+    def _forget_waiting(self) -> None:
+        """The socket is gone: every request still waiting on it ends with "may or may not have been applied"."""
+        waiting, self._waiting = self._waiting, {}
+        self._refusal = None
+        error = self._lost()
+        for replies in set(waiting.values()):
+            replies.fail(error)
+
+    def _lost(self) -> FerricConnectionError:
+        return FerricConnectionError(
+            f"shard {self.shard_id} ({self.endpoint}) closed the connection before answering: "
+            "the request may or may not have been applied (the shard stopped or restarted); "
+            "check its state before repeating a write that must not happen twice"
+        )
 
     @abstractmethod
     def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
         """Send ``requests`` and return their results; _NoReply or _Lost when that fails (each transport its way)."""
 
     @abstractmethod
+    def _send_frames(self, frames: list[bytes], wait_until: float) -> None:
+        """Put ``frames`` on the socket, connecting first if needed; _NoReply or _Lost when that fails."""
+
+    @abstractmethod
+    def _await(self, replies: "_Replies", wait_until: float) -> None:
+        """Read replies until ``replies`` has all of its own; _NoReply, _Lost or _Unread when that fails."""
+
+    @abstractmethod
     def _close_socket(self) -> None:
-        """Drop the transport's socket; the next exchange opens a new one."""
+        """Drop the transport's socket (and with it every request still waiting); the next exchange opens a new one."""
 
     def _timed_out(self, timeout_ms: int, maybe_applied: bool) -> FerricTimeoutError:
         """The timeout error; ``maybe_applied``: a request that changes something may have reached the shard."""
@@ -160,27 +247,36 @@ class _Replies:
     def __init__(self, ids: list[int]) -> None:
         self.pending = {request_id: position for position, request_id in enumerate(ids)}
         self.results: list[Any] = [None] * len(ids)
-        # An error for no request: about the connection itself (refused, or a frame it could not follow),
-        # which the shard closes after sending it. Raised instead of "connection lost" when the stream ends.
-        self.refusal: FerricError | None = None
 
-    def add(self, frame: bytes) -> None:
-        request_id: int | None
-        result: Any
-        try:
-            request_id, result = protocol.parse_reply(frame)
-        except FerricError as error:
-            request_id, result = getattr(error, "request_id", None), error
-        if request_id in self.pending:  # anything else is a late reply to an abandoned request
-            self.results[self.pending.pop(request_id)] = result
-        elif request_id is None and isinstance(result, FerricError):
-            self.refusal = result
+    def add(self, request_id: int, result: Any) -> None:
+        self.results[self.pending.pop(request_id)] = result
+
+    def fail(self, error: FerricError) -> None:
+        for position in self.pending.values():
+            self.results[position] = error
+        self.pending = {}
 
     def value(self) -> list[Any]:
         for result in self.results:
             if isinstance(result, FerricError):
                 raise result
         return self.results
+
+
+class InFlight:
+    """Requests sent without waiting (``ShardConnection.send``): ``result()`` waits for their replies."""
+
+    def __init__(self, connection: ShardConnection, replies: _Replies) -> None:
+        self._connection = connection
+        self._replies = replies
+
+    def done(self) -> bool:
+        """True once every reply arrived (or the connection was lost): ``result()`` will not wait."""
+        return not self._replies.pending
+
+    def result(self, timeout_ms: int) -> list[Any]:
+        """The replies' results, in request order; the first error reply raises."""
+        return self._connection.collect(self._replies, timeout_ms)
 
 
 class StreamShardConnection(ShardConnection):
@@ -193,10 +289,39 @@ class StreamShardConnection(ShardConnection):
         self._sock: socket.socket | None = None
         # select.poll on the socket: every wait is bounded by the call's deadline
         self._poll: select.poll | None = None
+        # One reader per socket: a wait may read past its own replies into the next one's frame.
+        self._reader: FrameReader | None = None
 
     def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
         wait_until = min(deadline, time.monotonic() + timeout_ms / 1000)
         ids, frames = self._frames(requests)
+        while True:
+            sock, reused = self._deliver(frames, wait_until)
+            replies = _Replies(ids)
+            self._expect(replies)
+            try:
+                self._await(replies, wait_until)
+                break
+            except _Unread:
+                if len(frames) > 1:
+                    raise _Lost from None  # the last frame never arrived whole, but earlier ones may have
+                # The one frame never arrived whole: send it again to whoever listens now.
+                self._close_socket()
+                if not reused:
+                    _pause_before_reconnecting(_FIRST_RECONNECT_PAUSE_S, wait_until)
+            except (_NoReply, _Lost):
+                raise
+            except BaseException:
+                self._close_socket()  # interrupted mid-reply: the stream cannot be used again
+                raise
+        # Every reply arrived whole: the stream is in step, and stays open whatever the replies say.
+        return replies.value()
+
+    def _send_frames(self, frames: list[bytes], wait_until: float) -> None:
+        self._deliver(frames, wait_until)
+
+    def _deliver(self, frames: list[bytes], wait_until: float) -> tuple[socket.socket, bool]:
+        """Send ``frames`` whole; ``(socket, whether it was already open)``."""
         data = b"".join(protocol.STREAM_HEADER.pack(len(frame)) + frame for frame in frames)
         # Bytes that must arrive before the shard can have applied anything: the first frame, whole.
         first_frame_bytes = HEADER_BYTES + len(frames[0])
@@ -207,13 +332,8 @@ class StreamShardConnection(ShardConnection):
                 sock = self._sock or self._connect(wait_until)
                 sent = self._send(sock, data, wait_until)
                 if sent == len(data):
-                    try:
-                        replies = self._receive(sock, _Replies(ids), wait_until)
-                        break
-                    except _Unread:
-                        if len(frames) > 1:
-                            raise _Lost from None  # the last frame never arrived whole, but earlier ones may have
-                elif sent >= first_frame_bytes:
+                    return sock, reused
+                if sent >= first_frame_bytes:
                     raise _Lost  # a whole frame went out before the connection broke: it may have been applied
                 # A frame is applied only once it arrived whole, and a dead shard takes none: so nothing
                 # was applied, and the requests go out again to whoever listens now. The kernel may
@@ -226,11 +346,9 @@ class StreamShardConnection(ShardConnection):
             raise
         except BaseException:
             # Interrupted mid-frame (KeyboardInterrupt, an exception from a signal handler): the stream
-            # may hold half a request or half a reply, so it cannot be used again.
+            # may hold half a request, so it cannot be used again.
             self._close_socket()
             raise
-        # Every reply arrived whole: the stream is in step, and stays open whatever the replies say.
-        return replies.value()
 
     def _send(self, sock: socket.socket, data: bytes, wait_until: float) -> int:
         """How many bytes of ``data`` went out before it was all sent or the connection broke.
@@ -254,8 +372,9 @@ class StreamShardConnection(ShardConnection):
                 return sent
         return sent
 
-    def _receive(self, sock: socket.socket, replies: _Replies, wait_until: float) -> _Replies:
-        reader = FrameReader(replies.add)
+    def _await(self, replies: _Replies, wait_until: float) -> None:
+        sock, reader = self._sock, self._reader
+        assert sock is not None and reader is not None  # requests wait only on an open socket
         answering = False  # bytes came back, so the shard was reading this connection
         while replies.pending:
             self._wait(select.POLLIN, wait_until)
@@ -264,14 +383,13 @@ class StreamShardConnection(ShardConnection):
             except BlockingIOError:
                 continue  # woken for nothing
             except ConnectionResetError:
-                raise (replies.refusal or (_Lost if answering else _Unread)) from None
+                raise (self._refusal or (_Lost if answering else _Unread)) from None
             except OSError:
                 raise _Lost from None
             if not chunk:
-                raise replies.refusal or _Lost()
+                raise self._refusal or _Lost()
             answering = True
             reader.feed(chunk)
-        return replies
 
     def _wait(self, events: int, wait_until: float) -> None:
         """Until the socket is ready for ``events`` (or hung up); _NoReply once ``wait_until`` passed.
@@ -309,12 +427,14 @@ class StreamShardConnection(ShardConnection):
                 continue
             self._sock = sock
             self._poll = select.poll()
+            self._reader = FrameReader(self._dispatch)
             return sock
 
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            self._sock = self._poll = None
+            self._sock = self._poll = self._reader = None
+        self._forget_waiting()
 
 
 def _pause_before_reconnecting(pause_s: float, wait_until: float) -> float:
@@ -340,6 +460,14 @@ class ZmqShardConnection(ShardConnection):
         self._socket: zmq.Socket[bytes] | None = None
 
     def _exchange(self, requests: Requests, timeout_ms: int, deadline: float) -> list[Any]:
+        ids, frames = self._frames(requests)
+        self._send_frames(frames, deadline)
+        replies = _Replies(ids)
+        self._expect(replies)
+        self._await(replies, time.monotonic() + timeout_ms / 1000)
+        return replies.value()
+
+    def _send_frames(self, frames: list[bytes], wait_until: float) -> None:
         if self._socket is None:
             # No check that the socket file exists: while the daemon runs (ferricd.json is there), a
             # missing socket is a shard restarting, and ZeroMQ connects as soon as it binds again.
@@ -350,11 +478,11 @@ class ZmqShardConnection(ShardConnection):
             self._socket.reconnect_ivl = int(_FIRST_RECONNECT_PAUSE_S * 1000)
             self._socket.reconnect_ivl_max = int(_MAX_RECONNECT_PAUSE_S * 1000)
             self._socket.connect(self.endpoint)
-        ids, frames = self._frames(requests)
         for frame in frames:
-            self._socket.send(frame)
-        replies = _Replies(ids)
-        wait_until = time.monotonic() + timeout_ms / 1000
+            self._socket.send(frame)  # queued by ZeroMQ: never blocks a DEALER with room in its pipe
+
+    def _await(self, replies: _Replies, wait_until: float) -> None:
+        assert self._socket is not None  # requests wait only on an open socket
         while replies.pending:
             remaining_ms = int((wait_until - time.monotonic()) * 1000)
             try:
@@ -371,8 +499,7 @@ class ZmqShardConnection(ShardConnection):
                     self._check_daemon(sent=True)
                     continue
                 raise _NoReply from None
-            replies.add(frame)
-        return replies.value()
+            self._dispatch(frame)
 
     def _check_daemon(self, sent: bool) -> None:
         try:
@@ -388,3 +515,4 @@ class ZmqShardConnection(ShardConnection):
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        self._forget_waiting()
