@@ -1,13 +1,32 @@
 """Everything the query cache asks of ferricd: generations, entries, leases, and what to do when it is away.
 
-Generations are random 8-byte tokens, not counters: a bump writes a fresh
-token, and a missing generation is created with a fresh one (``set nx``). A
-token is never reused, so an entry stored under an old token stays
-unreachable even after its generation expired or was evicted and came back.
+A generation is a msgpack map: ``{"t": 8 random bytes}``, plus one field per
+writer whose commit is under way (``"w" + 16 hex digits``: the wall-clock ms
+until which it counts). The token is never reused, so an entry stored under an
+old value stays unreachable even after its generation expired or was evicted
+and came back. A missing generation is created with a fresh token (``set nx``).
+
+A commit publishes in two steps, so that it never waits for ferricd after the
+database committed:
+
+1. ``announce``, when the database is about to commit: each generation gets a
+   fresh token and this writer's field (one transaction per shard, sent
+   without waiting; the database commit runs meanwhile);
+2. ``confirm``, once it committed: the reply of step 1 is read (it has
+   usually arrived), then each generation gets a fresh token and loses the
+   field, sent without waiting.
+
+A reader stores nothing while a generation it read holds a writer's field that
+has not run out: a result read from the database in between may be older than
+the commit. So between step 1 and step 2 nothing is stored, and after step 2
+only results read after the commit. A writer that died leaves its field until
+it runs out (PENDING_MS); a writer whose commit took longer than
+SLOW_COMMIT_MS (readers may have seen its field run out) does step 2 waiting
+for it, before its commit returns.
+
 Reads (generations, entries, a lease being held) are local reads of the mapped
-index; writes are one round trip each (a store and its lease release share
-one transaction; a commit's bumps are one ``mset`` per shard they live on: the
-generations of one database share a shard, so a commit is one round trip).
+index; other writes are one round trip each (a store and its lease release
+share one transaction).
 
 When ferricd cannot be reached the cache steps aside: statements go to the
 database, a warning is logged (at most once a minute), invalidations that
@@ -20,6 +39,9 @@ publish may have died meanwhile), then publishes what was kept.
 import os
 import threading
 import time
+from collections import defaultdict
+
+import msgpack
 
 from ferric_ipc import Client, CommandError, FerricError, LimitError
 
@@ -27,14 +49,63 @@ from ferric_sqlalchemy.invalidation import Invalidation
 
 #: A generation outlives its last change by this long (then it is replaced by a fresh one, which is safe).
 GENERATION_TTL_MS = 86_400_000
+#: How long a writer's field in a generation keeps readers from storing, if the writer never confirms.
+PENDING_MS = 30_000
+#: A commit that took longer than this after its announce confirms waiting for ferricd: a reader whose clock
+#: runs up to PENDING_MS - SLOW_COMMIT_MS ahead of the writer's may have seen its field run out.
+SLOW_COMMIT_MS = 10_000
 RETRY_INTERVAL_S = 1.0
 _TOKEN_BYTES = 8
-_KEYS_PER_MSET = 2_000  # bumps per request, so that a huge invalidation is several bounded frames
+_KEYS_PER_REQUEST = 1_000  # generations per transaction, so that a huge invalidation is several bounded frames
+_CONFIRMS_IN_FLIGHT = 64  # unread confirm replies kept before the oldest is waited for
 _POLL_FIRST_S, _POLL_MAX_S = 0.001, 0.02
+_TOKEN = "t"
+_PLAIN_BYTES = len(msgpack.packb({_TOKEN: bytes(_TOKEN_BYTES)}))  # a generation no writer is changing
 
 
 def new_token() -> bytes:
     return os.urandom(_TOKEN_BYTES)
+
+
+def new_generation() -> bytes:
+    """A generation value with a fresh token and no writer."""
+    return msgpack.packb({_TOKEN: new_token()})
+
+
+def _fresh_token() -> dict[str, bytes]:
+    return {_TOKEN: new_token()}
+
+
+def being_written(values, now_ms: int | None = None) -> bool:
+    """True if a generation among ``values`` (None: missing) holds a writer's field that has not run out."""
+    for value in values:
+        if value is not None and len(value) > _PLAIN_BYTES and _live_writers(value, now_ms):
+            return True
+    return False
+
+
+def _live_writers(value: bytes, now_ms: int | None) -> bool:
+    try:
+        fields = msgpack.unpackb(value)
+    except Exception:  # not ours: treated as being written, so nothing is stored under it
+        return True
+    if not isinstance(fields, dict):
+        return True
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return any(field != _TOKEN and (type(until) is not int or until > now_ms) for field, until in fields.items())
+
+
+class Announcement:
+    """A commit's invalidation while its database commit runs: what step 1 sent, and when."""
+
+    __slots__ = ("invalidation", "keys", "field", "sent", "sent_ns")
+
+    def __init__(self, invalidation: Invalidation, keys: dict[bytes, list[bytes]], field: str):
+        self.invalidation = invalidation
+        self.keys = keys  # hash tag -> generation keys
+        self.field = field
+        self.sent: list = []  # Submitted transactions of step 1; empty if it could not be sent
+        self.sent_ns = time.monotonic_ns()
 
 
 class CacheStore:
@@ -51,6 +122,7 @@ class CacheStore:
         self._outage = False  # ferricd failed since it last answered
         self._unpublished = Invalidation()
         self._epoch = None
+        self._confirms: list = []  # Submitted step 2 transactions whose replies were not read yet
 
     @property
     def client(self) -> Client:
@@ -126,6 +198,15 @@ class CacheStore:
         """Current values of ``keys`` (None where missing), read locally."""
         return self.client.mget(keys)
 
+    def generations(self, keys: list[bytes], tags: list[bytes]) -> list:
+        """The values of generation ``keys``, creating missing ones; if one is being written and this process
+        has confirms on their way, they are waited for first (a process reads its own commits as done)."""
+        values = self.create_missing(keys, self.read(keys), tags)
+        if self._confirms and being_written(values):
+            self._read_confirms(block=True)
+            values = self.create_missing(keys, self.read(keys), tags)
+        return values
+
     def create_missing(self, keys: list[bytes], values: list, tags: list[bytes]) -> list:
         """Give each missing generation a fresh token (unless another process did first); return all values."""
         missing: dict[bytes, list[bytes]] = {}
@@ -137,12 +218,13 @@ class CacheStore:
         for tag, tag_keys in missing.items():
             with self.client.transaction(tag) as transaction:
                 for key in tag_keys:
-                    transaction.set(key, new_token(), ttl_ms=GENERATION_TTL_MS, nx=True)
+                    transaction.set(key, new_generation(), ttl_ms=GENERATION_TTL_MS, nx=True)
                 transaction.execute()
         return self.client.mget(keys)
 
-    def publish(self, invalidation: Invalidation) -> None:
-        """Replace the generations a committed transaction changed; keep them for later if ferricd is away."""
+    def publish(self, invalidation: Invalidation, field: str | None = None) -> None:
+        """Replace the generations a committed transaction changed, waiting for ferricd (and drop ``field``, a
+        writer's, from them); keep them for later if ferricd is away."""
         if not invalidation:
             return
         if not self.available():
@@ -150,41 +232,128 @@ class CacheStore:
                 self._unpublished.merge(invalidation)
             return
         try:
-            self._bump(invalidation)
+            self._bump(invalidation, field)
         except FerricError as exc:
             with self._lock:
                 self._unpublished.merge(invalidation)
             self.failed(exc)
 
-    def _bump(self, invalidation: Invalidation) -> None:
-        """Give every generation the invalidation names a fresh token: one ``mset`` per shard they live on.
+    def announce(self, invalidation: Invalidation) -> Announcement:
+        """Step 1 of a commit's publication, sent as the database is about to commit; ``confirm`` ends it."""
+        keys = self._generation_keys(invalidation)
+        announcement = Announcement(invalidation, keys, "w" + os.urandom(8).hex())
+        if not keys or not self.available():
+            return announcement  # confirm publishes (or keeps) it the usual way
+        change = {_TOKEN: b"", announcement.field: time.time_ns() // 1_000_000 + PENDING_MS}
+        try:
+            for tag, tag_keys in keys.items():
+                for start in range(0, len(tag_keys), _KEYS_PER_REQUEST):
+                    with self.client.transaction(tag) as transaction:
+                        for key in tag_keys[start:start + _KEYS_PER_REQUEST]:
+                            change[_TOKEN] = new_token()
+                            transaction.patch(key, set=change, ttl_ms=GENERATION_TTL_MS, create=True)
+                        announcement.sent.append(transaction.submit())
+        except FerricError:
+            pass  # confirm sees the missing reply and publishes waiting
+        return announcement
+
+    def confirm(self, announcement: Announcement) -> None:
+        """Step 2, once the database committed (or rolled back): the writer's field goes, the tokens change."""
+        self._read_confirms(block=False)
+        invalidation, field = announcement.invalidation, announcement.field
+        if not announcement.keys:
+            self.publish(invalidation)  # "everything": region generations, which no announcement holds
+            return
+        try:
+            if not announcement.sent or len(announcement.sent) != _requests_for(announcement.keys):
+                raise _NotAnnounced
+            for submitted in announcement.sent:
+                submitted.result()
+        except (FerricError, _NotAnnounced):
+            self.publish(invalidation, field)  # step 1 may not have happened: replace them now, waiting
+            return
+        slow = time.monotonic_ns() - announcement.sent_ns > SLOW_COMMIT_MS * 1_000_000
+        if slow or invalidation.everything:
+            self.publish(invalidation, field)
+            return
+        try:
+            confirms = self._write_generations(announcement.keys, field, wait=False)
+        except FerricError:
+            self.publish(invalidation, field)
+            return
+        with self._lock:
+            self._confirms.extend(confirms)
+        self.stats.count("invalidations", [table for _, table in invalidation.tables])
+
+    def _read_confirms(self, block: bool) -> None:
+        """Read the replies of earlier confirms that arrived (all of them with ``block``, else only the oldest
+        past _CONFIRMS_IN_FLIGHT): an error is logged, as the fields it left run out by themselves."""
+        with self._lock:
+            confirms = self._confirms
+            keep = 0 if block else _CONFIRMS_IN_FLIGHT
+            ready = [c for c in confirms if c.done()] + confirms[:max(0, len(confirms) - keep)]
+            if not ready:
+                return
+            self._confirms = [c for c in confirms if c not in ready]
+        for confirm in ready:
+            try:
+                confirm.result()
+            except FerricError as exc:
+                self.warn("confirm-failed", f"a commit's invalidation was published, but clearing its mark failed "
+                                            f"({type(exc).__name__}: {exc}); its tables are not cached for up to "
+                                            f"{PENDING_MS // 1000} s")
+
+    def _bump(self, invalidation: Invalidation, field: str | None = None) -> None:
+        """Give every generation the invalidation names a fresh token, waiting: one transaction per shard.
 
         Generations of one tenant share a hash tag, so a commit writing to one database is one request to
         one shard whatever the number of tables and rows. Nothing needs the bumps to be atomic: a reader
         that sees some of them and not others stores its result under a mix no later reader sees.
         """
-        layout = self.layout
-        keys: list[bytes] = []
-        counted: list[str] = []
-        for (tenant, table), pks in invalidation.rows.items():
-            keys.extend(layout.row_generation(tenant, table, pk) for pk in pks)
-        for tenant, table in invalidation.tables:
-            keys.append(layout.table_generation(tenant, table))
-            counted.append(table)
-        for tenant, table in invalidation.bulk:
-            keys.append(layout.bulk_generation(tenant, table))
+        keys = self._generation_keys(invalidation)
         if invalidation.everything:
-            keys.extend(layout.region_generation(region) for region in self.regions())
-        self._replace(keys)
-        self.stats.count("invalidations", counted)
+            for region in self.regions():
+                key = self.layout.region_generation(region)
+                keys[_tag_of(key)].append(key)
+        for submitted in self._write_generations(keys, field, wait=True):
+            submitted.result()
+        self.stats.count("invalidations", [table for _, table in invalidation.tables])
 
-    def _replace(self, keys: list[bytes]) -> None:
-        for start in range(0, len(keys), _KEYS_PER_MSET):
-            self.client.mset({key: new_token() for key in keys[start:start + _KEYS_PER_MSET]},
-                             ttl_ms=GENERATION_TTL_MS)
+    def _generation_keys(self, invalidation: Invalidation) -> dict[bytes, list[bytes]]:
+        """The generation keys an invalidation changes (region generations aside), by hash tag."""
+        layout = self.layout
+        keys: dict[bytes, list[bytes]] = defaultdict(list)
+        for (tenant, table), pks in invalidation.rows.items():
+            keys[layout.tenant_tag(tenant)].extend(layout.row_generation(tenant, table, pk) for pk in pks)
+        for tenant, table in invalidation.tables:
+            keys[layout.tenant_tag(tenant)].append(layout.table_generation(tenant, table))
+        for tenant, table in invalidation.bulk:
+            keys[layout.tenant_tag(tenant)].append(layout.bulk_generation(tenant, table))
+        return keys
+
+    def _write_generations(self, keys: dict[bytes, list[bytes]], field: str | None, wait: bool) -> list:
+        """A fresh token for each of ``keys`` (and ``field`` dropped): Submitted transactions, read here with
+        ``wait``. A missing generation stays missing unless ``wait`` (then it is created)."""
+        submitted = []
+        drop = [field] if field is not None else []
+        for tag, tag_keys in keys.items():
+            for start in range(0, len(tag_keys), _KEYS_PER_REQUEST):
+                with self.client.transaction(tag) as transaction:
+                    for key in tag_keys[start:start + _KEYS_PER_REQUEST]:
+                        transaction.patch(key, set=_fresh_token(), delete=drop, ttl_ms=GENERATION_TTL_MS,
+                                          create=wait)
+                    submitted.append(transaction.submit())
+        if wait:
+            for one in submitted:
+                one.result()
+        return submitted
 
     def bump_regions(self, regions) -> None:
-        self._replace([self.layout.region_generation(region) for region in regions])
+        keys: dict[bytes, list[bytes]] = defaultdict(list)
+        for region in regions:
+            key = self.layout.region_generation(region)
+            keys[_tag_of(key)].append(key)
+        self._write_generations(keys, None, wait=True)
 
     # -- entries and leases -------------------------------------------------------------------
 
@@ -235,3 +404,17 @@ class CacheStore:
                 self.release(lease_key, token)
             return False
         return True
+
+
+class _NotAnnounced(Exception):
+    """Step 1 was not sent whole."""
+
+
+def _requests_for(keys: dict[bytes, list[bytes]]) -> int:
+    return sum(-(-len(tag_keys) // _KEYS_PER_REQUEST) for tag_keys in keys.values())
+
+
+def _tag_of(key: bytes) -> bytes:
+    """The hash tag of one of our keys (the text between the first braces)."""
+    start = key.index(b"{") + 1
+    return key[start:key.index(b"}", start)]

@@ -9,12 +9,14 @@ tuple element):
     ("e", tenant, table, "get",   shape, pk, epoch)         an entry: a get by primary key
     ("e", tenant, table, "query", shape, params, epoch)     an entry: any other select
     ("l", ...same parts as the entry...)                    the lease on computing that entry
-    ("g", tenant, "table" | "bulk", table)                   generations of a table
-    ("g", tenant, "row", table, pk)                          generation of one row
-    ("r", region)                                            generation of a region
+    ("gen", tenant, "table" | "bulk", table)                 generations of a table
+    ("gen", tenant, "row", table, pk)                        generation of one row
+    ("region", region)                                       generation of a region
 
-Generation keys share one tag per tenant ("g", tenant), so a commit's bumps for
-one database are one write to one shard. An entry's key does not hold the
+Generation keys share one tag per tenant ("gen", tenant), so a commit's bumps
+for one database are one write to one shard. (Before generations were msgpack
+maps they were bare tokens under "g" and "r": new names, so that an old value
+is never patched.) An entry's key does not hold the
 generations it was computed under: its value does (``entries.header``), so one
 local multi-get reads the generations and the entry together. Its tag is a
 hash of all its parts, spreading entries over the shards; its lease uses the
@@ -71,16 +73,16 @@ class KeyLayout:
         """The hash tag every generation key of ``tenant`` carries (they live on one shard)."""
         tag = self._tenant_tags.get(tenant)
         if tag is None:
-            tag = self._tenant_tags[tenant] = tag_of(("g", tenant))
+            tag = self._tenant_tags[tenant] = tag_of(("gen", tenant))
         return tag
 
     def table_generation(self, tenant: bytes, table: str) -> bytes:
         """Changes on every committed write to ``table``; every query entry reading it depends on it."""
-        return self._key(self.tenant_tag(tenant), ("g", tenant, "table", table))
+        return self._key(self.tenant_tag(tenant), ("gen", tenant, "table", table))
 
     def bulk_generation(self, tenant: bytes, table: str) -> bytes:
         """Changes when rows of ``table`` changed that nobody named (bulk and Core DML); gets depend on it."""
-        return self._key(self.tenant_tag(tenant), ("g", tenant, "bulk", table))
+        return self._key(self.tenant_tag(tenant), ("gen", tenant, "bulk", table))
 
     def row_generation(self, tenant: bytes, table: str, pk: tuple) -> bytes:
         """Changes when the row ``pk`` of ``table`` was written; that row's get depends on it."""
@@ -88,11 +90,11 @@ class KeyLayout:
 
     def row_generation_head(self, tenant: bytes, table: str) -> bytes:
         """A row generation key of ``table`` without its primary key part (readers append it per row)."""
-        return self._key(self.tenant_tag(tenant), ("g", tenant, "row", table))
+        return self._key(self.tenant_tag(tenant), ("gen", tenant, "row", table))
 
     def region_generation(self, region: str) -> bytes:
         """Changes on ``invalidate_region``; every entry of a class in ``region`` depends on it."""
-        parts = ("r", region)
+        parts = ("region", region)
         return self._key(tag_of(parts), parts)
 
     # -- entries and their leases ----------------------------------------------------------

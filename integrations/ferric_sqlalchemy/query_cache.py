@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapper, Session, scoped_session, sessionmaker
 from ferric_ipc import FerricError
 
 from ferric_sqlalchemy import entries, orm_internals
-from ferric_sqlalchemy.cache_store import CacheStore
+from ferric_sqlalchemy.cache_store import CacheStore, being_written
 from ferric_sqlalchemy.cacheable import DEFAULT_REGION, STRATEGIES, STRICTNESS
 from ferric_sqlalchemy.catalog import Catalog, canonical_pk
 from ferric_sqlalchemy.codec import ValueCodec
@@ -80,7 +80,7 @@ class QueryCache:
         self._warn = RateLimitedWarnings()
         self.store = CacheStore(client, self.layout, self._stats, self._warn, self._regions)
         self.recorder = Recorder(self.shapes)
-        self.tracker = WriteTracker(self.catalog, self.tenants, self.store.publish, self._warn,
+        self.tracker = WriteTracker(self.catalog, self.tenants, self.store, self._warn,
                                     ("ferric_sqlalchemy", id(self), object()))
         self.tracker.recorder = self.recorder
         self._targets: list = []
@@ -241,9 +241,9 @@ class QueryCache:
             return self._compute(state, plan, None)  # nonstrict: generations read after the query
         try:
             # Read again, with the stamps a cached "no such row" will carry: all of them before the query.
-            values = self.store.create_missing(plan.keys, self.store.read(plan.keys), plan.tags)
-            if None in values[:len(plan.dependencies)]:
-                return self._compute(state, plan, None, store=False)
+            values = self.store.generations(plan.keys, plan.tags)
+            if None in values[:len(plan.dependencies)] or being_written(values):
+                return self._compute(state, plan, None, store=False)  # a commit is under way: do not store
             entry = plan.entry
             if not lease:
                 return self._compute(state, plan, values)
@@ -291,8 +291,8 @@ class QueryCache:
         if reason is None:
             try:
                 if values is None:  # nonstrict_read_write: the generations as they are now, after the query
-                    values = self.store.create_missing(plan.keys, self.store.read(plan.keys), plan.tags)
-                    if None in values[:len(plan.dependencies)]:
+                    values = self.store.generations(plan.keys, plan.tags)
+                    if None in values[:len(plan.dependencies)] or being_written(values):
                         return False
                 stamp = _stamp(values[len(plan.dependencies):]) if plan.kind == "get" and not rows else None
                 if plan.kind == "get" and rows:

@@ -1,21 +1,21 @@
-"""Which tables and rows a transaction wrote, published as an Invalidation only once it has committed.
+"""Which tables and rows a transaction wrote, announced as its database commits and confirmed once it has.
 
 Writes are collected per database connection, because every write path ends
 there: ORM flushes, bulk ORM ``update()``/``delete()``, Core DML through a
 Session or straight on a Connection, ``executemany`` inserts, and text SQL.
 Each open transaction level (the transaction, then one per savepoint) has its
 own Invalidation: a savepoint rolled back drops its own, one released merges
-it into its parent, a rollback drops them all, and a commit moves them to
-``committed``, published:
+it into its parent, a rollback drops them all, and a commit announces them
+(``CacheStore.announce``: from then on no reader stores what it reads of them)
+just before the database commits, and confirms them once it has:
 
-- for a Session's connection, in ``after_commit``, after the database
-  committed and before ``Session.commit()`` returns;
-- for a Connection used without a Session, at its ``commit`` (the database has
-  not committed yet, so a reader may still cache the old rows under the new
-  generations) and again when it next begins or goes back to the pool, which
-  for ``with engine.begin():`` is before the block exits. SQLAlchemy has no
-  event after a Connection's commit; docs/sqlalchemy.md states the window;
-- for a driver in autocommit mode, right after each statement.
+- for a Session's connection, in ``after_commit``, before ``Session.commit()``
+  returns;
+- for a Connection used without a Session (SQLAlchemy has no event after a
+  Connection's commit), when it next begins or goes back to the pool, which for
+  ``with engine.begin():`` is before the block exits;
+- for a driver in autocommit mode, right after each statement (published
+  waiting, as there is no commit to overlap).
 
 The ORM flush names rows: its own statements on a table are recorded as the
 rows the flush wrote (from the unit of work's states) instead of the whole
@@ -47,12 +47,12 @@ _WRITING_WORD = re.compile(r"\b(insert|update|delete|merge)\b", re.IGNORECASE)
 class ConnectionWrites:
     """Writes of one pooled connection's open transaction, by level, and those committed but not yet published."""
 
-    __slots__ = ("frames", "savepoints", "committed", "autocommitted", "owner", "statements")
+    __slots__ = ("frames", "savepoints", "announced", "autocommitted", "owner", "statements")
 
     def __init__(self):
         self.frames: list[Invalidation] = []  # the transaction, then one per open savepoint
         self.savepoints: list[str] = []
-        self.committed = Invalidation()
+        self.announced: list = []  # Announcements of commits not confirmed yet
         self.autocommitted = Invalidation()  # written by a driver in autocommit mode: published after the statement
         self.owner: SessionWrites | None = None
         self.statements = 0  # statements run since the transaction began
@@ -66,7 +66,7 @@ class ConnectionWrites:
 class SessionWrites:
     """A Session's side of the tracking: its connections, and what its open transaction wrote."""
 
-    __slots__ = ("connections", "only", "flushing", "flushed_tables", "committing", "written")
+    __slots__ = ("connections", "only", "flushing", "flushed_tables", "written")
 
     def __init__(self):
         self.connections: list[ConnectionWrites] = []
@@ -74,17 +74,16 @@ class SessionWrites:
         self.only: tuple[ConnectionWrites, bytes] | None = None
         self.flushing = False
         self.flushed_tables: list[tuple[ConnectionWrites, bytes, str]] = []  # the flush's own statements
-        self.committing = False
         self.written: set[tuple[bytes, str]] = set()  # (tenant, table) written in the open transaction
 
 
 class WriteTracker:
-    """Listens to Engine, Pool and Session events and calls ``publish(invalidation)`` after each commit."""
+    """Listens to Engine, Pool and Session events and tells ``store`` (a CacheStore) what each commit wrote."""
 
-    def __init__(self, catalog, tenants, publish, warn, info_key):
+    def __init__(self, catalog, tenants, store, warn, info_key):
         self.catalog = catalog
         self.tenants = tenants
-        self.publish = publish
+        self.store = store
         self.warn = warn
         self.info_key = info_key
         self.recorder = None  # set by the QueryCache: records statements run while a result is computed
@@ -105,7 +104,6 @@ class WriteTracker:
             ("after_begin", self._after_begin),
             ("before_flush", self._before_flush),
             ("after_flush", self._after_flush),
-            ("before_commit", self._before_commit),
             ("after_commit", self._after_commit),
             ("after_rollback", self._after_rollback),
             ("after_soft_rollback", self._after_soft_rollback),
@@ -153,9 +151,11 @@ class WriteTracker:
         return writes.written if writes is not None else set()
 
     def _flush_out(self, writes: ConnectionWrites) -> None:
-        if writes.committed:
-            committed, writes.committed = writes.committed, Invalidation()
-            self.publish(committed)
+        """Confirm what the connection's last commit announced: the database has committed (or failed to)."""
+        if writes.announced:
+            announced, writes.announced = writes.announced, []
+            for announcement in announced:
+                self.store.confirm(announcement)
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -170,13 +170,14 @@ class WriteTracker:
         writes = connection.info.get(self.info_key)
         if writes is None or not writes.frames:
             return
+        committed = Invalidation()
         for frame in writes.frames:
-            writes.committed.merge(frame)
+            committed.merge(frame)
         writes.frames, writes.savepoints = [], []
-        if writes.committed and not (writes.owner is not None and writes.owner.committing):
-            # No Session will publish after this commit: publish now, and again when the connection
-            # is next used or returned (``_begin``, ``_checkin``), which comes after the database commit.
-            self.publish(writes.committed)
+        if committed:
+            # Sent without waiting: the database commits meanwhile. Confirmed by the Session's after_commit,
+            # or when the connection is next used or returned (``_begin``, ``_checkin``).
+            writes.announced.append(self.store.announce(committed))
 
     def _rollback(self, connection):
         writes = connection.info.get(self.info_key)
@@ -227,7 +228,7 @@ class WriteTracker:
         writes = connection.info.get(self.info_key)
         if writes is not None and writes.autocommitted:
             done, writes.autocommitted = writes.autocommitted, Invalidation()
-            self.publish(done)
+            self.store.publish(done)
 
     def _before_execute(self, connection, clauseelement, multiparams, params, execution_options):
         if getattr(clauseelement, "is_dml", False):
@@ -371,18 +372,13 @@ class WriteTracker:
                 self._add_bulk(writes.current(), session_writes, tenant, name, "update")
         session_writes.flushed_tables = []
 
-    def _before_commit(self, session):
-        self.session_writes(session).committing = True
-
     def _after_commit(self, session):
         writes = self.session_writes(session)
-        writes.committing = False
         for connection_writes in writes.connections:
             self._flush_out(connection_writes)
 
     def _after_rollback(self, session):
-        writes = self.session_writes(session)
-        writes.flushing = writes.committing = False
+        self.session_writes(session).flushing = False
 
     def _after_soft_rollback(self, session, previous_transaction):
         self._after_rollback(session)
@@ -400,7 +396,7 @@ class WriteTracker:
         writes.connections = []
         writes.only = None
         writes.written = set()
-        writes.flushing = writes.committing = False
+        writes.flushing = False
 
 
 def _savepoint_depth(writes, name):

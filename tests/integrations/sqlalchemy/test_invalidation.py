@@ -396,9 +396,10 @@ class _Requests:
         return call
 
 
-def test_a_commit_writing_several_tables_is_one_request_to_ferricd(db):
-    """Rows of three tables, their table generations and (bulk) the whole of a fourth: one mset, and the
-    generations of one database share a shard, so one round trip."""
+def test_a_commit_writing_several_tables_is_one_request_to_ferricd_on_each_side_of_the_database_commit(db):
+    """Rows of three tables, their table generations and (bulk) the whole of a fourth: one transaction as the
+    database commits and one after (the generations of one database share a shard), neither waited for after
+    the database committed."""
     seed(db)
     requests = _Requests(db.cache.store.client)
     with db.Session() as session:
@@ -408,5 +409,5 @@ def test_a_commit_writing_several_tables_is_one_request_to_ferricd(db):
         session.execute(update(Product).values(name="pencil"))
         requests.calls.clear()  # the reads above may have stored entries
         session.commit()
-    assert requests.calls == ["mset"]
+    assert requests.calls == ["transaction", "transaction"]
     assert db.cache.stats()["tables"]["products"]["invalidations"] >= 1

@@ -59,7 +59,7 @@ def test_internal_keys_never_collide_with_tables_named_like_them():
         LAYOUT.row_generation(TENANT, "users", (42,)), LAYOUT.row_generation(TENANT, "users", ("42",)),
         LAYOUT.row_generation(TENANT, "users:42", ()), LAYOUT.row_generation(TENANT, "users", (4, 2)),
         LAYOUT.row_generation(TENANT, "users", ("a:b",)), LAYOUT.row_generation(TENANT, "users", ("a", "b")),
-        LAYOUT.row_generation(TENANT, "g", (1,)), LAYOUT.region_generation("users"),
+        LAYOUT.row_generation(TENANT, "gen", (1,)), LAYOUT.region_generation("users"),
         LAYOUT.table_generation(b"u" * 16, "users"),
     }
     assert len(keys) == 13
@@ -86,9 +86,9 @@ def test_the_layout_byte_by_byte():
     prefix, rest = key.split(b"{", 1)
     tag, tuple_bytes = rest.split(b"}", 1)
     assert prefix == b"sa:" and len(tag) == 16
-    assert tuple_bytes == (b"\x02g\x00" + b"\x01" + b"\x01" * 16 + b"\x00" + b"\x02row\x00" + b"\x02users\x00"
+    assert tuple_bytes == (b"\x02gen\x00" + b"\x01" + b"\x01" * 16 + b"\x00" + b"\x02row\x00" + b"\x02users\x00"
                            + b"\x05\x15\x2a\x00")
-    assert unpack(tuple_bytes) == ("g", b"\x01" * 16, "row", "users", (42,))
+    assert unpack(tuple_bytes) == ("gen", b"\x01" * 16, "row", "users", (42,))
 
 
 @pytest.mark.parametrize("prefix", ["a{", "}", b""])
