@@ -171,11 +171,13 @@ class ShardConnection(ABC):
             request_id, result = protocol.parse_reply(frame)
         except FerricError as error:
             request_id, result = getattr(error, "request_id", None), error
-        replies = self._waiting.pop(request_id, None) if request_id is not None else None
+        if request_id is None:
+            if isinstance(result, FerricError):
+                self._refusal = result
+            return
+        replies = self._waiting.pop(request_id, None)
         if replies is not None:
             replies.add(request_id, result)
-        elif request_id is None and isinstance(result, FerricError):
-            self._refusal = result
 
     def _forget_waiting(self) -> None:
         """The socket is gone: every request still waiting on it ends with "may or may not have been applied"."""

@@ -32,6 +32,7 @@ from ferric_sqlalchemy.tuple_keys import CodecValue, pack
 
 _TAG_BYTES = 8  # 16 hex digits
 _KEY_PART_TYPES = (int, str, bytes, float, bool, uuid.UUID)
+_REMEMBERED_GENERATIONS = 10_000  # table generation keys kept per layout (tenants x tables x 3 kinds)
 
 
 _ENTRY, _LEASE = pack(("e",)), pack(("l",))
@@ -63,6 +64,7 @@ class KeyLayout:
         self.prefix = prefix
         self._codec = codec
         self._tenant_tags: dict[bytes, bytes] = {}
+        self._generations: dict[tuple[bytes, str, str], bytes] = {}
 
     def _key(self, tag: bytes, parts: tuple) -> bytes:
         return b"".join((self.prefix, b"{", tag, b"}", pack(parts)))
@@ -78,19 +80,29 @@ class KeyLayout:
 
     def table_generation(self, tenant: bytes, table: str) -> bytes:
         """Changes on every committed write to ``table``; every query entry reading it depends on it."""
-        return self._key(self.tenant_tag(tenant), ("gen", tenant, "table", table))
+        return self._generation(tenant, "table", table)
 
     def bulk_generation(self, tenant: bytes, table: str) -> bytes:
         """Changes when rows of ``table`` changed that nobody named (bulk and Core DML); gets depend on it."""
-        return self._key(self.tenant_tag(tenant), ("gen", tenant, "bulk", table))
+        return self._generation(tenant, "bulk", table)
 
     def row_generation(self, tenant: bytes, table: str, pk: tuple) -> bytes:
         """Changes when the row ``pk`` of ``table`` was written; that row's get depends on it."""
-        return self.row_generation_head(tenant, table) + pack((self.pk_part(pk),))
+        return self._generation(tenant, "row", table) + pack((self.pk_part(pk),))
 
     def row_generation_head(self, tenant: bytes, table: str) -> bytes:
         """A row generation key of ``table`` without its primary key part (readers append it per row)."""
-        return self._key(self.tenant_tag(tenant), ("gen", tenant, "row", table))
+        return self._generation(tenant, "row", table)
+
+    def _generation(self, tenant: bytes, kind: str, table: str) -> bytes:
+        # Made once per tenant and table: every commit names them.
+        key = self._generations.get((tenant, kind, table))
+        if key is None:
+            if len(self._generations) >= _REMEMBERED_GENERATIONS:
+                self._generations.clear()
+            key = self._generations[tenant, kind, table] = self._key(self.tenant_tag(tenant), ("gen", tenant, kind,
+                                                                                               table))
+        return key
 
     def region_generation(self, region: str) -> bytes:
         """Changes on ``invalidate_region``; every entry of a class in ``region`` depends on it."""
