@@ -795,6 +795,8 @@ class Transaction(_Commands[_Queue]):
         """
         queued, self._queued = self._queued, []
         client = self._client
+        if not queued:
+            return Submitted(None, [], client.timeout_ms)  # nothing to send, as execute() sends nothing
         request = ("multi", [[[op, args] for op, args in queued]])
         return Submitted(client._connection(self._shard).send([request], client.timeout_ms), [op for op, _ in queued],
                          client.timeout_ms)
@@ -816,23 +818,31 @@ class Transaction(_Commands[_Queue]):
 class Submitted:
     """A transaction sent by ``Transaction.submit()``, whose outcome has not been read yet."""
 
-    def __init__(self, in_flight: InFlight, ops: list[str], timeout_ms: int) -> None:
-        self._in_flight = in_flight
+    def __init__(self, in_flight: InFlight | None, ops: list[str], timeout_ms: int) -> None:
+        self._in_flight = in_flight  # None: an empty transaction, never sent
         self._ops = ops
         self._timeout_ms = timeout_ms
         self._pid = os.getpid()
 
     def done(self) -> bool:
-        """True once the outcome arrived (or the connection was lost): ``result()`` will not wait."""
+        """True once the outcome arrived (or the connection was lost): ``result()`` will not wait.
+
+        Reads what has arrived without waiting (unless another thread is using the connection).
+        """
+        if self._in_flight is None or os.getpid() != self._pid:
+            return True  # result() answers at once
         return self._in_flight.done()
 
     def result(self, timeout_ms: int | None = None) -> list[Any]:
         """The operations' results in order, as ``execute()`` returns them; raises what it would raise.
 
-        Waits at most ``timeout_ms`` (the Client's timeout by default) for the reply.
+        Waits at most ``timeout_ms`` (the Client's timeout by default) for the reply; if none came,
+        raises FerricTimeoutError and the reply may still come: ``result()`` can be called again.
         """
         if os.getpid() != self._pid:
             raise FerricError("this transaction was submitted by the parent process; its reply is the parent's to read")
+        if self._in_flight is None:
+            return []
         (results,) = self._in_flight.result(self._timeout_ms if timeout_ms is None else timeout_ms)
         return [_typed(op, result) for op, result in zip(self._ops, results)]
 

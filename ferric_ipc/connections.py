@@ -104,16 +104,20 @@ class ShardConnection(ABC):
         the channel stays in step; the first error is raised.
         """
         deadline = time.monotonic() + timeout_ms / 1000
-        wait_ms = max(_FIRST_RETRY_MS, timeout_ms // 8) if retry else timeout_ms
         with self.lock:
+            # Sending again means a new socket, which would end the requests still waiting on this one:
+            # with some waiting, an idempotent call waits its whole timeout on this socket instead.
+            wait_ms = max(_FIRST_RETRY_MS, timeout_ms // 8) if retry and not self._waiting else timeout_ms
             while True:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 try:
                     return self._exchange(requests, min(wait_ms, remaining_ms), deadline)
                 except _NoReply as no_reply:
+                    timed_out = self._timed_out(timeout_ms, no_reply.maybe_applied and not retry)
+                    self._forget_waiting(self._timed_out(timeout_ms, True))
                     self._close_socket()
                     if not retry or remaining_ms <= wait_ms:
-                        raise self._timed_out(timeout_ms, no_reply.maybe_applied and not retry) from None
+                        raise timed_out from None
                     wait_ms *= 2
                 except _Lost:
                     self._close_socket()
@@ -144,20 +148,42 @@ class ShardConnection(ABC):
             return InFlight(self, replies)
 
     def collect(self, replies: "_Replies", timeout_ms: int) -> list[Any]:
-        """Wait (at most ``timeout_ms``) for the replies an InFlight stands for; their results."""
+        """Wait (at most ``timeout_ms``) for the replies an InFlight stands for; their results.
+
+        A wait that runs out leaves them waiting (they may still arrive: ask again) and the socket open.
+        """
         with self.lock:
             if replies.pending:
                 try:
                     self._await(replies, time.monotonic() + timeout_ms / 1000)
                 except _NoReply:
-                    self._close_socket()
-                    raise self._timed_out(timeout_ms, True) from None
+                    raise FerricTimeoutError(
+                        f"shard {self.shard_id} ({self.endpoint}) has not answered within {timeout_ms} ms; the "
+                        "reply may still come (call result() again), unless the shard restarted meanwhile: then the "
+                        "request may or may not have been applied (check that ferricd is running: systemctl status "
+                        "ferricd)"
+                    ) from None
                 except (_Lost, _Unread):
                     self._close_socket()  # which ends ``replies`` with "may or may not have been applied"
                 except BaseException:
                     self._close_socket()  # interrupted mid-reply: the stream cannot be used again
                     raise
         return replies.value()
+
+    def arrived(self, replies: "_Replies") -> bool:
+        """Read, without waiting, the replies that arrived; True if ``replies`` has all of its own."""
+        if replies.pending and self.lock.acquire(blocking=False):
+            try:
+                if replies.pending:
+                    self._drain()
+            except (_Lost, _Unread):
+                self._close_socket()
+            except BaseException:
+                self._close_socket()
+                raise
+            finally:
+                self.lock.release()
+        return not replies.pending
 
     def _expect(self, replies: "_Replies") -> None:
         for request_id in replies.pending:
@@ -179,11 +205,12 @@ class ShardConnection(ABC):
         if replies is not None:
             replies.add(request_id, result)
 
-    def _forget_waiting(self) -> None:
-        """The socket is gone: every request still waiting on it ends with "may or may not have been applied"."""
+    def _forget_waiting(self, error: FerricError | None = None) -> None:
+        """The socket goes: every request still waiting on it ends with ``error`` (by default, the connection
+        was lost), which says it may or may not have been applied."""
         waiting, self._waiting = self._waiting, {}
         self._refusal = None
-        error = self._lost()
+        error = error or self._lost()
         for replies in set(waiting.values()):
             replies.fail(error)
 
@@ -205,6 +232,10 @@ class ShardConnection(ABC):
     @abstractmethod
     def _await(self, replies: "_Replies", wait_until: float) -> None:
         """Read replies until ``replies`` has all of its own; _NoReply, _Lost or _Unread when that fails."""
+
+    @abstractmethod
+    def _drain(self) -> None:
+        """Read every reply already arrived, without waiting; _Lost or _Unread if the connection broke."""
 
     @abstractmethod
     def _close_socket(self) -> None:
@@ -273,8 +304,11 @@ class InFlight:
         self._replies = replies
 
     def done(self) -> bool:
-        """True once every reply arrived (or the connection was lost): ``result()`` will not wait."""
-        return not self._replies.pending
+        """True once every reply arrived (or the connection was lost): ``result()`` will not wait.
+
+        Reads what has arrived, unless another thread is using the connection.
+        """
+        return self._connection.arrived(self._replies)
 
     def result(self, timeout_ms: int) -> list[Any]:
         """The replies' results, in request order; the first error reply raises."""
@@ -393,6 +427,23 @@ class StreamShardConnection(ShardConnection):
             answering = True
             reader.feed(chunk)
 
+    def _drain(self) -> None:
+        sock, reader = self._sock, self._reader
+        if sock is None or reader is None:
+            return
+        while True:
+            try:
+                chunk = sock.recv(_READ_CHUNK_BYTES)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                raise (self._refusal or _Lost) from None
+            except OSError:
+                raise _Lost from None
+            if not chunk:
+                raise self._refusal or _Lost()
+            reader.feed(chunk)
+
     def _wait(self, events: int, wait_until: float) -> None:
         """Until the socket is ready for ``events`` (or hung up); _NoReply once ``wait_until`` passed.
 
@@ -501,6 +552,16 @@ class ZmqShardConnection(ShardConnection):
                     self._check_daemon(sent=True)
                     continue
                 raise _NoReply from None
+            self._dispatch(frame)
+
+    def _drain(self) -> None:
+        if self._socket is None:
+            return
+        while True:
+            try:
+                frame = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             self._dispatch(frame)
 
     def _check_daemon(self, sent: bool) -> None:

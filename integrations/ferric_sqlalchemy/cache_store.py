@@ -123,6 +123,7 @@ class CacheStore:
         self._unpublished = Invalidation()
         self._epoch = None
         self._confirms: list = []  # Submitted step 2 transactions whose replies were not read yet
+        self._pid = os.getpid()
 
     @property
     def client(self) -> Client:
@@ -253,9 +254,25 @@ class CacheStore:
                             change[_TOKEN] = new_token()
                             transaction.patch(key, set=change, ttl_ms=GENERATION_TTL_MS, create=True)
                         announcement.sent.append(transaction.submit())
-        except FerricError:
-            pass  # confirm sees the missing reply and publishes waiting
+        except FerricError as exc:
+            self.failed(exc)  # the next commits publish (or keep) without trying ferricd twice each
+            announcement.sent = []  # confirm publishes waiting
         return announcement
+
+    def settle(self, announcement: Announcement) -> None:
+        """Wait until the announce was applied, for a bare Connection whose database commit no event follows:
+        if it failed (or the commit also replaces region generations), publish waiting now, before the
+        database commits (then a reader may still store the old rows until the confirm, as nothing marks them
+        being written)."""
+        try:
+            for submitted in announcement.sent:
+                submitted.result()
+            done = bool(announcement.sent) or not announcement.keys
+        except FerricError:
+            done = False
+        if not done or announcement.invalidation.everything:
+            announcement.sent = []
+            self.publish(announcement.invalidation)
 
     def confirm(self, announcement: Announcement) -> None:
         """Step 2, once the database committed (or rolled back): the writer's field goes, the tokens change."""
@@ -273,7 +290,7 @@ class CacheStore:
             self.publish(invalidation, field)  # step 1 may not have happened: replace them now, waiting
             return
         slow = time.monotonic_ns() - announcement.sent_ns > SLOW_COMMIT_MS * 1_000_000
-        if slow or invalidation.everything:
+        if slow or invalidation.everything or not self._still_marked(announcement):
             self.publish(invalidation, field)
             return
         try:
@@ -285,10 +302,30 @@ class CacheStore:
             self._confirms.extend(confirms)
         self.stats.count("invalidations", [table for _, table in invalidation.tables])
 
+    def _still_marked(self, announcement: Announcement) -> bool:
+        """True if every generation announced still holds the writer's field, live by this process's clock.
+
+        If one does not (evicted and created again, or a wall-clock step made the field run out), a reader
+        may have stored what it read before the database commit under it: the confirm must then be applied
+        before the commit returns. Read locally, after the database commit, so nothing later can be missed.
+        """
+        now_ms = time.time_ns() // 1_000_000
+        keys = [key for tag_keys in announcement.keys.values() for key in tag_keys]
+        for value in self.read(keys):
+            try:
+                until = msgpack.unpackb(value).get(announcement.field) if value is not None else None
+            except Exception:
+                return False
+            if type(until) is not int or until <= now_ms:
+                return False
+        return True
+
     def _read_confirms(self, block: bool) -> None:
         """Read the replies of earlier confirms that arrived (all of them with ``block``, else only the oldest
         past _CONFIRMS_IN_FLIGHT): an error is logged, as the fields it left run out by themselves."""
         with self._lock:
+            if self._pid != os.getpid():  # a forked child: the replies are its parent's to read
+                self._confirms, self._pid = [], os.getpid()
             confirms = self._confirms
             keep = 0 if block else _CONFIRMS_IN_FLIGHT
             ready = [c for c in confirms if c.done()] + confirms[:max(0, len(confirms) - keep)]

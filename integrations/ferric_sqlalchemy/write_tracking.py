@@ -161,8 +161,11 @@ class WriteTracker:
 
     def _begin(self, connection):
         writes = self.connection_writes(connection)
-        self._flush_out(writes)  # a bare connection's last commit, published before anything new starts
-        writes.frames = [Invalidation()]
+        self._flush_out(writes)  # a bare connection's last commit, confirmed before anything new starts
+        if not writes.frames:
+            # Frames left since the last commit or rollback hold the statement whose execution autobegins
+            # this transaction (before_execute fires before the begin): they are this transaction's.
+            writes.frames = [Invalidation()]
         writes.savepoints = []
         writes.statements = 0
 
@@ -177,7 +180,12 @@ class WriteTracker:
         if committed:
             # Sent without waiting: the database commits meanwhile. Confirmed by the Session's after_commit,
             # or when the connection is next used or returned (``_begin``, ``_checkin``).
-            writes.announced.append(self.store.announce(committed))
+            announcement = self.store.announce(committed)
+            writes.announced.append(announcement)
+            if writes.owner is None:
+                # No Session: nothing runs between the database commit and conn.commit() returning, so the
+                # announce must be applied before the database commits.
+                self.store.settle(announcement)
 
     def _rollback(self, connection):
         writes = connection.info.get(self.info_key)

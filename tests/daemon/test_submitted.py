@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -104,3 +105,46 @@ def test_a_shard_killed_before_answering_makes_result_say_it_may_have_been_appli
                 raise
             time.sleep(0.05)
     assert client.get(key) == b"2"
+
+
+def test_a_retried_read_while_a_transaction_is_on_its_way_does_not_lose_it(make_daemon):
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=3000)
+    pid = client.hello(shard=0)["pid"]
+    with client.transaction("t") as transaction:
+        transaction.set(b"{t}k", b"1")
+        os.kill(pid, signal.SIGSTOP)  # longer than a read's first wait (timeout/8) before it is sent again
+        submitted = transaction.submit()
+    try:
+        threading.Timer(0.8, os.kill, (pid, signal.SIGCONT)).start()
+        assert client.ping() is True  # waits on the same socket instead of replacing it
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert submitted.result() == [True]
+
+
+def test_a_result_that_runs_out_can_be_asked_again_and_done_reads_what_arrived(make_daemon):
+    daemon = make_daemon(shards=1)
+    client = daemon.client(timeout_ms=3000)
+    pid = client.hello(shard=0)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with client.transaction("t") as transaction:
+            transaction.set(b"{t}k", b"1")
+            submitted = transaction.submit()
+        with pytest.raises(FerricTimeoutError, match="call result"):
+            submitted.result(timeout_ms=50)
+        assert not submitted.done()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while not submitted.done():  # nothing else reads the socket: done() does
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert submitted.result(timeout_ms=0) == [True]
+
+
+def test_an_empty_transaction_is_not_sent(client):
+    with client.transaction("t") as transaction:
+        submitted = transaction.submit()
+    assert submitted.done() and submitted.result() == []

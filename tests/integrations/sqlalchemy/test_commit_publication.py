@@ -1,10 +1,14 @@
 """A commit's invalidation in two steps: announced as the database commits, confirmed once it has."""
 
+import os
+import signal
+import threading
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
+from ferric_ipc import FerricTimeoutError, Transaction
 from ferric_sqlalchemy import cache_store
 from ferric_sqlalchemy.cache_store import being_written
 from ferric_sqlalchemy.invalidation import Invalidation
@@ -106,3 +110,88 @@ def test_overlapping_commits_hold_back_stores_until_both_confirmed(db, order):
     stores = _stores(db)
     _read_name(db, 5)
     assert _stores(db) == stores + 1
+
+
+def _generation_shard_pid(db, pk):
+    store = db.cache.store
+    key = store.layout.row_generation(db.cache.tenants.of(db.engine, None), User.__table__.fullname, (pk,))
+    return key, store.client.hello(shard=store.client._shard_of(key))["pid"]
+
+
+@pytest.mark.parametrize("begin", ["explicit", "autobegun"])
+def test_a_bare_connection_commit_returns_after_its_announce_was_applied(db, begin):
+    """No event follows a bare Connection's database commit, so the announce is waited for before it."""
+    seed(db)
+    before = _read_name(db, 2)
+    assert _read_name(db, 2) == before
+    _, pid = _generation_shard_pid(db, 2)
+    with db.engine.connect() as connection:
+        if begin == "explicit":
+            connection.begin()
+        # Autobegun: the UPDATE's own execution begins the transaction, after the cache saw the statement.
+        connection.execute(update(User.__table__).where(User.id == 2).values(name="renamed"))
+        os.kill(pid, signal.SIGSTOP)  # a descheduled shard: the announce is not applied yet
+        threading.Timer(0.3, os.kill, (pid, signal.SIGCONT)).start()
+        try:
+            started = time.monotonic()
+            connection.commit()
+            waited_s = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert _read_name(db, 2) == "renamed"
+    assert waited_s >= 0.25
+
+
+def test_a_bare_connection_whose_announce_failed_publishes_before_its_commit_returns(db, monkeypatch):
+    seed(db)
+    before = _read_name(db, 2)
+    assert _read_name(db, 2) == before
+    submit = Transaction.submit
+
+    def failing_submit(self):
+        raise FerricTimeoutError("the send timed out")
+    with db.engine.connect() as connection:
+        connection.begin()
+        connection.execute(update(User.__table__).where(User.id == 2).values(name="renamed"))
+        monkeypatch.setattr(Transaction, "submit", failing_submit)
+        connection.commit()
+        monkeypatch.setattr(Transaction, "submit", submit)
+        db.cache.store._down_until = 0  # the next call probes ferricd at once, as it would a second later
+        assert _read_name(db, 2) == "renamed"
+
+
+def test_a_generation_evicted_while_its_commit_runs_is_replaced_before_the_commit_returns(db, monkeypatch):
+    """Evicted after the announce, created again by a reader that then stores the old row under it: the
+    writer sees its field gone and confirms waiting, so that entry is unreachable once commit() returns."""
+    seed(db)
+    before = _read_name(db, 2)
+    assert _read_name(db, 2) == before
+    key, pid = _generation_shard_pid(db, 2)
+    store = db.cache.store
+    tenant = db.cache.tenants.of(db.engine, None)
+
+    def evicted_meanwhile(connection):  # runs after the cache's own commit listener: the announce is sent
+        deadline = time.monotonic() + 5
+        while not being_written(store.read([key])):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        store.client.delete(key, store.layout.table_generation(tenant, User.__table__.fullname))
+        assert _read_name(db, 2) == before  # another connection: the old row, stored under a new generation
+
+    write_generations = store._write_generations
+
+    def confirm_held_back(keys, field, wait):
+        if not wait:
+            os.kill(pid, signal.SIGSTOP)  # a confirm sent without waiting is not applied before commit() returns
+        return write_generations(keys, field, wait)
+    event.listen(db.engine, "commit", evicted_meanwhile)
+    monkeypatch.setattr(store, "_write_generations", confirm_held_back)
+    try:
+        with db.Session() as session:
+            session.get(User, 2, execution_options={"ferric_cache": False}).name = "renamed"
+            session.commit()
+        event.remove(db.engine, "commit", evicted_meanwhile)
+        seen = _read_name(db, 2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert seen == "renamed"
