@@ -488,6 +488,32 @@ class Client(_Commands[_RunNow]):
 
     # -- local reads -------------------------------------------------------------
 
+    def _read_many_locally(self, keys: list[bytes]) -> list[Found]:
+        """``_read_locally`` of each key, with what every read shares (the clock, the shard count) done once."""
+        if not self.local_reads or len(keys) == 1:
+            return [self._read_locally(key) for key in keys]
+        shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
+        readers = self._readers
+        now_ms = time.time_ns() // 1_000_000
+        found_all: list[Found] = []
+        fallbacks = local = 0
+        for key in keys:
+            key_hash = key_hash64(key)
+            reader = readers.get(shard_for_hashed(key, key_hash, shards))
+            if reader is None:
+                found_all.append(self._read_locally(key))  # opens the shard's reader (and counts the read)
+                continue
+            found = reader.lookup(key, key_hash, now_ms)
+            if found is FALLBACK:
+                fallbacks += 1
+            else:
+                local += 1
+            found_all.append(found)
+        counts = self.read_counts
+        counts["fallback"] += fallbacks
+        counts["local"] += local
+        return found_all
+
     def _read_locally(self, key: bytes) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
         if not self.local_reads:
@@ -548,8 +574,7 @@ class Client(_Commands[_RunNow]):
         encoded = [as_key(key) for key in keys]
         values: list[bytes | None] = [None] * len(encoded)
         remote = []
-        for position, key in enumerate(encoded):
-            found = self._read_locally(key)
+        for position, found in enumerate(self._read_many_locally(encoded)):
             if found is FALLBACK:
                 remote.append(position)
             elif found is not MISSING:
