@@ -13,7 +13,9 @@ just before the database commits, and confirms them once it has:
   returns;
 - for a Connection used without a Session (SQLAlchemy has no event after a
   Connection's commit), when it next begins or goes back to the pool, which for
-  ``with engine.begin():`` is before the block exits;
+  ``with engine.begin():`` is before the block exits; its announce is waited
+  for before the database commits, as nothing runs between that commit and
+  ``conn.commit()`` returning;
 - for a driver in autocommit mode, right after each statement (published
   waiting, as there is no commit to overlap).
 
@@ -45,7 +47,7 @@ _WRITING_WORD = re.compile(r"\b(insert|update|delete|merge)\b", re.IGNORECASE)
 
 
 class ConnectionWrites:
-    """Writes of one pooled connection's open transaction, by level, and those committed but not yet published."""
+    """Writes of one pooled connection's open transaction, by level, and commits announced but not confirmed yet."""
 
     __slots__ = ("frames", "savepoints", "announced", "autocommitted", "owner", "statements")
 
