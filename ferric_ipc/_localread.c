@@ -379,24 +379,11 @@ PyDoc_STRVAR(lookup_doc,
 "live, or the record lies in a file (or part of one) not in ``views``: the caller takes the\n"
 "pure-Python path, which re-opens and re-maps. ``now_ms`` is wall-clock milliseconds.");
 
-static PyObject *lookup(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "lookup() takes index_map, key, key_hash, now_ms, views");
-        return NULL;
-    }
-    if (!PyBytes_Check(args[1]) || !PyDict_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "lookup() needs key as bytes and views as a dict");
-        return NULL;
-    }
-    uint64_t key_hash = PyLong_AsUnsignedLongLong(args[2]);
-    if (key_hash == (uint64_t)-1 && PyErr_Occurred()) return NULL;
-    long long now_ms = PyLong_AsLongLong(args[3]);
-    if (now_ms == -1 && PyErr_Occurred()) return NULL;
-    const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[1]);
-    Py_ssize_t key_len = PyBytes_GET_SIZE(args[1]);
-
+/* The answer for one key in one mapped table (see lookup's doc); NULL with an exception set on error. */
+static PyObject *probe(PyObject *index_map, const unsigned char *key, Py_ssize_t key_len, uint64_t key_hash,
+                       long long now_ms, PyObject *views) {
     Py_buffer table;
-    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(index_map, &table, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *base = (const unsigned char *)table.buf;
     PyObject *answer = NULL;
     if (table.len < HEADER_BYTES || ((uintptr_t)base & 7)) {
@@ -419,7 +406,7 @@ static PyObject *lookup(PyObject *module, PyObject *const *args, Py_ssize_t narg
         }
         /* A slot that stopped holding key_hash while we looked was deleted or reused: probe on. */
         if (stored == key_hash &&
-            read_slot(at, key, key_len, key_hash, now_ms, args[4], &answer) == SLOT_ANSWERED) {
+            read_slot(at, key, key_len, key_hash, now_ms, views, &answer) == SLOT_ANSWERED) {
             break;
         }
         if (++slot == capacity) slot = 0;
@@ -435,6 +422,98 @@ static PyObject *lookup(PyObject *module, PyObject *const *args, Py_ssize_t narg
 done:
     PyBuffer_Release(&table);
     return answer;
+}
+
+static PyObject *lookup(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "lookup() takes index_map, key, key_hash, now_ms, views");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1]) || !PyDict_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "lookup() needs key as bytes and views as a dict");
+        return NULL;
+    }
+    uint64_t key_hash = PyLong_AsUnsignedLongLong(args[2]);
+    if (key_hash == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    long long now_ms = PyLong_AsLongLong(args[3]);
+    if (now_ms == -1 && PyErr_Occurred()) return NULL;
+    return probe(args[0], (const unsigned char *)PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), key_hash,
+                 now_ms, args[4]);
+}
+
+/* The shard of an encoded key (ferric_ipc.routing.shard_for): its {hash tag}'s hash, or the key's own. */
+static uint64_t route(const unsigned char *key, Py_ssize_t key_len, uint64_t key_hash, uint64_t shard_count) {
+    const unsigned char *tag_open = memchr(key, '{', (size_t)key_len);
+    if (tag_open != NULL) {
+        const unsigned char *after = tag_open + 1;
+        const unsigned char *tag_close = memchr(after, '}', (size_t)(key + key_len - after));
+        if (tag_close != NULL && tag_close > after) return key_hash64(after, (size_t)(tag_close - after)) % shard_count;
+    }
+    return key_hash % shard_count;
+}
+
+PyDoc_STRVAR(lookup_many_doc,
+"lookup_many(keys, shard_count, now_ms, tables, views) -> (answers, key_hashes, shards)\n\n"
+"lookup() of every encoded key of the list ``keys`` in its shard's table: the key is hashed and routed\n"
+"here (as key_hash64 and ferric_ipc.routing.shard_for). ``tables[shard]`` is that shard's mapped index\n"
+"and ``views[shard]`` its views, or None for a shard the caller reads another way: its keys answer\n"
+"SLOW. Returns three lists in the order of ``keys``.");
+
+static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyList_Check(args[3]) || !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "lookup_many() takes keys, shard_count, now_ms, tables, views (lists)");
+        return NULL;
+    }
+    PyObject *keys = args[0], *tables = args[3], *views = args[4];
+    uint64_t shard_count = PyLong_AsUnsignedLongLong(args[1]);
+    if (shard_count == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    long long now_ms = PyLong_AsLongLong(args[2]);
+    if (now_ms == -1 && PyErr_Occurred()) return NULL;
+    if (shard_count == 0 || (uint64_t)PyList_GET_SIZE(tables) != shard_count ||
+        (uint64_t)PyList_GET_SIZE(views) != shard_count) {
+        PyErr_SetString(PyExc_ValueError, "lookup_many() needs one table and one views entry per shard");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    PyObject *answers = PyList_New(count), *hashes = PyList_New(count), *shards = PyList_New(count);
+    if (answers == NULL || hashes == NULL || shards == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key_object = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_Check(key_object)) {
+            PyErr_SetString(PyExc_TypeError, "lookup_many() needs every key as bytes");
+            goto fail;
+        }
+        const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(key_object);
+        Py_ssize_t key_len = PyBytes_GET_SIZE(key_object);
+        uint64_t key_hash = key_hash64(key, (size_t)key_len);
+        uint64_t shard = route(key, key_len, key_hash, shard_count);
+        PyObject *table = PyList_GET_ITEM(tables, (Py_ssize_t)shard);
+        PyObject *shard_views = PyList_GET_ITEM(views, (Py_ssize_t)shard);
+        PyObject *answer;
+        if (table == Py_None || !PyDict_Check(shard_views)) {
+            answer = Py_NewRef(SLOW);
+        } else {
+            answer = probe(table, key, key_len, key_hash, now_ms, shard_views);
+            if (answer == NULL) goto fail;
+        }
+        PyList_SET_ITEM(answers, i, answer);
+        PyObject *hash_object = PyLong_FromUnsignedLongLong(key_hash);
+        if (hash_object == NULL) goto fail;
+        PyList_SET_ITEM(hashes, i, hash_object);
+        PyObject *shard_object = PyLong_FromUnsignedLongLong(shard);
+        if (shard_object == NULL) goto fail;
+        PyList_SET_ITEM(shards, i, shard_object);
+    }
+    PyObject *result = PyTuple_Pack(3, answers, hashes, shards);
+    Py_DECREF(answers);
+    Py_DECREF(hashes);
+    Py_DECREF(shards);
+    return result;
+fail:
+    Py_XDECREF(answers);
+    Py_XDECREF(hashes);
+    Py_XDECREF(shards);
+    return NULL;
 }
 
 PyDoc_STRVAR(hash_doc, "key_hash64(key: bytes-like) -> int: as ferric_ipc.keys.key_hash64_python, in C.");
@@ -474,6 +553,7 @@ static PyObject *configure(PyObject *module, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL, lookup_doc},
+    {"lookup_many", (PyCFunction)(void (*)(void))lookup_many, METH_FASTCALL, lookup_many_doc},
     {"key_hash64", py_key_hash64, METH_O, hash_doc},
     {"crc32", py_crc32, METH_O, crc_doc},
     {"configure", configure, METH_VARARGS, configure_doc},

@@ -14,7 +14,7 @@ from typing import Any, Generic, NamedTuple, Self, TypeVar, overload
 import msgpack
 import zmq
 
-from ferric_ipc import protocol
+from ferric_ipc import native, protocol
 from ferric_ipc.connections import InFlight, ShardConnection, StreamShardConnection, ZmqShardConnection
 from ferric_ipc.daemon_file import RUN_DIR_ENV, read_daemon_file
 from ferric_ipc.errors import (
@@ -27,8 +27,11 @@ from ferric_ipc.errors import (
 )
 from ferric_ipc.file_layout import DAEMON_FILE, DEFAULT_RUN_DIR, shard_dir
 from ferric_ipc.keys import as_key, as_value, key_hash64
-from ferric_ipc.local_reads import FALLBACK, MISSING, Found, LocalShardReader
+from ferric_ipc.local_reads import FALLBACK, MISSING, Answer, Found, LocalShardReader
 from ferric_ipc.routing import hash_tag, shard_for, shard_for_hashed
+
+# The C extension's multi-key read (None without it, or from a build that predates it).
+_LOOKUP_MANY = getattr(native.extension, "lookup_many", None)
 
 LOCAL_READS_SAFE = platform.machine().lower() in ("x86_64", "amd64")
 DEFAULT_TIMEOUT_MS = 2_000
@@ -489,12 +492,15 @@ class Client(_Commands[_RunNow]):
     # -- local reads -------------------------------------------------------------
 
     def _read_many_locally(self, keys: list[bytes]) -> list[Found]:
-        """``_read_locally`` of each key, with what every read shares (the clock, the shard count) done once."""
+        """``_read_locally`` of each key, with what every read shares (the clock, the shard count) done once,
+        and with the C extension the hashing, routing and probing of all of them in one call."""
         if not self.local_reads or len(keys) == 1:
             return [self._read_locally(key) for key in keys]
         shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
         readers = self._readers
         now_ms = time.time_ns() // 1_000_000
+        if _LOOKUP_MANY is not None:
+            return self._read_many_natively(keys, shards, now_ms)
         found_all: list[Found] = []
         fallbacks = local = 0
         for key in keys:
@@ -512,6 +518,32 @@ class Client(_Commands[_RunNow]):
         counts = self.read_counts
         counts["fallback"] += fallbacks
         counts["local"] += local
+        return found_all
+
+    def _read_many_natively(self, keys: list[bytes], shards: int, now_ms: int) -> list[Found]:
+        assert _LOOKUP_MANY is not None
+        readers = self._readers
+        now_ns = time.monotonic_ns()
+        states = [reader.native_state(now_ns) if reader is not None else None
+                  for reader in (readers.get(shard_id) for shard_id in range(shards))]
+        tables = [state[0] if state is not None else None for state in states]
+        views = [state[1] if state is not None else None for state in states]
+        answers, key_hashes, shard_ids = _LOOKUP_MANY(keys, shards, now_ms, tables, views)
+        fallbacks = local = 0
+        for position, found in enumerate(answers):
+            if found is Answer.SLOW:  # a shard the C path may not read now: the reader's own path decides
+                answers[position] = self._read_locally(keys[position])  # (and counts the read)
+                continue
+            if found is FALLBACK:
+                fallbacks += 1
+                continue
+            local += 1
+            if type(found) is tuple:
+                readers[shard_ids[position]].mark_used(key_hashes[position])
+        counts = self.read_counts
+        counts["fallback"] += fallbacks
+        counts["local"] += local
+        found_all: list[Found] = answers
         return found_all
 
     def _read_locally(self, key: bytes) -> Found:

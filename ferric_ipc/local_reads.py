@@ -257,18 +257,32 @@ class LocalShardReader:
             if self._native_lookup is not None:
                 self.slow_lookups += 1  # the periodic check that the table is still the one at its path
             found = self._lookup_python(key, key_hash, now_ms)
-        access = self._access
-        if access is not None and type(found) is tuple:
-            if access[0][ACCESS_STATE_AT] != STATE_LIVE:  # replaced by a larger file: mark that one, now
-                access = self._access = _map_access(self.access_path)
-                if access is None:
-                    return found
-            # A plain byte store, racing nobody who matters: the shard only reads it, or pins it old.
-            times, at = access[0], ACCESS_HEADER_BYTES + (key_hash & access[1])
-            clock = times[ACCESS_CLOCK_AT]
-            if times[at] != clock:  # no store when unchanged: the line stays shared between caches
-                times[at] = clock
+        if self._access is not None and type(found) is tuple:
+            self.mark_used(key_hash)
         return found
+
+    def native_state(self, now_ns: int) -> tuple[Any, dict[int, memoryview]] | None:
+        """``(mapped table, views)`` for the C ``lookup_many`` while it may read this shard (``now_ns`` on the
+        monotonic clock), else None: then ``lookup`` must answer (it re-checks the table's path)."""
+        table = self._table
+        if self._native_lookup is None or table is None or now_ns - self._path_checked_ns >= _RECHECK_PATH_NS:
+            return None
+        return table[0], self._views
+
+    def mark_used(self, key_hash: int) -> None:
+        """Mark a key read here (a hit) as used in the shard's access times, if it has them."""
+        access = self._access
+        if access is None:
+            return
+        if access[0][ACCESS_STATE_AT] != STATE_LIVE:  # replaced by a larger file: mark that one, now
+            access = self._access = _map_access(self.access_path)
+            if access is None:
+                return
+        # A plain byte store, racing nobody who matters: the shard only reads it, or pins it old.
+        times, at = access[0], ACCESS_HEADER_BYTES + (key_hash & access[1])
+        clock = times[ACCESS_CLOCK_AT]
+        if times[at] != clock:  # no store when unchanged: the line stays shared between caches
+            times[at] = clock
 
     def _lookup_python(self, key: bytes, key_hash: int, now_ms: int) -> Found:
         for _attempt in range(2):

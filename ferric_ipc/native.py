@@ -68,6 +68,10 @@ class Extension(Protocol):
     def lookup(self, index_map: object, key: bytes, key_hash: int, now_ms: int, views: dict[int, memoryview]) -> Any:
         """``(value, expire_at_ms)``, or one of the answers given to ``configure``."""
 
+    def lookup_many(self, keys: list[bytes], shard_count: int, now_ms: int, tables: list[object | None],
+                    views: list[dict[int, memoryview] | None]) -> tuple[list[Any], list[int], list[int]]:
+        """``lookup`` of every key in its shard's table: ``(answers, key hashes, shards)``."""
+
     def key_hash64(self, key: bytes) -> int:
         """As ``keys.key_hash64_python``."""
 

@@ -24,6 +24,7 @@ from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
 from ferric_ipc.file_layout import data_file_name
 from ferric_ipc.keys import key_hash64, key_hash64_python
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
+from ferric_ipc.routing import shard_for
 from ferricd.storage.index_file import IndexFiles
 from ferricd.storage import BitcaskStore, Put, StoreSettings
 from tests.fake_clock import FakeClock
@@ -290,4 +291,39 @@ def test_a_hit_marks_the_access_file_that_replaced_the_one_it_mapped(tmp_path):
         times.close()
     finally:
         reader.close()
+        store.close()
+
+
+@needs_extension
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.binary(max_size=40).map(lambda raw: raw.replace(b"\x00", b"")).filter(bool)
+                     | st.from_regex(rb"\A[a-z{}:]{1,12}\Z"), min_size=1, max_size=20),
+       shards=st.integers(1, 16))
+def test_lookup_many_hashes_and_routes_every_key_as_python_does(keys, shards):
+    answers, hashes, shard_ids = native.extension.lookup_many(keys, shards, 0, [None] * shards, [None] * shards)
+    assert answers == [local_reads.Answer.SLOW] * len(keys)  # no table given: the reader's own path decides
+    assert hashes == [key_hash64_python(key) for key in keys]
+    assert shard_ids == [shard_for(key, shards) for key in keys]
+
+
+@needs_extension
+def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
+    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
+    os.mkdir(run_dir)
+    tables = IndexFiles(run_dir, 0)
+    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
+    tables.publish(store.index_buffer)
+    now_ms = int(time.time() * 1000)
+    try:
+        store.put(b"live", b"1")
+        store.put(b"{t}tagged", b"2", now_ms + 60_000)
+        store.put(b"expired", b"3", now_ms - 1)
+        reader = LocalShardReader(run_dir, shard, 0)
+        keys = [b"live", b"{t}tagged", b"expired", b"absent"]
+        one_by_one = [reader.lookup(key, key_hash64(key), now_ms) for key in keys]
+        table, views = reader.native_state(time.monotonic_ns())
+        answers, _, _ = native.extension.lookup_many(keys, 1, now_ms, [table], [views])
+        assert answers == one_by_one == [(b"1", 0), (b"2", now_ms + 60_000), MISSING, MISSING]
+        reader.close()
+    finally:
         store.close()
