@@ -4,9 +4,12 @@ Both carry the frames of ``ferric_ipc.protocol`` and answer ``call(requests,
 timeout_ms, retry)`` the same way:
 
 - a lock serialises the threads of a process on the channel;
-- a wait that runs out closes the socket, so a late reply never meets a new request;
+- a call whose wait runs out closes the socket (a shard that stopped answering
+  is left behind; replies go to their callers by request id either way);
 - with ``retry`` (ops that change nothing) requests are sent again on a fresh
-  socket after timeout/8, then after doubling waits, all within ``timeout_ms``;
+  socket after timeout/8, then after doubling waits, all within ``timeout_ms``,
+  unless requests sent without waiting are still out on the socket: then the
+  call waits its whole timeout on it;
 - a request that provably never reached a shard is sent again whatever it is,
   which is how a client rides over a shard restart: no socket to connect to,
   the connection already closed when it was sent, or (stream) the connection
@@ -15,11 +18,11 @@ timeout_ms, retry)`` the same way:
   unknown, unless it is one of the ops that change nothing.
 
 ``send(requests, timeout_ms)`` puts requests on the channel without waiting and
-returns an InFlight whose ``result()`` waits for their replies; a later call
-on the channel reads whatever replies came first and keeps them for their
-InFlight. A socket closed for any reason ends every InFlight on it with an
-error saying its requests may or may not have been applied: they are never
-sent twice.
+returns an InFlight whose ``result()`` waits for their replies (a wait that
+runs out leaves them waiting and the socket open); a later call on the channel
+reads whatever replies came first and keeps them for their InFlight. A socket
+closed for any reason ends every InFlight on it with an error saying its
+requests may or may not have been applied: they are never sent twice.
 """
 
 import errno
