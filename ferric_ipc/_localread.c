@@ -493,7 +493,14 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
         if (table == Py_None || !PyDict_Check(shard_views)) {
             answer = Py_NewRef(SLOW);
         } else {
+            /* The CRC check may release the GIL: hold what the probe reads, whoever changes the lists. */
+            Py_INCREF(key_object);
+            Py_INCREF(table);
+            Py_INCREF(shard_views);
             answer = probe(table, key, key_len, key_hash, now_ms, shard_views);
+            Py_DECREF(shard_views);
+            Py_DECREF(table);
+            Py_DECREF(key_object);
             if (answer == NULL) goto fail;
         }
         PyList_SET_ITEM(answers, i, answer);
