@@ -453,32 +453,38 @@ static uint64_t route(const unsigned char *key, Py_ssize_t key_len, uint64_t key
 }
 
 PyDoc_STRVAR(lookup_many_doc,
-"lookup_many(keys, shard_count, now_ms, tables, views) -> (answers, key_hashes, shards)\n\n"
+"lookup_many(keys, shard_count, now_ms, state_of) -> (answers, key_hashes, shards)\n\n"
 "lookup() of every encoded key of the list ``keys`` in its shard's table: the key is hashed and routed\n"
-"here (as key_hash64 and ferric_ipc.routing.shard_for). ``tables[shard]`` is that shard's mapped index\n"
-"and ``views[shard]`` its views, or None for a shard the caller reads another way: its keys answer\n"
-"SLOW. Returns three lists in the order of ``keys``.");
+"here (as key_hash64 and ferric_ipc.routing.shard_for). ``state_of(shard)`` is called once per shard the\n"
+"keys route to and returns ``(index_map, views)``, or None for a shard the caller reads another way: its\n"
+"keys answer SLOW. Returns three lists in the order of ``keys``.");
 
 static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyList_Check(args[0]) || !PyList_Check(args[3]) || !PyList_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "lookup_many() takes keys, shard_count, now_ms, tables, views (lists)");
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "lookup_many() takes keys (a list), shard_count, now_ms, state_of");
         return NULL;
     }
-    PyObject *keys = args[0], *tables = args[3], *views = args[4];
     uint64_t shard_count = PyLong_AsUnsignedLongLong(args[1]);
     if (shard_count == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     long long now_ms = PyLong_AsLongLong(args[2]);
     if (now_ms == -1 && PyErr_Occurred()) return NULL;
-    if (shard_count == 0 || (uint64_t)PyList_GET_SIZE(tables) != shard_count ||
-        (uint64_t)PyList_GET_SIZE(views) != shard_count) {
-        PyErr_SetString(PyExc_ValueError, "lookup_many() needs one table and one views entry per shard");
+    if (shard_count == 0 || shard_count > (uint64_t)PY_SSIZE_T_MAX / sizeof(PyObject *)) {
+        PyErr_SetString(PyExc_ValueError, "lookup_many() needs a shard count of at least 1");
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(keys);
+    /* A tuple of the keys: the CRC check may release the GIL, and the caller's list may change meanwhile. */
+    PyObject *keys = PyList_AsTuple(args[0]);
+    if (keys == NULL) return NULL;
+    PyObject *state_of = args[3];
+    Py_ssize_t count = PyTuple_GET_SIZE(keys);
+    PyObject **states = PyMem_Calloc((size_t)shard_count, sizeof(PyObject *)); /* NULL: not asked yet */
     PyObject *answers = PyList_New(count), *hashes = PyList_New(count), *shards = PyList_New(count);
-    if (answers == NULL || hashes == NULL || shards == NULL) goto fail;
+    if (states == NULL || answers == NULL || hashes == NULL || shards == NULL) {
+        if (states == NULL) PyErr_NoMemory();
+        goto fail;
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *key_object = PyList_GET_ITEM(keys, i);
+        PyObject *key_object = PyTuple_GET_ITEM(keys, i);
         if (!PyBytes_Check(key_object)) {
             PyErr_SetString(PyExc_TypeError, "lookup_many() needs every key as bytes");
             goto fail;
@@ -487,22 +493,24 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
         Py_ssize_t key_len = PyBytes_GET_SIZE(key_object);
         uint64_t key_hash = key_hash64(key, (size_t)key_len);
         uint64_t shard = route(key, key_len, key_hash, shard_count);
-        PyObject *table = PyList_GET_ITEM(tables, (Py_ssize_t)shard);
-        PyObject *shard_views = PyList_GET_ITEM(views, (Py_ssize_t)shard);
-        PyObject *answer;
-        if (table == Py_None || !PyDict_Check(shard_views)) {
-            answer = Py_NewRef(SLOW);
-        } else {
-            /* The CRC check may release the GIL: hold what the probe reads, whoever changes the lists. */
-            Py_INCREF(key_object);
-            Py_INCREF(table);
-            Py_INCREF(shard_views);
-            answer = probe(table, key, key_len, key_hash, now_ms, shard_views);
-            Py_DECREF(shard_views);
-            Py_DECREF(table);
-            Py_DECREF(key_object);
-            if (answer == NULL) goto fail;
+        if (states[shard] == NULL) {
+            PyObject *shard_object = PyLong_FromUnsignedLongLong(shard);
+            if (shard_object == NULL) goto fail;
+            states[shard] = PyObject_CallOneArg(state_of, shard_object);
+            Py_DECREF(shard_object);
+            if (states[shard] == NULL) goto fail;
+            if (states[shard] != Py_None &&
+                !(PyTuple_Check(states[shard]) && PyTuple_GET_SIZE(states[shard]) == 2 &&
+                  PyDict_Check(PyTuple_GET_ITEM(states[shard], 1)))) {
+                PyErr_SetString(PyExc_TypeError, "state_of() must return None or (index_map, views dict)");
+                goto fail;
+            }
         }
+        PyObject *state = states[shard]; /* held in states until the end: the tuple keeps both alive */
+        PyObject *answer = state == Py_None
+            ? Py_NewRef(SLOW)
+            : probe(PyTuple_GET_ITEM(state, 0), key, key_len, key_hash, now_ms, PyTuple_GET_ITEM(state, 1));
+        if (answer == NULL) goto fail;
         PyList_SET_ITEM(answers, i, answer);
         PyObject *hash_object = PyLong_FromUnsignedLongLong(key_hash);
         if (hash_object == NULL) goto fail;
@@ -512,11 +520,19 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
         PyList_SET_ITEM(shards, i, shard_object);
     }
     PyObject *result = PyTuple_Pack(3, answers, hashes, shards);
+    for (uint64_t shard = 0; shard < shard_count; shard++) Py_XDECREF(states[shard]);
+    PyMem_Free(states);
+    Py_DECREF(keys);
     Py_DECREF(answers);
     Py_DECREF(hashes);
     Py_DECREF(shards);
     return result;
 fail:
+    if (states != NULL) {
+        for (uint64_t shard = 0; shard < shard_count; shard++) Py_XDECREF(states[shard]);
+        PyMem_Free(states);
+    }
+    Py_DECREF(keys);
     Py_XDECREF(answers);
     Py_XDECREF(hashes);
     Py_XDECREF(shards);

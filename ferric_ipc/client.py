@@ -524,11 +524,11 @@ class Client(_Commands[_RunNow]):
         assert _LOOKUP_MANY is not None
         readers = self._readers
         now_ns = time.monotonic_ns()
-        states = [reader.native_state(now_ns) if reader is not None else None
-                  for reader in (readers.get(shard_id) for shard_id in range(shards))]
-        tables = [state[0] if state is not None else None for state in states]
-        views = [state[1] if state is not None else None for state in states]
-        answers, key_hashes, shard_ids = _LOOKUP_MANY(keys, shards, now_ms, tables, views)
+
+        def state_of(shard_id: int) -> tuple[Any, dict[int, memoryview]] | None:  # once per shard the keys use
+            reader = readers.get(shard_id)
+            return reader.native_state(now_ns) if reader is not None else None
+        answers, key_hashes, shard_ids = _LOOKUP_MANY(keys, shards, now_ms, state_of)
         fallbacks = local = 0
         for position, found in enumerate(answers):
             if found is Answer.SLOW:  # a shard the C path may not read now: the reader's own path decides

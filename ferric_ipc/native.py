@@ -8,6 +8,7 @@ to rule it out when chasing a problem); the pure-Python paths answer the same.
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from ferric_ipc.file_layout import (
@@ -68,8 +69,9 @@ class Extension(Protocol):
     def lookup(self, index_map: object, key: bytes, key_hash: int, now_ms: int, views: dict[int, memoryview]) -> Any:
         """``(value, expire_at_ms)``, or one of the answers given to ``configure``."""
 
-    def lookup_many(self, keys: list[bytes], shard_count: int, now_ms: int, tables: list[object | None],
-                    views: list[dict[int, memoryview] | None]) -> tuple[list[Any], list[int], list[int]]:
+    def lookup_many(self, keys: list[bytes], shard_count: int, now_ms: int,
+                    state_of: Callable[[int], tuple[Any, dict[int, memoryview]] | None]
+                    ) -> tuple[list[Any], list[int], list[int]]:
         """``lookup`` of every key in its shard's table: ``(answers, key hashes, shards)``."""
 
     def key_hash64(self, key: bytes) -> int:

@@ -300,8 +300,10 @@ def test_a_hit_marks_the_access_file_that_replaced_the_one_it_mapped(tmp_path):
                      | st.from_regex(rb"\A[a-z{}:]{1,12}\Z"), min_size=1, max_size=20),
        shards=st.integers(1, 16))
 def test_lookup_many_hashes_and_routes_every_key_as_python_does(keys, shards):
-    answers, hashes, shard_ids = native.extension.lookup_many(keys, shards, 0, [None] * shards, [None] * shards)
+    asked = []
+    answers, hashes, shard_ids = native.extension.lookup_many(keys, shards, 0, lambda shard: asked.append(shard))
     assert answers == [local_reads.Answer.SLOW] * len(keys)  # no table given: the reader's own path decides
+    assert sorted(asked) == sorted(set(shard_ids))  # asked once per shard the keys use
     assert hashes == [key_hash64_python(key) for key in keys]
     assert shard_ids == [shard_for(key, shards) for key in keys]
 
@@ -321,9 +323,20 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
         reader = LocalShardReader(run_dir, shard, 0)
         keys = [b"live", b"{t}tagged", b"expired", b"absent"]
         one_by_one = [reader.lookup(key, key_hash64(key), now_ms) for key in keys]
-        table, views = reader.native_state(time.monotonic_ns())
-        answers, _, _ = native.extension.lookup_many(keys, 1, now_ms, [table], [views])
+        state = reader.native_state(time.monotonic_ns())
+        answers, _, _ = native.extension.lookup_many(list(keys), 1, now_ms, lambda shard: state)
         assert answers == one_by_one == [(b"1", 0), (b"2", now_ms + 60_000), MISSING, MISSING]
         reader.close()
     finally:
         store.close()
+
+
+@needs_extension
+def test_lookup_many_refuses_a_bad_state_and_holds_its_own_copy_of_the_keys():
+    with pytest.raises(TypeError, match="state_of"):
+        native.extension.lookup_many([b"k"], 1, 0, lambda shard: (b"", []))
+    with pytest.raises(TypeError, match="bytes"):
+        native.extension.lookup_many([b"k", "text"], 1, 0, lambda shard: None)
+    keys = [b"a", b"b", b"c"]
+    answers, _, _ = native.extension.lookup_many(keys, 2, 0, lambda shard: keys.clear())  # changed mid-call
+    assert answers == [local_reads.Answer.SLOW] * 3
