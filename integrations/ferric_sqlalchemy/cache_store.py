@@ -72,10 +72,6 @@ def new_generation() -> bytes:
     return msgpack.packb({_TOKEN: new_token()})
 
 
-def _fresh_token() -> dict[str, bytes]:
-    return {_TOKEN: new_token()}
-
-
 def being_written(values, now_ms: int | None = None) -> bool:
     """True if a generation among ``values`` (None: missing) holds a writer's field that has not run out."""
     for value in values:
@@ -245,15 +241,9 @@ class CacheStore:
         announcement = Announcement(invalidation, keys, "w" + os.urandom(8).hex())
         if not keys or not self.available():
             return announcement  # confirm publishes (or keeps) it the usual way
-        change = {_TOKEN: b"", announcement.field: time.time_ns() // 1_000_000 + PENDING_MS}
+        until_ms = time.time_ns() // 1_000_000 + PENDING_MS
         try:
-            for tag, tag_keys in keys.items():
-                for start in range(0, len(tag_keys), _KEYS_PER_REQUEST):
-                    with self.client.transaction(tag) as transaction:
-                        for key in tag_keys[start:start + _KEYS_PER_REQUEST]:
-                            change[_TOKEN] = new_token()
-                            transaction.patch(key, set=change, ttl_ms=GENERATION_TTL_MS, create=True)
-                        announcement.sent.append(transaction.submit())
+            announcement.sent = self._patch_generations(keys, add=(announcement.field, until_ms))
         except FerricError as exc:
             self.failed(exc)  # the next commits publish (or keep) without trying ferricd twice each
             announcement.sent = []  # confirm publishes waiting
@@ -264,13 +254,7 @@ class CacheStore:
         if it failed (or the commit also replaces region generations), publish waiting now, before the
         database commits (then a reader may still store the old rows until the confirm, as nothing marks them
         being written)."""
-        try:
-            for submitted in announcement.sent:
-                submitted.result()
-            done = bool(announcement.sent) or not announcement.keys
-        except FerricError:
-            done = False
-        if not done or announcement.invalidation.everything:
+        if (announcement.keys and not _applied(announcement)) or announcement.invalidation.everything:
             announcement.sent = []
             self.publish(announcement.invalidation)
 
@@ -281,12 +265,7 @@ class CacheStore:
         if not announcement.keys:
             self.publish(invalidation)  # "everything": region generations, which no announcement holds
             return
-        try:
-            if not announcement.sent or len(announcement.sent) != _requests_for(announcement.keys):
-                raise _NotAnnounced
-            for submitted in announcement.sent:
-                submitted.result()
-        except (FerricError, _NotAnnounced):
+        if not _applied(announcement):
             self.publish(invalidation, field)  # step 1 may not have happened: replace them now, waiting
             return
         slow = time.monotonic_ns() - announcement.sent_ns > SLOW_COMMIT_MS * 1_000_000
@@ -294,7 +273,7 @@ class CacheStore:
             self.publish(invalidation, field)
             return
         try:
-            confirms = self._write_generations(announcement.keys, field, wait=False)
+            confirms = self._patch_generations(announcement.keys, drop=field, create=False)
         except FerricError:
             self.publish(invalidation, field)
             return
@@ -327,8 +306,8 @@ class CacheStore:
             if self._pid != os.getpid():  # a forked child: the replies are its parent's to read
                 self._confirms, self._pid = [], os.getpid()
             confirms = self._confirms
-            keep = 0 if block else _CONFIRMS_IN_FLIGHT
-            ready = [c for c in confirms if c.done()] + confirms[:max(0, len(confirms) - keep)]
+            overflow = len(confirms) - (0 if block else _CONFIRMS_IN_FLIGHT)
+            ready = [c for position, c in enumerate(confirms) if position < overflow or c.done()]
             if not ready:
                 return
             self._confirms = [c for c in confirms if c not in ready]
@@ -349,11 +328,8 @@ class CacheStore:
         """
         keys = self._generation_keys(invalidation)
         if invalidation.everything:
-            for region in self.regions():
-                key = self.layout.region_generation(region)
-                keys[_tag_of(key)].append(key)
-        for submitted in self._write_generations(keys, field, wait=True):
-            submitted.result()
+            self._add_regions(keys, self.regions())
+        _wait_for_all(self._patch_generations(keys, drop=field))
         self.stats.count("invalidations", [table for _, table in invalidation.tables])
 
     def _generation_keys(self, invalidation: Invalidation) -> dict[bytes, list[bytes]]:
@@ -368,29 +344,32 @@ class CacheStore:
             keys[layout.tenant_tag(tenant)].append(layout.bulk_generation(tenant, table))
         return keys
 
-    def _write_generations(self, keys: dict[bytes, list[bytes]], field: str | None, wait: bool) -> list:
-        """A fresh token for each of ``keys`` (and ``field`` dropped): Submitted transactions, read here with
-        ``wait``. A missing generation stays missing unless ``wait`` (then it is created)."""
+    def _add_regions(self, keys: dict[bytes, list[bytes]], regions) -> None:
+        for region in regions:
+            key = self.layout.region_generation(region)
+            keys[_tag_of(key)].append(key)
+
+    def _patch_generations(self, keys: dict[bytes, list[bytes]], add: tuple[str, int] | None = None,
+                           drop: str | None = None, create: bool = True) -> list:
+        """Give each of ``keys`` a fresh token, and the writer field ``add`` (name, until_ms) or not the field
+        ``drop``: one transaction per hash tag (and per _KEYS_PER_REQUEST keys), submitted without waiting.
+        Without ``create`` a missing generation stays missing."""
+        extra = dict([add]) if add is not None else {}
+        delete = [drop] if drop is not None else []
         submitted = []
-        drop = [field] if field is not None else []
         for tag, tag_keys in keys.items():
             for start in range(0, len(tag_keys), _KEYS_PER_REQUEST):
                 with self.client.transaction(tag) as transaction:
                     for key in tag_keys[start:start + _KEYS_PER_REQUEST]:
-                        transaction.patch(key, set=_fresh_token(), delete=drop, ttl_ms=GENERATION_TTL_MS,
-                                          create=wait)
+                        transaction.patch(key, set={_TOKEN: new_token(), **extra}, delete=delete,
+                                          ttl_ms=GENERATION_TTL_MS, create=create)
                     submitted.append(transaction.submit())
-        if wait:
-            for one in submitted:
-                one.result()
         return submitted
 
     def bump_regions(self, regions) -> None:
         keys: dict[bytes, list[bytes]] = defaultdict(list)
-        for region in regions:
-            key = self.layout.region_generation(region)
-            keys[_tag_of(key)].append(key)
-        self._write_generations(keys, None, wait=True)
+        self._add_regions(keys, regions)
+        _wait_for_all(self._patch_generations(keys))
 
     # -- entries and leases -------------------------------------------------------------------
 
@@ -443,12 +422,19 @@ class CacheStore:
         return True
 
 
-class _NotAnnounced(Exception):
-    """Step 1 was not sent whole."""
+def _applied(announcement: Announcement) -> bool:
+    """True once ferricd applied the whole announce (False if it was not sent, or failed)."""
+    try:
+        _wait_for_all(announcement.sent)
+    except FerricError:
+        return False
+    return bool(announcement.sent)
 
 
-def _requests_for(keys: dict[bytes, list[bytes]]) -> int:
-    return sum(-(-len(tag_keys) // _KEYS_PER_REQUEST) for tag_keys in keys.values())
+def _wait_for_all(submitted: list) -> None:
+    """Read every reply; the first error raises."""
+    for one in submitted:
+        one.result()
 
 
 def _tag_of(key: bytes) -> bytes:

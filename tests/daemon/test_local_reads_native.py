@@ -175,13 +175,19 @@ class NativeAgreesWithPython(RuleBasedStateMachine):
 TestNativeAgreesWithPython = needs_extension(NativeAgreesWithPython.TestCase)
 
 
-@needs_extension
-def test_damaged_record_is_refused_by_both_paths(tmp_path):
+def published_store(tmp_path):
+    """``(run_dir, shard_dir, store)``: a BitcaskStore whose key directory is published as a shard's is."""
     run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
     os.mkdir(run_dir)
     tables = IndexFiles(run_dir, 0)
     store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
     tables.publish(store.index_buffer)
+    return run_dir, shard, store
+
+
+@needs_extension
+def test_damaged_record_is_refused_by_both_paths(tmp_path):
+    run_dir, shard, store = published_store(tmp_path)
     long_value = b"L" * 3000  # long enough for the zlib CRC path
     try:
         store.put(b"good", b"value-1")
@@ -224,11 +230,7 @@ def test_the_extension_is_built_where_it_can_be():
 def test_reads_of_a_file_being_written_stay_on_the_c_path(tmp_path):
     """A hot key rewritten between reads lands past the reader's map each time: after the first
     growth the file is mapped well past its end, so the C path answers every later read itself."""
-    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
-    os.mkdir(run_dir)
-    tables = IndexFiles(run_dir, 0)
-    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
-    tables.publish(store.index_buffer)
+    run_dir, shard, store = published_store(tmp_path)
     reader = LocalShardReader(run_dir, shard, 0)
     try:
         keys = [f"hot{i}".encode() for i in range(100)]
@@ -310,11 +312,7 @@ def test_lookup_many_hashes_and_routes_every_key_as_python_does(keys, shards):
 
 @needs_extension
 def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
-    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
-    os.mkdir(run_dir)
-    tables = IndexFiles(run_dir, 0)
-    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
-    tables.publish(store.index_buffer)
+    run_dir, shard, store = published_store(tmp_path)
     now_ms = int(time.time() * 1000)
     try:
         store.put(b"live", b"1")

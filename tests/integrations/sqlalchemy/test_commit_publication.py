@@ -178,14 +178,14 @@ def test_a_generation_evicted_while_its_commit_runs_is_replaced_before_the_commi
         store.client.delete(key, store.layout.table_generation(tenant, User.__table__.fullname))
         assert _read_name(db, 2) == before  # another connection: the old row, stored under a new generation
 
-    write_generations = store._write_generations
+    patch_generations = store._patch_generations
 
-    def confirm_held_back(keys, field, wait):
-        if not wait:
-            os.kill(pid, signal.SIGSTOP)  # a confirm sent without waiting is not applied before commit() returns
-        return write_generations(keys, field, wait)
+    def confirm_held_back(keys, add=None, drop=None, create=True):
+        if drop is not None and not create:  # the confirm, sent without waiting: not applied before commit() returns
+            os.kill(pid, signal.SIGSTOP)
+        return patch_generations(keys, add=add, drop=drop, create=create)
     event.listen(db.engine, "commit", evicted_meanwhile)
-    monkeypatch.setattr(store, "_write_generations", confirm_held_back)
+    monkeypatch.setattr(store, "_patch_generations", confirm_held_back)
     try:
         with db.Session() as session:
             session.get(User, 2, execution_options={"ferric_cache": False}).name = "renamed"
