@@ -43,6 +43,9 @@
 #define RECORD_KEY_LEN_AT 21
 #define RECORD_VALUE_LEN_AT 25
 #define FLAG_TOMBSTONE 0x01
+#define ACCESS_HEADER_BYTES 64 /* file_layout.ACCESS_HEADER: state u32 at 12, clock u8 at 24 */
+#define ACCESS_STATE_AT 12
+#define ACCESS_CLOCK_AT 24
 /* A writer holds a slot odd for microseconds (more if it is descheduled): wait up to about as long
  * as a round trip to the shard would take, then let the shard answer. The Python path's SEQ_SPINS
  * iterations take about as long. */
@@ -453,11 +456,27 @@ static uint64_t route(const unsigned char *key, Py_ssize_t key_len, uint64_t key
 }
 
 PyDoc_STRVAR(lookup_many_doc,
-"lookup_many(keys, shard_count, now_ms, state_of) -> (answers, key_hashes, shards)\n\n"
+"lookup_many(keys, shard_count, now_ms, state_of) -> answers\n\n"
 "lookup() of every encoded key of the list ``keys`` in its shard's table: the key is hashed and routed\n"
 "here (as key_hash64 and ferric_ipc.routing.shard_for). ``state_of(shard)`` is called once per shard the\n"
-"keys route to and returns ``(index_map, views)``, or None for a shard the caller reads another way: its\n"
-"keys answer SLOW. Returns three lists in the order of ``keys``.");
+"keys route to and returns ``(index_map, views, access, mask)``, or None for a shard the caller reads\n"
+"another way: its keys answer SLOW. ``access`` is the shard's mapped access times (or None): a hit marks\n"
+"its key used there, as LocalShardReader.mark_used does. Returns the answers in the order of ``keys``.");
+
+/* LocalShardReader.mark_used in C: copy the clock into the key's bucket, while the file is live. */
+static int mark_used(PyObject *access, uint64_t mask, uint64_t key_hash) {
+    Py_buffer times;
+    if (PyObject_GetBuffer(access, &times, PyBUF_WRITABLE) < 0) return -1;
+    unsigned char *base = (unsigned char *)times.buf;
+    if (mask <= (uint64_t)PY_SSIZE_T_MAX - ACCESS_HEADER_BYTES &&
+        times.len >= (Py_ssize_t)(ACCESS_HEADER_BYTES + mask + 1) && load_acquire32(base + ACCESS_STATE_AT) == STATE_LIVE) {
+        unsigned char clock = base[ACCESS_CLOCK_AT];
+        unsigned char *at = base + ACCESS_HEADER_BYTES + (key_hash & mask);
+        if (*at != clock) *at = clock; /* no store when unchanged: the line stays shared between caches */
+    }
+    PyBuffer_Release(&times);
+    return 0;
+}
 
 static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyList_Check(args[0]) || !PyCallable_Check(args[3])) {
@@ -478,9 +497,10 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
     PyObject *state_of = args[3];
     Py_ssize_t count = PyTuple_GET_SIZE(keys);
     PyObject **states = PyMem_Calloc((size_t)shard_count, sizeof(PyObject *)); /* NULL: not asked yet */
-    PyObject *answers = PyList_New(count), *hashes = PyList_New(count), *shards = PyList_New(count);
-    if (states == NULL || answers == NULL || hashes == NULL || shards == NULL) {
-        if (states == NULL) PyErr_NoMemory();
+    uint64_t *masks = PyMem_Calloc((size_t)shard_count, sizeof(uint64_t));
+    PyObject *answers = PyList_New(count);
+    if (states == NULL || masks == NULL || answers == NULL) {
+        if (states == NULL || masks == NULL) PyErr_NoMemory();
         goto fail;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -499,43 +519,41 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
             states[shard] = PyObject_CallOneArg(state_of, shard_object);
             Py_DECREF(shard_object);
             if (states[shard] == NULL) goto fail;
-            if (states[shard] != Py_None &&
-                !(PyTuple_Check(states[shard]) && PyTuple_GET_SIZE(states[shard]) == 2 &&
-                  PyDict_Check(PyTuple_GET_ITEM(states[shard], 1)))) {
-                PyErr_SetString(PyExc_TypeError, "state_of() must return None or (index_map, views dict)");
-                goto fail;
+            if (states[shard] != Py_None) {
+                if (!(PyTuple_Check(states[shard]) && PyTuple_GET_SIZE(states[shard]) == 4 &&
+                      PyDict_Check(PyTuple_GET_ITEM(states[shard], 1)))) {
+                    PyErr_SetString(PyExc_TypeError, "state_of() must return None or (index_map, views dict, "
+                                                     "access, mask)");
+                    goto fail;
+                }
+                masks[shard] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(states[shard], 3));
+                if (masks[shard] == (uint64_t)-1 && PyErr_Occurred()) goto fail;
             }
         }
-        PyObject *state = states[shard]; /* held in states until the end: the tuple keeps both alive */
+        PyObject *state = states[shard]; /* held in states until the end: the tuple keeps its parts alive */
         PyObject *answer = state == Py_None
             ? Py_NewRef(SLOW)
             : probe(PyTuple_GET_ITEM(state, 0), key, key_len, key_hash, now_ms, PyTuple_GET_ITEM(state, 1));
         if (answer == NULL) goto fail;
         PyList_SET_ITEM(answers, i, answer);
-        PyObject *hash_object = PyLong_FromUnsignedLongLong(key_hash);
-        if (hash_object == NULL) goto fail;
-        PyList_SET_ITEM(hashes, i, hash_object);
-        PyObject *shard_object = PyLong_FromUnsignedLongLong(shard);
-        if (shard_object == NULL) goto fail;
-        PyList_SET_ITEM(shards, i, shard_object);
+        if (PyTuple_CheckExact(answer) && state != Py_None && PyTuple_GET_ITEM(state, 2) != Py_None &&
+            mark_used(PyTuple_GET_ITEM(state, 2), masks[shard], key_hash) < 0) {
+            goto fail;
+        }
     }
-    PyObject *result = PyTuple_Pack(3, answers, hashes, shards);
     for (uint64_t shard = 0; shard < shard_count; shard++) Py_XDECREF(states[shard]);
     PyMem_Free(states);
+    PyMem_Free(masks);
     Py_DECREF(keys);
-    Py_DECREF(answers);
-    Py_DECREF(hashes);
-    Py_DECREF(shards);
-    return result;
+    return answers;
 fail:
     if (states != NULL) {
         for (uint64_t shard = 0; shard < shard_count; shard++) Py_XDECREF(states[shard]);
         PyMem_Free(states);
     }
+    PyMem_Free(masks);
     Py_DECREF(keys);
     Py_XDECREF(answers);
-    Py_XDECREF(hashes);
-    Py_XDECREF(shards);
     return NULL;
 }
 
@@ -606,7 +624,7 @@ PyMODINIT_FUNC PyInit__localread(void) {
     SLOW = Py_NewRef(Py_None);
     /* Compared with index_layout/file_layout at import: a mismatch disables this module. */
     PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "HEADER_BYTES", HEADER_BYTES, "STATE_AT", STATE_AT, "CAPACITY_AT", CAPACITY_AT,
         "STATE_LIVE", STATE_LIVE, "SLOT_BYTES", SLOT_BYTES,
         "SLOT_SEQ_AT", SLOT_SEQ_AT, "SLOT_FILE_ID_AT", SLOT_FILE_ID_AT, "SLOT_HASH_AT", SLOT_HASH_AT,
@@ -614,7 +632,8 @@ PyMODINIT_FUNC PyInit__localread(void) {
         "SLOT_EXPIRE_AT", SLOT_EXPIRE_AT, "EMPTY", HASH_EMPTY, "RESERVED_HASHES", RESERVED_HASHES,
         "RECORD_HEADER_BYTES", RECORD_HEADER_BYTES, "RECORD_CRC_BYTES", RECORD_CRC_BYTES, "RECORD_FLAGS_AT", RECORD_FLAGS_AT,
         "RECORD_KEY_LEN_AT", RECORD_KEY_LEN_AT, "RECORD_VALUE_LEN_AT", RECORD_VALUE_LEN_AT,
-        "FLAG_TOMBSTONE", FLAG_TOMBSTONE);
+        "FLAG_TOMBSTONE", FLAG_TOMBSTONE, "ACCESS_HEADER_BYTES", ACCESS_HEADER_BYTES,
+        "ACCESS_STATE_AT", ACCESS_STATE_AT, "ACCESS_CLOCK_AT", ACCESS_CLOCK_AT);
     if (layout == NULL || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         Py_DECREF(module);

@@ -26,7 +26,7 @@ from ferric_ipc.errors import (
     ProtocolError,
 )
 from ferric_ipc.file_layout import DAEMON_FILE, DEFAULT_RUN_DIR, shard_dir
-from ferric_ipc.keys import as_key, as_value, key_hash64
+from ferric_ipc.keys import MAX_KEY_BYTES, as_key, as_value, key_hash64
 from ferric_ipc.local_reads import FALLBACK, MISSING, Answer, Found, LocalShardReader
 from ferric_ipc.routing import hash_tag, shard_for, shard_for_hashed
 
@@ -525,26 +525,20 @@ class Client(_Commands[_RunNow]):
         readers = self._readers
         now_ns = time.monotonic_ns()
 
-        def state_of(shard_id: int) -> tuple[Any, dict[int, memoryview]] | None:  # once per shard the keys use
+        def state_of(shard_id: int) -> tuple[Any, dict[int, memoryview], Any, int] | None:  # once per shard used
             reader = readers.get(shard_id)
             return reader.native_state(now_ns) if reader is not None else None
-        answers, key_hashes, shard_ids = _LOOKUP_MANY(keys, shards, now_ms, state_of)
-        fallbacks = local = 0
-        for position, found in enumerate(answers):
-            if found is Answer.SLOW:  # a shard the C path may not read now: the reader's own path decides
-                answers[position] = self._read_locally(keys[position])  # (and counts the read)
-                continue
-            if found is FALLBACK:
-                fallbacks += 1
-                continue
-            local += 1
-            if type(found) is tuple:
-                readers[shard_ids[position]].mark_used(key_hashes[position])
+        answers: list[Found] = _LOOKUP_MANY(keys, shards, now_ms, state_of)  # hits are marked used there
+        slow = answers.count(Answer.SLOW)
+        fallbacks = answers.count(FALLBACK)
         counts = self.read_counts
         counts["fallback"] += fallbacks
-        counts["local"] += local
-        found_all: list[Found] = answers
-        return found_all
+        counts["local"] += len(answers) - fallbacks - slow
+        if slow:  # a shard the C path may not read now: the reader's own path decides (and counts the read)
+            for position, found in enumerate(answers):
+                if found is Answer.SLOW:
+                    answers[position] = self._read_locally(keys[position])
+        return answers
 
     def _read_locally(self, key: bytes) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
@@ -603,10 +597,13 @@ class Client(_Commands[_RunNow]):
 
     def mget(self, keys: Iterable[Key]) -> list[bytes | None]:
         """Values of ``keys`` in order (None for missing ones)."""
-        encoded = [as_key(key) for key in keys]
+        encoded = [key if type(key) is bytes and len(key) <= MAX_KEY_BYTES else as_key(key) for key in keys]
+        found_all = self._read_many_locally(encoded)
+        if FALLBACK not in found_all:  # the common case: every key answered here
+            return [None if found is MISSING else found[0] for found in found_all]  # type: ignore[index]
         values: list[bytes | None] = [None] * len(encoded)
         remote = []
-        for position, found in enumerate(self._read_many_locally(encoded)):
+        for position, found in enumerate(found_all):
             if found is FALLBACK:
                 remote.append(position)
             elif found is not MISSING:

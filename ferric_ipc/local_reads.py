@@ -261,13 +261,19 @@ class LocalShardReader:
             self.mark_used(key_hash)
         return found
 
-    def native_state(self, now_ns: int) -> tuple[Any, dict[int, memoryview]] | None:
-        """``(mapped table, views)`` for the C ``lookup_many`` while it may read this shard (``now_ns`` on the
-        monotonic clock), else None: then ``lookup`` must answer (it re-checks the table's path)."""
+    def native_state(self, now_ns: int) -> tuple[Any, dict[int, memoryview], Any, int] | None:
+        """``(mapped table, views, access times or None, their bucket mask)`` for the C ``lookup_many`` while it
+        may read this shard (``now_ns`` on the monotonic clock), else None: then ``lookup`` must answer (it
+        re-checks the table's path). The access times are re-mapped here when the shard replaced them."""
         table = self._table
         if self._native_lookup is None or table is None or now_ns - self._path_checked_ns >= _RECHECK_PATH_NS:
             return None
-        return table[0], self._views
+        access = self._access
+        if access is not None and access[0][ACCESS_STATE_AT] != STATE_LIVE:
+            access = self._access = _map_access(self.access_path)
+        if access is None:
+            return table[0], self._views, None, 0
+        return table[0], self._views, access[0], access[1]
 
     def mark_used(self, key_hash: int) -> None:
         """Mark a key read here (a hit) as used in the shard's access times, if it has them."""

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from ferric_ipc.file_layout import (
+    ACCESS_CLOCK_AT,
+    ACCESS_HEADER_BYTES,
+    ACCESS_STATE_AT,
     FLAG_TOMBSTONE,
     RECORD_CRC,
     RECORD_FLAGS_AT,
@@ -58,6 +61,9 @@ EXPECTED_LAYOUT = {
     "RECORD_KEY_LEN_AT": RECORD_KEY_LEN_AT,
     "RECORD_VALUE_LEN_AT": RECORD_VALUE_LEN_AT,
     "FLAG_TOMBSTONE": FLAG_TOMBSTONE,
+    "ACCESS_HEADER_BYTES": ACCESS_HEADER_BYTES,
+    "ACCESS_STATE_AT": ACCESS_STATE_AT,
+    "ACCESS_CLOCK_AT": ACCESS_CLOCK_AT,
 }
 
 
@@ -70,9 +76,8 @@ class Extension(Protocol):
         """``(value, expire_at_ms)``, or one of the answers given to ``configure``."""
 
     def lookup_many(self, keys: list[bytes], shard_count: int, now_ms: int,
-                    state_of: Callable[[int], tuple[Any, dict[int, memoryview]] | None]
-                    ) -> tuple[list[Any], list[int], list[int]]:
-        """``lookup`` of every key in its shard's table: ``(answers, key hashes, shards)``."""
+                    state_of: Callable[[int], tuple[Any, dict[int, memoryview], Any, int] | None]) -> list[Any]:
+        """``lookup`` of every key in its shard's table, each hit marked used in the shard's access times."""
 
     def key_hash64(self, key: bytes) -> int:
         """As ``keys.key_hash64_python``."""

@@ -301,13 +301,15 @@ def test_a_hit_marks_the_access_file_that_replaced_the_one_it_mapped(tmp_path):
 @given(keys=st.lists(st.binary(max_size=40).map(lambda raw: raw.replace(b"\x00", b"")).filter(bool)
                      | st.from_regex(rb"\A[a-z{}:]{1,12}\Z"), min_size=1, max_size=20),
        shards=st.integers(1, 16))
-def test_lookup_many_hashes_and_routes_every_key_as_python_does(keys, shards):
+def test_lookup_many_routes_every_key_as_python_does(keys, shards):
     asked = []
-    answers, hashes, shard_ids = native.extension.lookup_many(keys, shards, 0, lambda shard: asked.append(shard))
+    answers = native.extension.lookup_many(keys, shards, 0, lambda shard: asked.append(shard))
     assert answers == [local_reads.Answer.SLOW] * len(keys)  # no table given: the reader's own path decides
-    assert sorted(asked) == sorted(set(shard_ids))  # asked once per shard the keys use
-    assert hashes == [key_hash64_python(key) for key in keys]
-    assert shard_ids == [shard_for(key, shards) for key in keys]
+    assert asked == list(dict.fromkeys(shard_for(key, shards) for key in keys))  # once per shard, in key order
+    for key in keys:  # and each key on its own, to its own shard
+        asked.clear()
+        native.extension.lookup_many([key], shards, 0, lambda shard: asked.append(shard))
+        assert asked == [shard_for(key, shards)]
 
 
 @needs_extension
@@ -322,7 +324,7 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
         keys = [b"live", b"{t}tagged", b"expired", b"absent"]
         one_by_one = [reader.lookup(key, key_hash64(key), now_ms) for key in keys]
         state = reader.native_state(time.monotonic_ns())
-        answers, _, _ = native.extension.lookup_many(list(keys), 1, now_ms, lambda shard: state)
+        answers = native.extension.lookup_many(list(keys), 1, now_ms, lambda shard: state)
         assert answers == one_by_one == [(b"1", 0), (b"2", now_ms + 60_000), MISSING, MISSING]
         reader.close()
     finally:
@@ -330,11 +332,64 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
 
 
 @needs_extension
+def test_lookup_many_marks_each_hit_used_as_mark_used_does(tmp_path):
+    """An mget's hits age like single reads: their buckets get the clock; a miss's does not, nor does a
+    bucket that already holds it, nor an access file the shard retired."""
+    from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, ACCESS_STATE_AT, access_path
+    from ferricd.storage.keyspaces import Keyspace, KeyspaceTable
+
+    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
+    os.mkdir(run_dir)
+    tables = IndexFiles(run_dir, 0)
+    keyspaces = KeyspaceTable([Keyspace("default", b"", "never", "none", 0, 0),
+                               Keyspace("cache", b"sa:", "never", "lru", 1 << 30, 0)])
+    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables, keyspaces=keyspaces,
+                         access_path=access_path(run_dir, 0))
+    tables.publish(store.index_buffer)
+    reader = LocalShardReader(run_dir, shard, 0)
+    hits, absent = [b"sa:a", b"sa:b"], b"sa:absent"
+    try:
+        for key in hits:
+            store.put(key, b"v")
+        for _ in range(2):  # the first maps the table, the second (its path check) the access file
+            reader.lookup(hits[0], key_hash64(hits[0]), 1)
+        reader._path_checked_ns = time.monotonic_ns() + 10**12  # no periodic path check during the test
+        with open(access_path(run_dir, 0), "r+b") as f:
+            times = mmap.mmap(f.fileno(), 0)
+        mask = ACCESS_HEADER.unpack_from(times)[3] - 1
+        buckets = {key: ACCESS_HEADER_BYTES + (key_hash64(key) & mask) for key in hits + [absent]}
+        assert len(set(buckets.values())) == 3, "pick keys in distinct buckets"
+
+        def read_all():
+            state = reader.native_state(time.monotonic_ns())
+            return native.extension.lookup_many(hits + [absent], 1, 1, lambda shard: state)
+
+        times[ACCESS_CLOCK_AT] = 9
+        for bucket in buckets.values():
+            times[bucket] = 4
+        assert read_all() == [(b"v", 0), (b"v", 0), MISSING]
+        assert [times[buckets[key]] for key in hits + [absent]] == [9, 9, 4]
+        times[ACCESS_CLOCK_AT] = 11
+        times[ACCESS_STATE_AT] = 1  # retired after native_state looked: the C path must not mark it
+        table, views, _access, _mask = reader.native_state(time.monotonic_ns())
+        answers = native.extension.lookup_many(hits, 1, 1, lambda shard: (table, views, times, mask))
+        assert answers == [(b"v", 0), (b"v", 0)]
+        assert [times[buckets[key]] for key in hits] == [9, 9]
+        assert reader.native_state(time.monotonic_ns())[2] is None  # and native_state hands it out no more
+        times.close()
+    finally:
+        reader.close()
+        store.close()
+
+
+@needs_extension
 def test_lookup_many_refuses_a_bad_state_and_holds_its_own_copy_of_the_keys():
     with pytest.raises(TypeError, match="state_of"):
         native.extension.lookup_many([b"k"], 1, 0, lambda shard: (b"", []))
+    with pytest.raises(TypeError, match="state_of"):
+        native.extension.lookup_many([b"k"], 1, 0, lambda shard: (b"", {}))  # the access times left out
     with pytest.raises(TypeError, match="bytes"):
         native.extension.lookup_many([b"k", "text"], 1, 0, lambda shard: None)
     keys = [b"a", b"b", b"c"]
-    answers, _, _ = native.extension.lookup_many(keys, 2, 0, lambda shard: keys.clear())  # changed mid-call
+    answers = native.extension.lookup_many(keys, 2, 0, lambda shard: keys.clear())  # changed mid-call
     assert answers == [local_reads.Answer.SLOW] * 3
