@@ -468,8 +468,8 @@ static int mark_used(PyObject *access, uint64_t mask, uint64_t key_hash) {
     Py_buffer times;
     if (PyObject_GetBuffer(access, &times, PyBUF_WRITABLE) < 0) return -1;
     unsigned char *base = (unsigned char *)times.buf;
-    if (mask <= (uint64_t)PY_SSIZE_T_MAX - ACCESS_HEADER_BYTES &&
-        times.len >= (Py_ssize_t)(ACCESS_HEADER_BYTES + mask + 1) && load_acquire32(base + ACCESS_STATE_AT) == STATE_LIVE) {
+    if (times.len >= ACCESS_HEADER_BYTES && mask < (uint64_t)(times.len - ACCESS_HEADER_BYTES) &&
+        load_acquire32(base + ACCESS_STATE_AT) == STATE_LIVE) {
         unsigned char clock = base[ACCESS_CLOCK_AT];
         unsigned char *at = base + ACCESS_HEADER_BYTES + (key_hash & mask);
         if (*at != clock) *at = clock; /* no store when unchanged: the line stays shared between caches */
