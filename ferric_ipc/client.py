@@ -528,7 +528,7 @@ class Client(_Commands[_RunNow]):
         def state_of(shard_id: int) -> tuple[Any, dict[int, memoryview], Any, int] | None:  # once per shard used
             reader = readers.get(shard_id)
             return reader.native_state(now_ns) if reader is not None else None
-        answers: list[Found] = _LOOKUP_MANY(keys, shards, now_ms, state_of)  # hits are marked used there
+        answers: list[Any] = _LOOKUP_MANY(keys, shards, now_ms, state_of)  # Found or SLOW; hits marked used there
         slow = answers.count(Answer.SLOW)
         fallbacks = answers.count(FALLBACK)
         counts = self.read_counts
@@ -538,7 +538,8 @@ class Client(_Commands[_RunNow]):
             for position, found in enumerate(answers):
                 if found is Answer.SLOW:
                     answers[position] = self._read_locally(keys[position])
-        return answers
+        found_all: list[Found] = answers
+        return found_all
 
     def _read_locally(self, key: bytes) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
