@@ -456,12 +456,13 @@ static uint64_t route(const unsigned char *key, Py_ssize_t key_len, uint64_t key
 }
 
 PyDoc_STRVAR(lookup_many_doc,
-"lookup_many(keys, shard_count, now_ms, state_of) -> answers\n\n"
+"lookup_many(keys, shard_count, now_ms, state_of, values=False) -> answers\n\n"
 "lookup() of every encoded key of the list ``keys`` in its shard's table: the key is hashed and routed\n"
 "here (as key_hash64 and ferric_ipc.routing.shard_for). ``state_of(shard)`` is called once per shard the\n"
 "keys route to and returns ``(index_map, views, access, mask)``, or None for a shard the caller reads\n"
 "another way: its keys answer SLOW. ``access`` is the shard's mapped access times (or None): a hit marks\n"
-"its key used there, as LocalShardReader.mark_used does. Returns the answers in the order of ``keys``.");
+"its key used there, as LocalShardReader.mark_used does. Returns the answers in the order of ``keys``;\n"
+"with ``values``, a hit's answer is its value alone and a missing key's is None (FALLBACK and SLOW stay).");
 
 /* LocalShardReader.mark_used in C: copy the clock into the key's bucket, while the file is live. */
 static int mark_used(PyObject *access, uint64_t mask, uint64_t key_hash) {
@@ -479,10 +480,12 @@ static int mark_used(PyObject *access, uint64_t mask, uint64_t key_hash) {
 }
 
 static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyList_Check(args[0]) || !PyCallable_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "lookup_many() takes keys (a list), shard_count, now_ms, state_of");
+    if (nargs < 4 || nargs > 5 || !PyList_Check(args[0]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "lookup_many() takes keys (a list), shard_count, now_ms, state_of[, values]");
         return NULL;
     }
+    int values_only = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
+    if (values_only < 0) return NULL;
     uint64_t shard_count = PyLong_AsUnsignedLongLong(args[1]);
     if (shard_count == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     long long now_ms = PyLong_AsLongLong(args[2]);
@@ -535,10 +538,17 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
             ? Py_NewRef(SLOW)
             : probe(PyTuple_GET_ITEM(state, 0), key, key_len, key_hash, now_ms, PyTuple_GET_ITEM(state, 1));
         if (answer == NULL) goto fail;
-        PyList_SET_ITEM(answers, i, answer);
+        PyList_SET_ITEM(answers, i, answer); /* the list owns it from here */
         if (PyTuple_CheckExact(answer) && state != Py_None && PyTuple_GET_ITEM(state, 2) != Py_None &&
             mark_used(PyTuple_GET_ITEM(state, 2), masks[shard], key_hash) < 0) {
             goto fail;
+        }
+        if (values_only && PyTuple_CheckExact(answer)) {
+            PyList_SET_ITEM(answers, i, Py_NewRef(PyTuple_GET_ITEM(answer, 0)));
+            Py_DECREF(answer);
+        } else if (values_only && answer == MISSING) {
+            PyList_SET_ITEM(answers, i, Py_NewRef(Py_None));
+            Py_DECREF(answer);
         }
     }
     for (uint64_t shard = 0; shard < shard_count; shard++) Py_XDECREF(states[shard]);

@@ -9,7 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any, Generic, NamedTuple, Self, TypeVar, overload
+from typing import Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
 
 import msgpack
 import zmq
@@ -491,36 +491,38 @@ class Client(_Commands[_RunNow]):
 
     # -- local reads -------------------------------------------------------------
 
-    def _read_many_locally(self, keys: list[bytes]) -> list[Found]:
-        """``_read_locally`` of each key, with what every read shares (the clock, the shard count) done once,
-        and with the C extension the hashing, routing and probing of all of them in one call."""
+    def _values_read_locally(self, keys: list[bytes]) -> list[bytes | None | Literal[Answer.FALLBACK]]:
+        """Each encoded key's value read here (None if missing), or FALLBACK where its shard must answer; what
+        every read shares (the clock, the shard count) is done once, and with the C extension the hashing,
+        routing and probing of all of them is one call."""
         if not self.local_reads or len(keys) == 1:
-            return [self._read_locally(key) for key in keys]
+            return [_value_of(self._read_locally(key)) for key in keys]
         shards = self._shard_count if self._forks == _ForkCount.value and self._shard_count else self.shard_count
         readers = self._readers
         now_ms = time.time_ns() // 1_000_000
         if _LOOKUP_MANY is not None:
-            return self._read_many_natively(keys, shards, now_ms)
-        found_all: list[Found] = []
+            return self._values_read_natively(keys, shards, now_ms)
+        values: list[bytes | None | Literal[Answer.FALLBACK]] = []
         fallbacks = local = 0
         for key in keys:
             key_hash = key_hash64(key)
             reader = readers.get(shard_for_hashed(key, key_hash, shards))
             if reader is None:
-                found_all.append(self._read_locally(key))  # opens the shard's reader (and counts the read)
+                values.append(_value_of(self._read_locally(key)))  # opens the shard's reader (and counts the read)
                 continue
             found = reader.lookup(key, key_hash, now_ms)
             if found is FALLBACK:
                 fallbacks += 1
             else:
                 local += 1
-            found_all.append(found)
+            values.append(_value_of(found))
         counts = self.read_counts
         counts["fallback"] += fallbacks
         counts["local"] += local
-        return found_all
+        return values
 
-    def _read_many_natively(self, keys: list[bytes], shards: int, now_ms: int) -> list[Found]:
+    def _values_read_natively(self, keys: list[bytes], shards: int,
+                              now_ms: int) -> list[bytes | None | Literal[Answer.FALLBACK]]:
         assert _LOOKUP_MANY is not None
         readers = self._readers
         now_ns = time.monotonic_ns()
@@ -528,18 +530,18 @@ class Client(_Commands[_RunNow]):
         def state_of(shard_id: int) -> tuple[Any, dict[int, memoryview], Any, int] | None:  # once per shard used
             reader = readers.get(shard_id)
             return reader.native_state(now_ns) if reader is not None else None
-        answers: list[Any] = _LOOKUP_MANY(keys, shards, now_ms, state_of)  # Found or SLOW; hits marked used there
+        # Values, None, FALLBACK or SLOW; the hits are marked used in there.
+        answers: list[Any] = _LOOKUP_MANY(keys, shards, now_ms, state_of, True)
         slow = answers.count(Answer.SLOW)
         fallbacks = answers.count(FALLBACK)
         counts = self.read_counts
         counts["fallback"] += fallbacks
         counts["local"] += len(answers) - fallbacks - slow
         if slow:  # a shard the C path may not read now: the reader's own path decides (and counts the read)
-            for position, found in enumerate(answers):
-                if found is Answer.SLOW:
-                    answers[position] = self._read_locally(keys[position])
-        found_all: list[Found] = answers
-        return found_all
+            for position, answer in enumerate(answers):
+                if answer is Answer.SLOW:
+                    answers[position] = _value_of(self._read_locally(keys[position]))
+        return answers
 
     def _read_locally(self, key: bytes) -> Found:
         """``(value, expire_at_ms)``, MISSING, or FALLBACK for an encoded key."""
@@ -599,18 +601,11 @@ class Client(_Commands[_RunNow]):
     def mget(self, keys: Iterable[Key]) -> list[bytes | None]:
         """Values of ``keys`` in order (None for missing ones)."""
         encoded = [key if type(key) is bytes and len(key) <= MAX_KEY_BYTES else as_key(key) for key in keys]
-        found_all = self._read_many_locally(encoded)
-        if FALLBACK not in found_all:  # the common case: every key answered here
-            return [None if found is MISSING else found[0] for found in found_all]  # type: ignore[index]
-        values: list[bytes | None] = [None] * len(encoded)
-        remote = []
-        for position, found in enumerate(found_all):
-            if found is FALLBACK:
-                remote.append(position)
-            elif found is not MISSING:
-                values[position] = found[0]
-        if not remote:
-            return values
+        read = self._values_read_locally(encoded)
+        if FALLBACK not in read:  # the common case: every key answered here
+            return read  # type: ignore[return-value]  # no FALLBACK in it
+        values: list[bytes | None] = [None if value is FALLBACK else value for value in read]
+        remote = [position for position, value in enumerate(read) if value is FALLBACK]
         for shard_id, group in self._by_shard_positions({position: encoded[position] for position in remote}).items():
             found = self._call(shard_id, "mget", [[key for _, key in group]])
             for (position, _), value in zip(group, found):
@@ -947,6 +942,15 @@ class Lock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _value_of(found: Found) -> bytes | None | Literal[Answer.FALLBACK]:
+    """A local read's answer as an mget wants it: the value, None if missing, FALLBACK as it is."""
+    if found is MISSING:
+        return None
+    if found is FALLBACK:
+        return FALLBACK
+    return found[0]
 
 
 def _typed(op: str, answer: Any) -> Any:

@@ -76,8 +76,10 @@ class Extension(Protocol):
         """``(value, expire_at_ms)``, or one of the answers given to ``configure``."""
 
     def lookup_many(self, keys: list[bytes], shard_count: int, now_ms: int,
-                    state_of: Callable[[int], tuple[Any, dict[int, memoryview], Any, int] | None]) -> list[Any]:
-        """``lookup`` of every key in its shard's table, each hit marked used in the shard's access times."""
+                    state_of: Callable[[int], tuple[Any, dict[int, memoryview], Any, int] | None],
+                    values: bool = False) -> list[Any]:
+        """``lookup`` of every key in its shard's table, each hit marked used in the shard's access times;
+        with ``values``, hits as their values and missing keys as None."""
 
     def key_hash64(self, key: bytes) -> int:
         """As ``keys.key_hash64_python``."""

@@ -326,6 +326,8 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
         state = reader.native_state(time.monotonic_ns())
         answers = native.extension.lookup_many(list(keys), 1, now_ms, lambda shard: state)
         assert answers == one_by_one == [(b"1", 0), (b"2", now_ms + 60_000), MISSING, MISSING]
+        values = native.extension.lookup_many(list(keys), 1, now_ms, lambda shard: state, True)
+        assert values == [b"1", b"2", None, None]  # as Client.mget wants them
         reader.close()
     finally:
         store.close()
@@ -393,3 +395,5 @@ def test_lookup_many_refuses_a_bad_state_and_holds_its_own_copy_of_the_keys():
     keys = [b"a", b"b", b"c"]
     answers = native.extension.lookup_many(keys, 2, 0, lambda shard: keys.clear())  # changed mid-call
     assert answers == [local_reads.Answer.SLOW] * 3
+    keys = [b"a", b"b"]
+    assert native.extension.lookup_many(keys, 2, 0, lambda shard: None, True) == [local_reads.Answer.SLOW] * 2
