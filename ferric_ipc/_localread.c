@@ -470,10 +470,13 @@ static int mark_used(PyObject *access, uint64_t mask, uint64_t key_hash) {
     if (PyObject_GetBuffer(access, &times, PyBUF_WRITABLE) < 0) return -1;
     unsigned char *base = (unsigned char *)times.buf;
     if (times.len >= ACCESS_HEADER_BYTES && mask < (uint64_t)(times.len - ACCESS_HEADER_BYTES) &&
-        load_acquire32(base + ACCESS_STATE_AT) == STATE_LIVE) {
-        unsigned char clock = base[ACCESS_CLOCK_AT];
+        ((uintptr_t)base & 3) == 0 && load_acquire32(base + ACCESS_STATE_AT) == STATE_LIVE) {
+        /* Bytes the shard reads and writes concurrently: relaxed atomics, as the order does not matter. */
+        unsigned char clock = __atomic_load_n(base + ACCESS_CLOCK_AT, __ATOMIC_RELAXED);
         unsigned char *at = base + ACCESS_HEADER_BYTES + (key_hash & mask);
-        if (*at != clock) *at = clock; /* no store when unchanged: the line stays shared between caches */
+        if (__atomic_load_n(at, __ATOMIC_RELAXED) != clock) { /* no store when unchanged: the line stays shared */
+            __atomic_store_n(at, clock, __ATOMIC_RELAXED);
+        }
     }
     PyBuffer_Release(&times);
     return 0;
@@ -501,7 +504,7 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
     Py_ssize_t count = PyTuple_GET_SIZE(keys);
     PyObject **states = PyMem_Calloc((size_t)shard_count, sizeof(PyObject *)); /* NULL: not asked yet */
     uint64_t *masks = PyMem_Calloc((size_t)shard_count, sizeof(uint64_t));
-    PyObject *answers = PyList_New(count);
+    PyObject *answers = PyList_New(0); /* appended to: never holds an unset item while state_of runs */
     if (states == NULL || masks == NULL || answers == NULL) {
         if (states == NULL || masks == NULL) PyErr_NoMemory();
         goto fail;
@@ -538,18 +541,19 @@ static PyObject *lookup_many(PyObject *module, PyObject *const *args, Py_ssize_t
             ? Py_NewRef(SLOW)
             : probe(PyTuple_GET_ITEM(state, 0), key, key_len, key_hash, now_ms, PyTuple_GET_ITEM(state, 1));
         if (answer == NULL) goto fail;
-        PyList_SET_ITEM(answers, i, answer); /* the list owns it from here */
         if (PyTuple_CheckExact(answer) && state != Py_None && PyTuple_GET_ITEM(state, 2) != Py_None &&
             mark_used(PyTuple_GET_ITEM(state, 2), masks[shard], key_hash) < 0) {
+            Py_DECREF(answer);
             goto fail;
         }
         if (values_only && PyTuple_CheckExact(answer)) {
-            PyList_SET_ITEM(answers, i, Py_NewRef(PyTuple_GET_ITEM(answer, 0)));
-            Py_DECREF(answer);
+            Py_SETREF(answer, Py_NewRef(PyTuple_GET_ITEM(answer, 0)));
         } else if (values_only && answer == MISSING) {
-            PyList_SET_ITEM(answers, i, Py_NewRef(Py_None));
-            Py_DECREF(answer);
+            Py_SETREF(answer, Py_NewRef(Py_None));
         }
+        int appended = PyList_Append(answers, answer);
+        Py_DECREF(answer);
+        if (appended < 0) goto fail;
     }
     for (uint64_t shard = 0; shard < shard_count; shard++) Py_XDECREF(states[shard]);
     PyMem_Free(states);

@@ -1,9 +1,13 @@
 """Eviction on real daemons: a flooded lru keyspace stays bounded beside a durable one, and local reads count."""
 
+import mmap
 import os
 import stat
+import time
 
-from ferric_ipc.file_layout import access_path
+from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, access_path
+from ferric_ipc.keys import key_hash64
+from ferric_ipc.routing import shard_for
 
 MiB = 1024 * 1024
 BOUND = 2 * MiB
@@ -71,6 +75,45 @@ def test_keys_read_only_locally_outlive_keys_nobody_read(make_daemon):
     cold_kept = sum(found == value for found in writer.mget(cold))
     assert hot_kept >= 0.9 * len(hot), (hot_kept, cold_kept)
     assert cold_kept <= 0.1 * len(cold), (hot_kept, cold_kept)
+
+
+def test_an_mget_marks_its_hits_used_in_every_shard_it_reads(make_daemon):
+    """mget marks each hit in its own shard's access times, in C when the extension is built (the end-to-end
+    test above cannot tell: the reads the Python path answers at each path check mark hot keys often enough)."""
+    daemon = make_daemon(shards=2)  # the built-in cache keyspace evicts
+    client = daemon.client()
+    keys = [f"sa:mark:{i}".encode() for i in range(12)]
+    assert {shard_for(key, 2) for key in keys} == {0, 1}
+    client.mset({key: b"v" for key in keys})
+    client.mget(keys)  # opens both readers
+    time.sleep(0.15)
+    client.mget(keys)  # their path checks map the access files
+    readers = client._readers
+    assert all(readers[shard]._access is not None for shard in (0, 1))
+    for reader in readers.values():
+        reader._path_checked_ns = time.monotonic_ns() + 10**12  # no Python-path read during the test
+    files = {}
+    for shard in (0, 1):
+        with open(access_path(daemon.run_dir, shard), "r+b") as f:
+            files[shard] = mmap.mmap(f.fileno(), 0)
+    try:
+        buckets = {}
+        for key in keys:
+            times = files[shard_for(key, 2)]
+            buckets[key] = ACCESS_HEADER_BYTES + (key_hash64(key) & (ACCESS_HEADER.unpack_from(times)[3] - 1))
+            times[buckets[key]] = (times[ACCESS_CLOCK_AT] + 128) % 256  # long unused
+        slow_before = [reader.slow_lookups for reader in readers.values()]
+        counts_before = dict(client.read_counts)
+        assert client.mget(keys) == [b"v"] * len(keys)
+        assert [reader.slow_lookups for reader in readers.values()] == slow_before  # the C path answered
+        assert client.read_counts == {"local": counts_before["local"] + len(keys),
+                                      "fallback": counts_before["fallback"]}
+        for key in keys:
+            times = files[shard_for(key, 2)]
+            assert times[buckets[key]] in (times[ACCESS_CLOCK_AT], (times[ACCESS_CLOCK_AT] - 1) % 256), key
+    finally:
+        for times in files.values():
+            times.close()
 
 
 def test_the_access_file_lets_the_application_group_write(make_daemon):

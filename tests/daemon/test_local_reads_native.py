@@ -323,6 +323,7 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
         reader = LocalShardReader(run_dir, shard, 0)
         keys = [b"live", b"{t}tagged", b"expired", b"absent"]
         one_by_one = [reader.lookup(key, key_hash64(key), now_ms) for key in keys]
+        reader._path_checked_ns = time.monotonic_ns() + 10**12  # no periodic path check: the C path answers
         state = reader.native_state(time.monotonic_ns())
         answers = native.extension.lookup_many(list(keys), 1, now_ms, lambda shard: state)
         assert answers == one_by_one == [(b"1", 0), (b"2", now_ms + 60_000), MISSING, MISSING]
@@ -334,9 +335,10 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
 
 
 @needs_extension
-def test_lookup_many_marks_each_hit_used_as_mark_used_does(tmp_path):
-    """An mget's hits age like single reads: their buckets get the clock; a miss's does not, nor does a
-    bucket that already holds it, nor an access file the shard retired."""
+@pytest.mark.parametrize("values", [False, True])
+def test_lookup_many_marks_each_hit_used_as_mark_used_does(tmp_path, values):
+    """An mget's hits age like single reads: each one's bucket, in its own shard's access times, gets that
+    file's clock; a miss's does not, nor does an access file the shard retired."""
     from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, ACCESS_STATE_AT, access_path
     from ferricd.storage.keyspaces import Keyspace, KeyspaceTable
 
@@ -349,7 +351,13 @@ def test_lookup_many_marks_each_hit_used_as_mark_used_does(tmp_path):
                          access_path=access_path(run_dir, 0))
     tables.publish(store.index_buffer)
     reader = LocalShardReader(run_dir, shard, 0)
-    hits, absent = [b"sa:a", b"sa:b"], b"sa:absent"
+    hits = [f"sa:{i}".encode() for i in range(8)]
+    absent = b"sa:absent"
+    assert {shard_for(key, 2) for key in hits} == {0, 1}
+    # One store serves both "shards": shard 1 is given the same table and an access file of its own, with
+    # another mask, so a hit marked with the wrong shard's file or mask shows.
+    other = mmap.mmap(-1, ACCESS_HEADER_BYTES + 256)
+    other[ACCESS_CLOCK_AT] = 21
     try:
         for key in hits:
             store.put(key, b"v")
@@ -359,27 +367,35 @@ def test_lookup_many_marks_each_hit_used_as_mark_used_does(tmp_path):
         with open(access_path(run_dir, 0), "r+b") as f:
             times = mmap.mmap(f.fileno(), 0)
         mask = ACCESS_HEADER.unpack_from(times)[3] - 1
-        buckets = {key: ACCESS_HEADER_BYTES + (key_hash64(key) & mask) for key in hits + [absent]}
-        assert len(set(buckets.values())) == 3, "pick keys in distinct buckets"
+        files = {0: (times, mask), 1: (other, 255)}
+
+        def bucket(key):
+            mapped, key_mask = files[shard_for(key, 2)]
+            return mapped, ACCESS_HEADER_BYTES + (key_hash64(key) & key_mask)
 
         def read_all():
-            state = reader.native_state(time.monotonic_ns())
-            return native.extension.lookup_many(hits + [absent], 1, 1, lambda shard: state)
+            table, views, _access, _mask = reader.native_state(time.monotonic_ns())
+            states = {shard: (table, views, mapped, key_mask) for shard, (mapped, key_mask) in files.items()}
+            return native.extension.lookup_many(hits + [absent], 2, 1, states.get, values)
 
         times[ACCESS_CLOCK_AT] = 9
-        for bucket in buckets.values():
-            times[bucket] = 4
-        assert read_all() == [(b"v", 0), (b"v", 0), MISSING]
-        assert [times[buckets[key]] for key in hits + [absent]] == [9, 9, 4]
-        times[ACCESS_CLOCK_AT] = 11
-        times[ACCESS_STATE_AT] = 1  # retired after native_state looked: the C path must not mark it
-        table, views, _access, _mask = reader.native_state(time.monotonic_ns())
-        answers = native.extension.lookup_many(hits, 1, 1, lambda shard: (table, views, times, mask))
-        assert answers == [(b"v", 0), (b"v", 0)]
-        assert [times[buckets[key]] for key in hits] == [9, 9]
+        for key in hits + [absent]:
+            mapped, at = bucket(key)
+            mapped[at] = 4
+        hit = b"v" if values else (b"v", 0)
+        assert read_all() == [hit] * len(hits) + [None if values else MISSING]
+        assert [bucket(key)[0][bucket(key)[1]] for key in hits] == [9 if shard_for(key, 2) == 0 else 21 for key in hits]
+        absent_file, absent_at = bucket(absent)
+        assert all(bucket(key) != (absent_file, absent_at) for key in hits), "pick an absent key in a bucket of its own"
+        assert absent_file[absent_at] == 4, "a miss marked its key used"
+        times[ACCESS_CLOCK_AT], other[ACCESS_CLOCK_AT] = 11, 23
+        times[ACCESS_STATE_AT] = other[ACCESS_STATE_AT] = 1  # retired after native_state looked: not marked
+        assert read_all()[:len(hits)] == [hit] * len(hits)
+        assert [bucket(key)[0][bucket(key)[1]] for key in hits] == [9 if shard_for(key, 2) == 0 else 21 for key in hits]
         assert reader.native_state(time.monotonic_ns())[2] is None  # and native_state hands it out no more
         times.close()
     finally:
+        other.close()
         reader.close()
         store.close()
 
