@@ -79,6 +79,24 @@ def test_ttl_option_sets_the_entry_lifetime(db, store):
     assert 0 < ttls[0] <= 5_000 and 300_000 < ttls[1] <= 1_000_000
 
 
+def test_a_ttl_option_applies_to_its_own_get_only(db, store):
+    """A get's keys are worked out once per primary key and shared: a ttl given to one call must not leak
+    into the calls before or after it."""
+    seed(db)
+
+    def entry_ttl(**options):
+        db.cache.invalidate(User, 2, bind=db.engine)  # the next get misses and stores
+        store.delete(*[key for key in store.scan_iter(b"sa:") if _is_entry(key)])
+        with db.Session() as session:
+            session.get(User, 2, execution_options=options)
+        [ttl] = [store.pttl(key) for key in store.scan_iter(b"sa:") if _is_entry(key)]
+        return ttl
+
+    assert entry_ttl() > 5_000  # the default (300 s), remembered for this key
+    assert 0 < entry_ttl(ferric_cache={"ttl": 5_000}) <= 5_000
+    assert entry_ttl() > 5_000
+
+
 def test_class_ttl_and_default_ttl(ferricd, database, store):
     cache = QueryCache(client=ferricd.client(), prefix="ttl:", default_ttl_ms=7_000)
     cache.attach(database.Session)
