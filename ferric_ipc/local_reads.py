@@ -268,27 +268,28 @@ class LocalShardReader:
         table = self._table
         if self._native_lookup is None or table is None or now_ns - self._path_checked_ns >= _RECHECK_PATH_NS:
             return None
-        access = self._access
-        if access is not None and access[0][ACCESS_STATE_AT] != STATE_LIVE:
-            access = self._access = _map_access(self.access_path)
+        access = self._live_access()
         if access is None:
             return table[0], self._views, None, 0
         return table[0], self._views, access[0], access[1]
 
     def mark_used(self, key_hash: int) -> None:
         """Mark a key read here (a hit) as used in the shard's access times, if it has them."""
-        access = self._access
+        access = self._live_access()
         if access is None:
             return
-        if access[0][ACCESS_STATE_AT] != STATE_LIVE:  # replaced by a larger file: mark that one, now
-            access = self._access = _map_access(self.access_path)
-            if access is None:
-                return
         # A plain byte store, racing nobody who matters: the shard only reads it, or pins it old.
         times, at = access[0], ACCESS_HEADER_BYTES + (key_hash & access[1])
         clock = times[ACCESS_CLOCK_AT]
         if times[at] != clock:  # no store when unchanged: the line stays shared between caches
             times[at] = clock
+
+    def _live_access(self) -> _Access | None:
+        """The access times this reader marks: when the shard replaced them by a larger file, that one, now."""
+        access = self._access
+        if access is not None and access[0][ACCESS_STATE_AT] != STATE_LIVE:
+            access = self._access = _map_access(self.access_path)
+        return access
 
     def _lookup_python(self, key: bytes, key_hash: int, now_ms: int) -> Found:
         for _attempt in range(2):

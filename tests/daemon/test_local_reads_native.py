@@ -21,12 +21,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from ferric_ipc import local_reads, native
 from ferric_ipc.protocol import MAX_EXPIRE_AT_MS
-from ferric_ipc.file_layout import data_file_name
+from ferric_ipc.file_layout import access_path, data_file_name
 from ferric_ipc.keys import key_hash64, key_hash64_python
 from ferric_ipc.local_reads import FALLBACK, MISSING, LocalShardReader
 from ferric_ipc.routing import shard_for
 from ferricd.storage.index_file import IndexFiles
 from ferricd.storage import BitcaskStore, Put, StoreSettings
+from ferricd.storage.keyspaces import Keyspace, KeyspaceTable
 from tests.fake_clock import FakeClock
 
 needs_extension = pytest.mark.skipif(
@@ -175,12 +176,19 @@ class NativeAgreesWithPython(RuleBasedStateMachine):
 TestNativeAgreesWithPython = needs_extension(NativeAgreesWithPython.TestCase)
 
 
-def published_store(tmp_path):
-    """``(run_dir, shard_dir, store)``: a BitcaskStore whose key directory is published as a shard's is."""
+def published_store(tmp_path, evicting=False):
+    """``(run_dir, shard_dir, store)``: a BitcaskStore whose key directory is published as a shard's is;
+    ``evicting``: with an lru keyspace for ``sa:`` keys, so it keeps access times clients mark."""
     run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
     os.mkdir(run_dir)
     tables = IndexFiles(run_dir, 0)
-    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
+    if evicting:
+        keyspaces = KeyspaceTable([Keyspace("default", b"", "never", "none", 0, 0),
+                                   Keyspace("cache", b"sa:", "never", "lru", 1 << 30, 0)])
+        store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables, keyspaces=keyspaces,
+                             access_path=access_path(run_dir, 0))
+    else:
+        store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables)
     tables.publish(store.index_buffer)
     return run_dir, shard, store
 
@@ -261,17 +269,9 @@ def test_a_hit_marks_the_access_file_that_replaced_the_one_it_mapped(tmp_path):
     """When the key directory grows, the shard moves its access times to a larger file and retires the old
     one: the next local hit must mark the new file at once, not the retired one until the next path check
     (a lag of up to 100 ms in which hot keys read only locally age like cold ones)."""
-    from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, access_path
-    from ferricd.storage.keyspaces import Keyspace, KeyspaceTable
+    from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES
 
-    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
-    os.mkdir(run_dir)
-    tables = IndexFiles(run_dir, 0)
-    keyspaces = KeyspaceTable([Keyspace("default", b"", "never", "none", 0, 0),
-                               Keyspace("cache", b"sa:", "never", "lru", 1 << 30, 0)])
-    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables, keyspaces=keyspaces,
-                         access_path=access_path(run_dir, 0))
-    tables.publish(store.index_buffer)
+    run_dir, shard, store = published_store(tmp_path, evicting=True)
     reader = LocalShardReader(run_dir, shard, 0)
     key = b"sa:hot"
     try:
@@ -339,17 +339,9 @@ def test_lookup_many_answers_as_lookup_does_key_by_key(tmp_path):
 def test_lookup_many_marks_each_hit_used_as_mark_used_does(tmp_path, values):
     """An mget's hits age like single reads: each one's bucket, in its own shard's access times, gets that
     file's clock; a miss's does not, nor does an access file the shard retired."""
-    from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, ACCESS_STATE_AT, access_path
-    from ferricd.storage.keyspaces import Keyspace, KeyspaceTable
+    from ferric_ipc.file_layout import ACCESS_CLOCK_AT, ACCESS_HEADER, ACCESS_HEADER_BYTES, ACCESS_STATE_AT
 
-    run_dir, shard = str(tmp_path / "run"), str(tmp_path / "shard-0")
-    os.mkdir(run_dir)
-    tables = IndexFiles(run_dir, 0)
-    keyspaces = KeyspaceTable([Keyspace("default", b"", "never", "none", 0, 0),
-                               Keyspace("cache", b"sa:", "never", "lru", 1 << 30, 0)])
-    store = BitcaskStore(shard, StoreSettings(fsync="never"), tables=tables, keyspaces=keyspaces,
-                         access_path=access_path(run_dir, 0))
-    tables.publish(store.index_buffer)
+    run_dir, shard, store = published_store(tmp_path, evicting=True)
     reader = LocalShardReader(run_dir, shard, 0)
     hits = [f"sa:{i}".encode() for i in range(8)]
     absent = b"sa:absent"
